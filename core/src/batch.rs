@@ -1,0 +1,272 @@
+//! The batch allocation path: millions of requests per call, in parallel, with exactly the
+//! outcomes and end state of applying them one at a time in order (semantics I5).
+//!
+//! 1. **Bucket by shard.** Slots are cut into shards of [`SHARD_SLOTS`] consecutive slots (512 KiB
+//!    of records, so a shard's records stay in L2 while its requests run). A parallel counting
+//!    sort lists each shard's requests in batch order.
+//! 2. **Customer-local phase, shards in parallel.** A request whose outcome depends only on its
+//!    customer (a shadow grant, a contract denial, exceeds-burst, invalid) is decided at once.
+//!    The first request of a customer that needs the pool is left *pending*, and every later
+//!    request of that customer is *deferred*, because its state now depends on the pool. A
+//!    customer's first touch may return shadow overflow to the pool: that is a *credit* event at
+//!    that request's position.
+//! 3. **Pool phase, in batch order.** Credits, pending and deferred requests are merged by their
+//!    position in the batch and applied sequentially against the pool. Everything the first
+//!    phase decided commutes with them: it touched no shared state, and no state it read depends
+//!    on the pool.
+//!
+//! So the pool sees its events in exactly the order a one-at-a-time loop would, and the parallel
+//! phase does the bulk of the work when most traffic is predicted.
+
+use rayon::prelude::*;
+
+use crate::kernel::{Decision, Local, Outcome, credit_pool, decide_local, decide_pool, refill_bucket, refill_pool};
+use crate::layout::{Bucket, Globals, JournalEntry, StatsRaw};
+use crate::store::journal_bucket;
+
+/// Slots per shard.
+pub const SHARD_SLOTS: usize = 4096;
+/// Marker for a request whose id resolved to no customer.
+pub const NO_SLOT: u32 = u32::MAX;
+/// Below this many requests the batch runs sequentially (no parallel set-up cost).
+const PARALLEL_MIN: usize = 8192;
+
+/// A raw pointer that lets parallel shards write disjoint elements of one output array.
+#[derive(Clone, Copy)]
+struct Out<T>(*mut T);
+// SAFETY: every index is written by exactly one shard (each request belongs to one shard), so no
+// two threads ever write the same element, and nobody reads the array until the phase ends.
+unsafe impl<T> Send for Out<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Out<T> {}
+
+impl<T> Out<T> {
+    /// # Safety
+    /// `i` is in bounds and no other thread writes index `i` concurrently.
+    #[inline(always)]
+    unsafe fn write(self, i: usize, v: T) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.0.add(i).write(v) }
+    }
+}
+
+/// What one shard leaves for the pool phase.
+#[derive(Default)]
+struct ShardOut {
+    /// `(request index, femto-tokens)` shadow overflow returned on first touch.
+    credits: Vec<(u32, i128)>,
+    /// Requests that need the pool phase: pending ones and deferred ones.
+    later: Vec<u32>,
+    stats: StatsRaw,
+}
+
+/// Adds the counters of `b` to `a`.
+pub(crate) fn add_stats(a: &mut StatsRaw, b: &StatsRaw) {
+    a.femto_returned += b.femto_returned;
+    a.femto_lost_at_cap += b.femto_lost_at_cap;
+    a.requests += b.requests;
+    a.shadow_grants += b.shadow_grants;
+    a.pool_grants += b.pool_grants;
+    a.denied_customer += b.denied_customer;
+    a.denied_pool += b.denied_pool;
+    a.exceeds_burst += b.exceeds_burst;
+    a.unknown += b.unknown;
+    a.invalid += b.invalid;
+    a.tokens_shadow += b.tokens_shadow;
+    a.tokens_pool += b.tokens_pool;
+    a.tokens_refunded += b.tokens_refunded;
+    a.tokens_debt += b.tokens_debt;
+    a.settles += b.settles;
+    a.bumps += b.bumps;
+}
+
+/// Runs a validated batch: `slots[i]` is a slot below the capacity or [`NO_SLOT`]. Writes
+/// `outcomes` and `retry` (same length as `slots`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(
+    buckets: &mut [Bucket],
+    journal: &mut [JournalEntry],
+    g: &mut Globals,
+    seq: u64,
+    slots: &[u32],
+    tokens: &[u64],
+    now: u64,
+    outcomes: &mut [Outcome],
+    retry: &mut [u64],
+) {
+    refill_pool(g, now);
+    if slots.len() < PARALLEL_MIN || rayon::current_num_threads() == 1 {
+        run_sequential(buckets, journal, g, seq, slots, tokens, now, outcomes, retry);
+        return;
+    }
+    let order = bucket_by_shard(slots, buckets.len());
+    let out_o = Out(outcomes.as_mut_ptr());
+    let out_r = Out(retry.as_mut_ptr());
+
+    // Phase 2: customer-local decisions, shards in parallel.
+    let shard_outs: Vec<ShardOut> = buckets
+        .par_chunks_mut(SHARD_SLOTS)
+        .zip(journal.par_chunks_mut(SHARD_SLOTS))
+        .enumerate()
+        .map(|(s, (bk, jn))| {
+            let reqs = &order.indices[order.starts[s]..order.starts[s + 1]];
+            let mut out = ShardOut::default();
+            if reqs.is_empty() {
+                return out;
+            }
+            let base = s * SHARD_SLOTS;
+            let mut blocked = [0u64; SHARD_SLOTS / 64];
+            for &ri in reqs {
+                let ri_us = ri as usize;
+                let local = slots[ri_us] as usize - base;
+                let b = &mut bk[local];
+                let n = tokens[ri_us];
+                if !b.active() {
+                    out.stats.requests += 1;
+                    out.stats.unknown += 1;
+                    // SAFETY: request `ri` belongs to this shard only.
+                    unsafe {
+                        out_o.write(ri_us, Outcome::UnknownCustomer);
+                        out_r.write(ri_us, u64::MAX);
+                    }
+                    continue;
+                }
+                if blocked[local / 64] & (1 << (local % 64)) != 0 {
+                    out.later.push(ri);
+                    continue;
+                }
+                journal_bucket(b, &mut jn[local], seq);
+                let over = refill_bucket(b, now);
+                if over != 0 {
+                    out.credits.push((ri, over));
+                }
+                match decide_local(b, n, &mut out.stats) {
+                    Local::Done(d) => {
+                        // SAFETY: request `ri` belongs to this shard only.
+                        unsafe {
+                            out_o.write(ri_us, d.outcome);
+                            out_r.write(ri_us, d.retry_after_ns);
+                        }
+                    }
+                    Local::NeedsPool => {
+                        blocked[local / 64] |= 1 << (local % 64);
+                        out.later.push(ri);
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+
+    // Phase 3: the pool's events in batch order.
+    let mut events: Vec<(u32, i128, bool)> = Vec::new();
+    for so in &shard_outs {
+        add_stats(&mut g.stats, &so.stats);
+        events.extend(so.credits.iter().map(|&(i, c)| (i, c, false)));
+        events.extend(so.later.iter().map(|&i| (i, 0, true)));
+    }
+    // A credit comes before the request at the same index: it happened on that request's refill.
+    events.sort_unstable_by_key(|&(i, _, is_req)| (i, is_req));
+    for (ri, credit, is_req) in events {
+        if !is_req {
+            credit_pool(g, credit);
+            continue;
+        }
+        let ri = ri as usize;
+        let b = &mut buckets[slots[ri] as usize];
+        let d = match decide_local(b, tokens[ri], &mut g.stats) {
+            Local::Done(d) => d,
+            Local::NeedsPool => decide_pool(b, tokens[ri], g),
+        };
+        outcomes[ri] = d.outcome;
+        retry[ri] = d.retry_after_ns;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_sequential(
+    buckets: &mut [Bucket],
+    journal: &mut [JournalEntry],
+    g: &mut Globals,
+    seq: u64,
+    slots: &[u32],
+    tokens: &[u64],
+    now: u64,
+    outcomes: &mut [Outcome],
+    retry: &mut [u64],
+) {
+    for (i, (&s, &n)) in slots.iter().zip(tokens).enumerate() {
+        let d = if s == NO_SLOT || !buckets[s as usize].active() {
+            g.stats.requests += 1;
+            g.stats.unknown += 1;
+            Decision {
+                outcome: Outcome::UnknownCustomer,
+                retry_after_ns: u64::MAX,
+            }
+        } else {
+            let b = &mut buckets[s as usize];
+            journal_bucket(b, &mut journal[s as usize], seq);
+            crate::kernel::decide_full(b, n, now, g)
+        };
+        outcomes[i] = d.outcome;
+        retry[i] = d.retry_after_ns;
+    }
+}
+
+/// Request indices grouped by shard, each group in batch order.
+struct ShardOrder {
+    /// `starts[s]..starts[s + 1]` is shard `s`'s range in `indices`.
+    starts: Vec<usize>,
+    indices: Vec<u32>,
+}
+
+/// Counting sort of request indices by shard, in parallel over chunks of the batch. Requests with
+/// no slot are left out (the caller decided them).
+fn bucket_by_shard(slots: &[u32], capacity: usize) -> ShardOrder {
+    let nshards = capacity.div_ceil(SHARD_SLOTS);
+    let chunk = slots.len().div_ceil(rayon::current_num_threads() * 4).max(4096);
+    let hists: Vec<Vec<u32>> = slots
+        .par_chunks(chunk)
+        .map(|c| {
+            let mut h = vec![0u32; nshards];
+            for &s in c {
+                if s != NO_SLOT {
+                    h[s as usize / SHARD_SLOTS] += 1;
+                }
+            }
+            h
+        })
+        .collect();
+    // Offsets: shard-major, chunk-minor, so each shard's indices stay in batch order.
+    let mut starts = vec![0usize; nshards + 1];
+    let mut offsets: Vec<Vec<usize>> = vec![vec![0; nshards]; hists.len()];
+    let mut pos = 0usize;
+    for s in 0..nshards {
+        starts[s] = pos;
+        for (c, h) in hists.iter().enumerate() {
+            offsets[c][s] = pos;
+            pos += h[s] as usize;
+        }
+    }
+    starts[nshards] = pos;
+    let mut indices = vec![0u32; pos];
+    let out = Out(indices.as_mut_ptr());
+    slots
+        .par_chunks(chunk)
+        .zip(offsets.par_iter_mut())
+        .enumerate()
+        .for_each(|(c, (cs, off))| {
+            let first = c * chunk;
+            for (k, &s) in cs.iter().enumerate() {
+                if s != NO_SLOT {
+                    let sh = s as usize / SHARD_SLOTS;
+                    // SAFETY: the offsets give each (chunk, shard) pair its own range, sized by
+                    // the histogram of this very chunk, so the positions are disjoint and in
+                    // bounds.
+                    unsafe { out.write(off[sh], (first + k) as u32) };
+                    off[sh] += 1;
+                }
+            }
+        });
+    ShardOrder { starts, indices }
+}

@@ -1,0 +1,1128 @@
+//! The engine: the public API over one store file.
+//!
+//! # Thread safety
+//! `Engine` is `Send + Sync`. Calls that change state take `&mut self`, so Rust lets one run at a
+//! time; queries take `&self` and may run concurrently with each other. The batch calls
+//! ([`Engine::allocate_batch`], [`Engine::tick`]) are parallel inside, on rayon's global pool.
+//! Services that share one engine between threads wrap it in a `Mutex` or `RwLock`.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::batch::{self, NO_SLOT, SHARD_SLOTS};
+use crate::config::{Contract, EngineConfig, Reservation};
+use crate::error::{Error, Result};
+use crate::fixed::{FEMTO_PER_TOKEN, MAX_BURST_TOKENS, MAX_RATE_MICROS, Rate, accrual, femto};
+use crate::index::{self, valid_id};
+use crate::kernel::{
+    Decision, Outcome, clamp_pool, credit_pool, pool_cap, refill_bucket, refill_pool,
+};
+use crate::layout::*;
+use crate::reserve::cut_back;
+use crate::store::{self, Store, Txn, journal_bucket, journal_full};
+
+/// Options for [`Engine::create`].
+#[derive(Clone, Copy, Debug)]
+pub struct CreateOptions {
+    /// Customer slots (grow later with [`Engine::grow`]).
+    pub capacity: u64,
+    /// Engine configuration.
+    pub config: EngineConfig,
+    /// The caller's clock at creation, ns: the pool starts full at this instant.
+    pub now_ns: u64,
+    /// Floats of recurrent state per customer, for the forecaster (default 64: one LSTM layer of
+    /// hidden size 32, hidden and cell state).
+    pub state_dim: u32,
+    /// Floats of forecast per customer (default 12: three horizons of mean, p50, p90, p99).
+    pub forecast_dim: u32,
+    /// Scenario probabilities per customer (default 4: low, medium, high, spike).
+    pub scenario_dim: u32,
+    /// Floats of per-customer feature scaling (default 2).
+    pub scale_dim: u32,
+}
+
+impl CreateOptions {
+    /// Defaults for `capacity` customers and this configuration, created at time 0.
+    pub fn new(capacity: u64, config: EngineConfig) -> Self {
+        CreateOptions {
+            capacity,
+            config,
+            now_ns: 0,
+            state_dim: 64,
+            forecast_dim: 12,
+            scenario_dim: 4,
+            scale_dim: 2,
+        }
+    }
+
+    /// The same options with the creation time set.
+    pub fn at(mut self, now_ns: u64) -> Self {
+        self.now_ns = now_ns;
+        self
+    }
+
+    /// The same options without any forecaster columns.
+    pub fn without_model(mut self) -> Self {
+        self.state_dim = 0;
+        self.forecast_dim = 0;
+        self.scenario_dim = 0;
+        self.scale_dim = 0;
+        self
+    }
+}
+
+/// Requests named by customer id or by slot.
+#[derive(Clone, Copy, Debug)]
+pub enum Keys<'a> {
+    /// Customer ids, resolved through the index.
+    Ids(&'a [u64]),
+    /// Slots from [`Engine::resolve`] or [`Engine::slot_of`].
+    Slots(&'a [u32]),
+}
+
+/// Where a settled grant was paid from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantPath {
+    /// The shadow bucket ([`Outcome::GrantedShadow`]).
+    Shadow,
+    /// The pool ([`Outcome::GrantedPool`]).
+    Pool,
+}
+
+/// What one customer looks like now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CustomerView {
+    /// Customer id.
+    pub id: u64,
+    /// Slot.
+    pub slot: u32,
+    /// Contract.
+    pub contract: Contract,
+    /// Standard bucket level, femto-tokens.
+    pub std_femto: i128,
+    /// Shadow bucket level, femto-tokens.
+    pub shadow_femto: i128,
+    /// Reserved rate.
+    pub reserved_rate: Rate,
+    /// Shadow capacity, tokens.
+    pub shadow_capacity: u64,
+    /// Contention flag.
+    pub flagged: bool,
+    /// Tokens granted and not yet settled.
+    pub outstanding: u64,
+    /// Usage in the last closed interval.
+    pub last_interval: Closed,
+    /// Forecast (the forecaster's outputs; zeros until one runs).
+    pub forecast: Vec<f32>,
+    /// Scenario probabilities (low, medium, high, spike; zeros until a forecaster runs).
+    pub scenarios: Vec<f32>,
+}
+
+impl CustomerView {
+    /// Whole tokens left in the standard bucket (rounded down).
+    pub fn std_tokens(&self) -> i128 {
+        self.std_femto.div_euclid(FEMTO_PER_TOKEN)
+    }
+
+    /// Whole tokens left in the shadow bucket (rounded down).
+    pub fn shadow_tokens(&self) -> i128 {
+        self.shadow_femto.div_euclid(FEMTO_PER_TOKEN)
+    }
+}
+
+/// Engine-wide figures, cheap to read at every tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Counters since the store was created.
+    pub counters: StatsRaw,
+    /// Customers in the store.
+    pub customers: u64,
+    /// Capacity.
+    pub capacity: u64,
+    /// Pool level, femto-tokens.
+    pub pool_femto: i128,
+    /// Sum of reserved rates, micro-tokens/s.
+    pub reserved_rate_micros: u64,
+    /// Sum of shadow capacities, tokens.
+    pub reserved_capacity: u64,
+    /// Sequence number of the last completed transaction.
+    pub last_committed: u64,
+    /// Sequence number of the last transaction rolled back after a crash (0: none).
+    pub last_rolled_back: u64,
+}
+
+/// Where every femto-token of the pool's supply is (semantics I4), as of one instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ledger {
+    /// The pool's initial fill plus `pool_rate` times the time since creation.
+    pub supplied: i128,
+    /// In the pool.
+    pub in_pool: i128,
+    /// In shadow buckets.
+    pub in_shadows: i128,
+    /// Granted net of refunds, debt counted as granted.
+    pub granted_net: i128,
+    /// Lost at the pool's cap.
+    pub lost_at_cap: i128,
+}
+
+impl Ledger {
+    /// Whether every token is accounted for exactly once.
+    pub fn balanced(&self) -> bool {
+        self.supplied == self.in_pool + self.in_shadows + self.granted_net + self.lost_at_cap
+    }
+}
+
+/// What a tick did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TickReport {
+    /// Customers whose interval was closed.
+    pub customers: u64,
+    /// Sum of reserved rates asked, micro-tokens/s.
+    pub asked_rate_micros: u128,
+    /// Sum of reserved rates set (after cut-back), micro-tokens/s.
+    pub reserved_rate_micros: u64,
+    /// Sum of shadow capacities set, tokens.
+    pub reserved_capacity: u64,
+    /// Whether the asks had to be cut back.
+    pub cut_back: bool,
+    /// Customers flagged as contended after this tick.
+    pub flagged: u64,
+}
+
+/// A shadow-bucket allocation engine over one memory-mapped store.
+///
+/// ```
+/// use shadowbucket::{Contract, CreateOptions, Engine, EngineConfig, Outcome, Rate, Reservation};
+/// # let dir = std::env::temp_dir().join(format!("sb-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("engine.sb");
+/// # let _ = std::fs::remove_file(&path);
+/// let cfg = EngineConfig::new(1_000_000, Rate::tokens_per_sec(100_000));
+/// let mut eng = Engine::create(&path, CreateOptions::new(1024, cfg))?;
+/// let slot = eng.add_customer(42, Contract::new(5_000, Rate::tokens_per_sec(100)), 0)?;
+///
+/// // no reservation yet: the request falls back to the pool
+/// assert_eq!(eng.allocate(42, 100, 1_000)?.outcome, Outcome::GrantedPool);
+///
+/// // reserve 50 tokens/s with room for 1,000 tokens, then a request a second later
+/// let res = [Reservation { slot, rate: Rate::tokens_per_sec(50), capacity: 1_000 }];
+/// eng.tick(2_000, &res)?;
+/// let d = eng.allocate(42, 40, 1_000_002_000)?;
+/// assert_eq!(d.outcome, Outcome::GrantedShadow);
+///
+/// // a batch: same outcomes as one request at a time
+/// let out = eng.allocate_batch(shadowbucket::Keys::Ids(&[42, 7]), &[10, 10], 1_000_002_000)?;
+/// assert_eq!(out.outcomes[1], Outcome::UnknownCustomer);
+/// assert!(eng.ledger(1_000_002_000).balanced());
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok::<(), shadowbucket::Error>(())
+/// ```
+pub struct Engine {
+    store: Store,
+    recovered: Option<u64>,
+}
+
+/// Outcomes of a batch, one per request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// What happened to each request.
+    pub outcomes: Vec<Outcome>,
+    /// Retry-after per request, ns (0 for grants, `u64::MAX` for never).
+    pub retry_after_ns: Vec<u64>,
+}
+
+fn config_raw(c: &EngineConfig) -> ConfigRaw {
+    ConfigRaw {
+        pool_burst: c.pool_burst,
+        pool_rate: c.pool_rate.micros(),
+        interval_ns: c.interval_ns,
+        alpha_ppm: c.alpha_ppm,
+        contention_high_ppm: c.contention_high_ppm,
+        contention_low_ppm: c.contention_low_ppm,
+        contention_min_requests: c.contention_min_requests,
+        contention_ticks: c.contention_ticks as u32,
+        _pad: 0,
+    }
+}
+
+fn config_from_raw(c: &ConfigRaw) -> EngineConfig {
+    EngineConfig {
+        pool_burst: c.pool_burst,
+        pool_rate: Rate::from_micros_per_sec(c.pool_rate),
+        alpha_ppm: c.alpha_ppm,
+        interval_ns: c.interval_ns,
+        contention_high_ppm: c.contention_high_ppm,
+        contention_low_ppm: c.contention_low_ppm,
+        contention_ticks: c.contention_ticks.min(255) as u8,
+        contention_min_requests: c.contention_min_requests,
+    }
+}
+
+impl Engine {
+    /// Creates a new store file at `path` (which must not exist) and opens it for writing.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad configuration or capacity; [`Error::Io`] when the file
+    /// exists or cannot be written.
+    pub fn create(path: impl AsRef<Path>, opts: CreateOptions) -> Result<Engine> {
+        opts.config.validate()?;
+        let dims = Dims {
+            capacity: opts.capacity,
+            state_dim: opts.state_dim,
+            forecast_dim: opts.forecast_dim,
+            scenario_dim: opts.scenario_dim,
+            scale_dim: opts.scale_dim,
+        };
+        let mut store = Store::create(path.as_ref(), dims)?;
+        let c = store.cols_mut()?;
+        let g = &mut c.state.globals;
+        g.config = config_raw(&opts.config);
+        g.pool.level = femto(opts.config.pool_burst);
+        g.pool.last_ns = opts.now_ns;
+        g.last_tick_ns = opts.now_ns;
+        g.created_ns = opts.now_ns;
+        g.stats = StatsRaw::default();
+        store.flush()?;
+        Ok(Engine {
+            store,
+            recovered: None,
+        })
+    }
+
+    /// Opens an existing store for writing, taking its lock, and rolls back a transaction that a
+    /// killed process left unfinished (see [`Engine::recovered`]).
+    ///
+    /// # Errors
+    /// [`Error::Locked`] when another process has it open for writing; [`Error::BadFile`] when it
+    /// is not a valid store (the file is left untouched); [`Error::Io`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Engine> {
+        let (store, recovered) = Store::open(path.as_ref(), true)?;
+        Ok(Engine { store, recovered })
+    }
+
+    /// Opens an existing store read-only, without a lock: queries work, changes return
+    /// [`Error::ReadOnly`]. It sees the live file, including a transaction in flight.
+    ///
+    /// # Errors
+    /// [`Error::BadFile`], [`Error::Io`].
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Engine> {
+        let (store, _) = Store::open(path.as_ref(), false)?;
+        Ok(Engine {
+            store,
+            recovered: None,
+        })
+    }
+
+    /// The sequence number of the transaction rolled back when this engine opened the store, if
+    /// a killed process had left one unfinished.
+    pub fn recovered(&self) -> Option<u64> {
+        self.recovered
+    }
+
+    /// The store's path.
+    pub fn path(&self) -> &Path {
+        &self.store.path
+    }
+
+    /// Customer slots in the store.
+    pub fn capacity(&self) -> u64 {
+        self.store.header.capacity
+    }
+
+    /// The dimensions of the store's forecaster columns.
+    pub fn dims(&self) -> Dims {
+        self.store.header.dims()
+    }
+
+    /// The engine configuration.
+    pub fn config(&self) -> EngineConfig {
+        config_from_raw(&self.store.cols().state.globals.config)
+    }
+
+    /// Customers in the store.
+    pub fn len(&self) -> u64 {
+        self.store.cols().state.globals.customers
+    }
+
+    /// Whether the store has no customers.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes everything to disk and waits for it.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn flush(&self) -> Result<()> {
+        self.store.flush()
+    }
+
+    // ---- customers ---------------------------------------------------------------------------
+
+    /// The slot of customer `id`, if present.
+    pub fn slot_of(&self, id: u64) -> Option<u32> {
+        if !valid_id(id) {
+            return None;
+        }
+        index::find(self.store.cols().index, id).map(|s| s as u32)
+    }
+
+    /// Resolves ids to slots in parallel; unknown ids give [`crate::NO_SLOT`].
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`] when `out` is not as long as `ids`.
+    pub fn resolve(&self, ids: &[u64], out: &mut [u32]) -> Result<()> {
+        if out.len() != ids.len() {
+            return Err(Error::LengthMismatch {
+                what: "out",
+                got: out.len(),
+                expected: ids.len(),
+            });
+        }
+        let table = self.store.cols().index;
+        out.par_iter_mut()
+            .with_min_len(4096)
+            .zip(ids.par_iter())
+            .for_each(|(o, &id)| {
+                *o = if valid_id(id) {
+                    index::find(table, id).map_or(NO_SLOT, |s| s as u32)
+                } else {
+                    NO_SLOT
+                }
+            });
+        Ok(())
+    }
+
+    /// Adds a customer with a full standard bucket and no reservation. Returns its slot.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a reserved id (`u64::MAX`, `u64::MAX - 1`) or a bad
+    /// contract; [`Error::DuplicateCustomer`]; [`Error::StoreFull`]; [`Error::ReadOnly`].
+    pub fn add_customer(&mut self, id: u64, contract: Contract, now: u64) -> Result<u32> {
+        if !valid_id(id) {
+            return Err(Error::invalid(format!(
+                "customer id {id} is reserved (ids must be below {})",
+                INDEX_TOMBSTONE
+            )));
+        }
+        contract.validate()?;
+        let cap = self.capacity();
+        let dims = self.store.header.dims();
+        let mut c = self.store.cols_mut()?;
+        if index::find(c.index, id).is_some() {
+            return Err(Error::DuplicateCustomer(id));
+        }
+        if c.state.globals.free_top == 0 {
+            return Err(Error::StoreFull {
+                capacity: cap,
+                suggested: cap.saturating_mul(2).min(u32::MAX as u64 - 1),
+            });
+        }
+        let txn = Txn::begin(c.state, txn_kind::ADMIN);
+        let g = &mut c.state.globals;
+        let slot = c.free[g.free_top as usize - 1] as usize;
+        let b = &mut c.buckets[slot];
+        journal_full(b, &mut c.journal[slot], &c.settled[slot], &c.closed[slot], txn.seq);
+        c.ids[slot] = id;
+        c.settled[slot] = Settled::default();
+        c.closed[slot] = Closed::default();
+        zero_model(&mut c.model_state, slot, dims.state_dim);
+        zero_model(&mut c.forecast, slot, dims.forecast_dim);
+        zero_model(&mut c.scenario, slot, dims.scenario_dim);
+        zero_model(&mut c.scale, slot, dims.scale_dim);
+        *b = Bucket {
+            std: femto(contract.burst),
+            shadow: 0,
+            last_ns: now,
+            rate: contract.rate.micros(),
+            burst: contract.burst,
+            rho: 0,
+            sigma: 0,
+            outstanding: 0,
+            granted_shadow: 0,
+            granted_pool: 0,
+            requests: 0,
+            fallbacks: 0,
+            denied_customer: 0,
+            denied_pool: 0,
+            epoch: txn.seq,
+            weight: contract.weight,
+            flags: FLAG_ACTIVE,
+            streak: 0,
+            _pad: 0,
+        };
+        g.free_top -= 1;
+        g.customers += 1;
+        if (g.customers + g.tombstones) * 4 > c.index.len() as u64 * 3 {
+            store::rebuild_index_and_free(&mut c);
+        } else if index::insert(c.index, id, slot as u64) {
+            c.state.globals.tombstones -= 1;
+        }
+        txn.commit(c.state);
+        Ok(slot as u32)
+    }
+
+    /// Changes a customer's contract, keeping its tokens (capped at the new burst).
+    ///
+    /// # Errors
+    /// [`Error::UnknownCustomer`]; [`Error::InvalidArgument`] for a bad contract;
+    /// [`Error::ReadOnly`].
+    pub fn update_contract(&mut self, id: u64, contract: Contract, now: u64) -> Result<()> {
+        contract.validate()?;
+        let slot = self.slot_of(id).ok_or(Error::UnknownCustomer(id))? as usize;
+        let c = self.store.cols_mut()?;
+        let txn = Txn::begin(c.state, txn_kind::ALLOCATE);
+        let g = &mut c.state.globals;
+        refill_pool(g, now);
+        let b = &mut c.buckets[slot];
+        journal_bucket(b, &mut c.journal[slot], txn.seq);
+        let over = refill_bucket(b, now);
+        credit_pool(g, over);
+        b.rate = contract.rate.micros();
+        b.burst = contract.burst;
+        b.weight = contract.weight;
+        b.std = b.std.min(femto(contract.burst));
+        txn.commit(c.state);
+        Ok(())
+    }
+
+    /// Removes a customer: its shadow balance goes back to the pool and its reservation is
+    /// released.
+    ///
+    /// # Errors
+    /// [`Error::UnknownCustomer`]; [`Error::ReadOnly`].
+    pub fn remove_customer(&mut self, id: u64, now: u64) -> Result<()> {
+        let slot = self.slot_of(id).ok_or(Error::UnknownCustomer(id))? as usize;
+        let c = self.store.cols_mut()?;
+        let txn = Txn::begin(c.state, txn_kind::ADMIN);
+        let g = &mut c.state.globals;
+        refill_pool(g, now);
+        let b = &mut c.buckets[slot];
+        journal_full(b, &mut c.journal[slot], &c.settled[slot], &c.closed[slot], txn.seq);
+        let over = refill_bucket(b, now);
+        credit_pool(g, over);
+        g.pool.rho_sum -= b.rho;
+        g.pool.sigma_sum -= b.sigma;
+        let shadow = b.shadow;
+        if b.flags & FLAG_CONTENDED != 0 {
+            g.stats.flagged -= 1;
+        }
+        b.shadow = 0;
+        b.rho = 0;
+        b.sigma = 0;
+        b.flags = 0;
+        credit_pool(g, shadow);
+        index::remove(c.index, id);
+        g.tombstones += 1;
+        c.free[g.free_top as usize] = slot as u32;
+        g.free_top += 1;
+        g.customers -= 1;
+        txn.commit(c.state);
+        Ok(())
+    }
+
+    /// Moves the store to a new file with room for `new_capacity` customers (slots are kept),
+    /// replacing the old file atomically (write a temporary file, fsync, rename).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `new_capacity` is not larger; [`Error::Io`];
+    /// [`Error::ReadOnly`].
+    pub fn grow(&mut self, new_capacity: u64) -> Result<()> {
+        let old_cap = self.capacity();
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        if new_capacity <= old_cap || new_capacity >= u32::MAX as u64 {
+            return Err(Error::invalid(format!(
+                "new capacity must be above {old_cap} and below {}, got {new_capacity}",
+                u32::MAX
+            )));
+        }
+        let path = self.store.path.clone();
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".grow-tmp");
+        let tmp = std::path::PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let mut dims = self.store.header.dims();
+        dims.capacity = new_capacity;
+        let mut next = Store::create(&tmp, dims)?;
+        {
+            let old = self.store.cols();
+            let n = next.cols_mut()?;
+            let oc = old_cap as usize;
+            n.buckets[..oc].copy_from_slice(old.buckets);
+            n.ids[..oc].copy_from_slice(old.ids);
+            n.closed[..oc].copy_from_slice(old.closed);
+            n.model_state[..old.model_state.len()].copy_from_slice(old.model_state);
+            n.forecast[..old.forecast.len()].copy_from_slice(old.forecast);
+            n.scenario[..old.scenario.len()].copy_from_slice(old.scenario);
+            n.scale[..old.scale.len()].copy_from_slice(old.scale);
+            n.state.globals = old.state.globals;
+            n.state.txn = old.state.txn;
+            n.state.txn.active = 0;
+            let mut n = n;
+            store::rebuild_index_and_free(&mut n);
+            n.settled[..oc].copy_from_slice(old.settled);
+        }
+        next.flush()?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        if let Some(dir) = path.parent() {
+            if let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }) {
+                let _ = d.sync_all();
+            }
+        }
+        next.path = path;
+        self.store = next;
+        Ok(())
+    }
+
+    // ---- allocation --------------------------------------------------------------------------
+
+    /// One request for `n` tokens by customer `id` at `now`.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]. An unknown customer or zero tokens is an outcome, not an error.
+    pub fn allocate(&mut self, id: u64, n: u64, now: u64) -> Result<Decision> {
+        let slot = self.slot_of(id).unwrap_or(NO_SLOT);
+        self.allocate_slot(slot, n, now)
+    }
+
+    /// One request by slot.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`].
+    pub fn allocate_slot(&mut self, slot: u32, n: u64, now: u64) -> Result<Decision> {
+        let mut o = [Outcome::InvalidInput];
+        let mut r = [0u64];
+        self.allocate_batch_into(Keys::Slots(&[slot]), &[n], now, &mut o, &mut r)?;
+        Ok(Decision {
+            outcome: o[0],
+            retry_after_ns: r[0],
+        })
+    }
+
+    /// A batch of requests at `now`: `tokens[i]` for `keys[i]`. The outcomes and end state are
+    /// exactly those of the requests applied one at a time in order.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`]; [`Error::ReadOnly`].
+    pub fn allocate_batch(&mut self, keys: Keys<'_>, tokens: &[u64], now: u64) -> Result<BatchOutcome> {
+        let mut out = BatchOutcome {
+            outcomes: vec![Outcome::InvalidInput; tokens.len()],
+            retry_after_ns: vec![0; tokens.len()],
+        };
+        self.allocate_batch_into(keys, tokens, now, &mut out.outcomes, &mut out.retry_after_ns)?;
+        Ok(out)
+    }
+
+    /// [`Engine::allocate_batch`] into caller-owned arrays (no allocation for the outputs).
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`] when the arrays differ in length (nothing is changed);
+    /// [`Error::ReadOnly`].
+    pub fn allocate_batch_into(
+        &mut self,
+        keys: Keys<'_>,
+        tokens: &[u64],
+        now: u64,
+        outcomes: &mut [Outcome],
+        retry_after_ns: &mut [u64],
+    ) -> Result<()> {
+        let n = tokens.len();
+        let klen = match keys {
+            Keys::Ids(x) => x.len(),
+            Keys::Slots(x) => x.len(),
+        };
+        for (what, got) in [("keys", klen), ("outcomes", outcomes.len()), ("retry_after_ns", retry_after_ns.len())] {
+            if got != n {
+                return Err(Error::LengthMismatch {
+                    what,
+                    got,
+                    expected: n,
+                });
+            }
+        }
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let cap = self.capacity() as u32;
+        let resolved;
+        let slots: &[u32] = match keys {
+            Keys::Ids(ids) => {
+                let mut v = vec![NO_SLOT; n];
+                self.resolve(ids, &mut v)?;
+                resolved = v;
+                &resolved
+            }
+            Keys::Slots(s) => {
+                if s.iter().any(|&x| x >= cap && x != NO_SLOT) {
+                    let mut v = s.to_vec();
+                    v.iter_mut().for_each(|x| {
+                        if *x >= cap {
+                            *x = NO_SLOT
+                        }
+                    });
+                    resolved = v;
+                    &resolved
+                } else {
+                    s
+                }
+            }
+        };
+        let c = self.store.cols_mut()?;
+        let txn = Txn::begin(c.state, txn_kind::ALLOCATE);
+        batch::run(
+            c.buckets,
+            c.journal,
+            &mut c.state.globals,
+            txn.seq,
+            slots,
+            tokens,
+            now,
+            outcomes,
+            retry_after_ns,
+        );
+        c.state.globals.stats.batches += 1;
+        txn.commit(c.state);
+        Ok(())
+    }
+
+    /// Reports what a granted request actually used. `granted` tokens were admitted by `path`;
+    /// `used` were consumed. Unused tokens go back at once (to the standard bucket, and to the
+    /// shadow bucket or pool that paid); extra use is charged as debt to both.
+    ///
+    /// # Errors
+    /// [`Error::UnknownCustomer`]; [`Error::InvalidArgument`] when `granted` is zero or more than
+    /// the customer's grants not yet settled, or `used` is absurd; [`Error::ReadOnly`].
+    pub fn settle(&mut self, id: u64, granted: u64, used: u64, path: GrantPath, now: u64) -> Result<()> {
+        let slot = self.slot_of(id).ok_or(Error::UnknownCustomer(id))? as usize;
+        if granted == 0 {
+            return Err(Error::invalid("settle: granted must be positive"));
+        }
+        if used > MAX_BURST_TOKENS {
+            return Err(Error::invalid(format!("settle: used {used} is absurd")));
+        }
+        let c = self.store.cols_mut()?;
+        if granted > c.buckets[slot].outstanding {
+            return Err(Error::invalid(format!(
+                "settle: {granted} tokens is more than customer {id} has outstanding ({})",
+                c.buckets[slot].outstanding
+            )));
+        }
+        let txn = Txn::begin(c.state, txn_kind::SETTLE);
+        let g = &mut c.state.globals;
+        refill_pool(g, now);
+        let b = &mut c.buckets[slot];
+        journal_full(b, &mut c.journal[slot], &c.settled[slot], &c.closed[slot], txn.seq);
+        let over = refill_bucket(b, now);
+        credit_pool(g, over);
+        let st = &mut c.settled[slot];
+        if used < granted {
+            let back = granted - used;
+            let f = femto(back);
+            b.std = (b.std + f).min(femto(b.burst));
+            match path {
+                GrantPath::Shadow => {
+                    let s = b.shadow + f;
+                    let scap = femto(b.sigma);
+                    if s > scap {
+                        b.shadow = scap.max(b.shadow);
+                        // the part above sigma goes on to the pool, exactly like overflow
+                        g.pool.level += s - b.shadow;
+                        g.stats.femto_returned += s - b.shadow;
+                        clamp_pool(g);
+                    } else {
+                        b.shadow = s;
+                    }
+                }
+                GrantPath::Pool => {
+                    g.pool.level += f;
+                    clamp_pool(g);
+                }
+            }
+            st.refunded += back;
+            g.stats.tokens_refunded += back;
+        } else if used > granted {
+            let extra = used - granted;
+            let f = femto(extra);
+            b.std -= f;
+            match path {
+                GrantPath::Shadow => b.shadow -= f,
+                GrantPath::Pool => g.pool.level -= f,
+            }
+            st.debt += extra;
+            g.stats.tokens_debt += extra;
+        }
+        b.outstanding -= granted;
+        g.stats.settles += 1;
+        txn.commit(c.state);
+        Ok(())
+    }
+
+    // ---- tick --------------------------------------------------------------------------------
+
+    /// The tick: brings every customer and the pool to `now`, closes each customer's interval
+    /// counters (see [`Engine::customer`]'s `last_interval`), updates contention flags, releases
+    /// the old reservations and sets the new ones (customers not listed get none), cut back to
+    /// the reservable budget by weight, then proportionally.
+    ///
+    /// A shadow bucket keeps its balance up to its new capacity; the rest (or a debt) goes back to
+    /// the pool.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a slot that holds no customer, a slot listed twice, or an
+    /// absurd rate or capacity (nothing is changed); [`Error::ReadOnly`].
+    pub fn tick(&mut self, now: u64, reservations: &[Reservation]) -> Result<TickReport> {
+        let cap = self.capacity();
+        let mut res: Vec<Reservation> = reservations.to_vec();
+        res.sort_by_key(|r| r.slot);
+        {
+            let cols = self.store.cols();
+            for w in res.windows(2) {
+                if w[0].slot == w[1].slot {
+                    return Err(Error::invalid(format!("tick: slot {} listed twice", w[0].slot)));
+                }
+            }
+            for r in &res {
+                if r.slot as u64 >= cap || !cols.buckets[r.slot as usize].active() {
+                    return Err(Error::invalid(format!("tick: slot {} holds no customer", r.slot)));
+                }
+                if r.rate.micros() > MAX_RATE_MICROS || r.capacity > MAX_BURST_TOKENS {
+                    return Err(Error::invalid(format!(
+                        "tick: reservation for slot {} is absurd",
+                        r.slot
+                    )));
+                }
+            }
+        }
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let c = self.store.cols_mut()?;
+        let txn = Txn::begin(c.state, txn_kind::TICK);
+        let seq = txn.seq;
+        let g = &mut c.state.globals;
+        refill_pool(g, now);
+        let cfg = g.config;
+
+        // Cut back the asks to the budget.
+        let asks_rate: Vec<(u64, u16)> = res
+            .iter()
+            .map(|r| (r.rate.micros(), c.buckets[r.slot as usize].weight))
+            .collect();
+        let asks_cap: Vec<(u64, u16)> = res
+            .iter()
+            .map(|r| (r.capacity, c.buckets[r.slot as usize].weight))
+            .collect();
+        let asked_rate: u128 = asks_rate.iter().map(|a| a.0 as u128).sum();
+        let asked_cap: u128 = asks_cap.iter().map(|a| a.0 as u128).sum();
+        let cfg_pub = config_from_raw(&cfg);
+        let rates = cut_back(&asks_rate, cfg_pub.rate_budget());
+        let caps = cut_back(&asks_cap, cfg_pub.capacity_budget());
+        let cut = asked_rate > cfg_pub.rate_budget() as u128 || asked_cap > cfg_pub.capacity_budget() as u128;
+        let slots_sorted: Vec<u32> = res.iter().map(|r| r.slot).collect();
+
+        // Close intervals, update flags, set reservations: shards in parallel.
+        #[derive(Default, Clone, Copy)]
+        struct Acc {
+            overflow: i128,
+            released: i128,
+            rho: u64,
+            sigma: u64,
+            customers: u64,
+            flagged: u64,
+        }
+        let acc = c
+            .buckets
+            .par_chunks_mut(SHARD_SLOTS)
+            .zip(c.journal.par_chunks_mut(SHARD_SLOTS))
+            .zip(c.settled.par_chunks_mut(SHARD_SLOTS))
+            .zip(c.closed.par_chunks_mut(SHARD_SLOTS))
+            .enumerate()
+            .map(|(s, (((bk, jn), st), cl))| {
+                let base = (s * SHARD_SLOTS) as u32;
+                let lo = slots_sorted.partition_point(|&x| x < base);
+                let hi = slots_sorted.partition_point(|&x| x < base + bk.len() as u32);
+                let mut k = lo;
+                let mut a = Acc::default();
+                for (i, b) in bk.iter_mut().enumerate() {
+                    if !b.active() {
+                        continue;
+                    }
+                    journal_full(b, &mut jn[i], &st[i], &cl[i], seq);
+                    a.overflow += refill_bucket(b, now);
+                    cl[i] = Closed {
+                        granted_shadow: b.granted_shadow,
+                        granted_pool: b.granted_pool,
+                        requests: b.requests as u64,
+                        fallbacks: b.fallbacks as u64,
+                        denied_customer: b.denied_customer as u64,
+                        denied_pool: b.denied_pool as u64,
+                        refunded: st[i].refunded,
+                        debt: st[i].debt,
+                    };
+                    update_flag(b, &cfg);
+                    b.granted_shadow = 0;
+                    b.granted_pool = 0;
+                    b.requests = 0;
+                    b.fallbacks = 0;
+                    b.denied_customer = 0;
+                    b.denied_pool = 0;
+                    st[i] = Settled::default();
+                    let (rho, sigma) = if k < hi && slots_sorted[k] == base + i as u32 {
+                        k += 1;
+                        (rates[k - 1], caps[k - 1])
+                    } else {
+                        (0, 0)
+                    };
+                    let keep = b.shadow.clamp(0, femto(sigma));
+                    a.released += b.shadow - keep;
+                    b.shadow = keep;
+                    b.rho = rho;
+                    b.sigma = sigma;
+                    a.rho += rho;
+                    a.sigma += sigma;
+                    a.customers += 1;
+                    a.flagged += (b.flags & FLAG_CONTENDED != 0) as u64;
+                }
+                a
+            })
+            .reduce(Acc::default, |x, y| Acc {
+                overflow: x.overflow + y.overflow,
+                released: x.released + y.released,
+                rho: x.rho + y.rho,
+                sigma: x.sigma + y.sigma,
+                customers: x.customers + y.customers,
+                flagged: x.flagged + y.flagged,
+            });
+        let g = &mut c.state.globals;
+        // Overflow accrued under the old reservations, against the old cap.
+        credit_pool(g, acc.overflow);
+        g.pool.rho_sum = acc.rho;
+        g.pool.sigma_sum = acc.sigma;
+        // The released balances return against the new cap (which also trims a pool above it).
+        g.pool.level += acc.released;
+        g.stats.femto_returned += acc.released;
+        clamp_pool(g);
+        g.stats.flagged = acc.flagged;
+        g.stats.ticks += 1;
+        g.last_tick_ns = now;
+        txn.commit(c.state);
+        Ok(TickReport {
+            customers: acc.customers,
+            asked_rate_micros: asked_rate,
+            reserved_rate_micros: acc.rho,
+            reserved_capacity: acc.sigma,
+            cut_back: cut,
+            flagged: acc.flagged,
+        })
+    }
+
+    // ---- queries -----------------------------------------------------------------------------
+
+    /// A customer as of the last time the engine touched it.
+    ///
+    /// # Errors
+    /// [`Error::UnknownCustomer`].
+    pub fn customer(&self, id: u64) -> Result<CustomerView> {
+        self.customer_view(id, None)
+    }
+
+    /// A customer as it would be at `now` (levels refilled; nothing is written).
+    ///
+    /// # Errors
+    /// [`Error::UnknownCustomer`].
+    pub fn customer_at(&self, id: u64, now: u64) -> Result<CustomerView> {
+        self.customer_view(id, Some(now))
+    }
+
+    fn customer_view(&self, id: u64, now: Option<u64>) -> Result<CustomerView> {
+        let slot = self.slot_of(id).ok_or(Error::UnknownCustomer(id))? as usize;
+        let c = self.store.cols();
+        let mut b = c.buckets[slot];
+        if let Some(t) = now {
+            refill_bucket(&mut b, t);
+        }
+        let d = self.store.header.dims();
+        let pick = |col: &[f32], dim: u32| col[slot * dim as usize..(slot + 1) * dim as usize].to_vec();
+        Ok(CustomerView {
+            id,
+            slot: slot as u32,
+            contract: Contract {
+                burst: b.burst,
+                rate: Rate::from_micros_per_sec(b.rate),
+                weight: b.weight,
+            },
+            std_femto: b.std,
+            shadow_femto: b.shadow,
+            reserved_rate: Rate::from_micros_per_sec(b.rho),
+            shadow_capacity: b.sigma,
+            flagged: b.flags & FLAG_CONTENDED != 0,
+            outstanding: b.outstanding,
+            last_interval: c.closed[slot],
+            forecast: pick(c.forecast, d.forecast_dim),
+            scenarios: pick(c.scenario, d.scenario_dim),
+        })
+    }
+
+    /// Engine-wide counters and pool state.
+    pub fn stats(&self) -> Stats {
+        let s = self.store.cols().state;
+        Stats {
+            counters: s.globals.stats,
+            customers: s.globals.customers,
+            capacity: self.capacity(),
+            pool_femto: s.globals.pool.level,
+            reserved_rate_micros: s.globals.pool.rho_sum,
+            reserved_capacity: s.globals.pool.sigma_sum,
+            last_committed: s.txn.last_committed,
+            last_rolled_back: s.txn.last_rolled_back,
+        }
+    }
+
+    /// Ids of the customers whose contention flag is raised, in slot order.
+    pub fn flagged(&self) -> Vec<u64> {
+        let c = self.store.cols();
+        c.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.active() && b.flags & FLAG_CONTENDED != 0)
+            .map(|(i, _)| c.ids[i])
+            .collect()
+    }
+
+    /// Ids of all customers, in slot order.
+    pub fn customer_ids(&self) -> Vec<u64> {
+        let c = self.store.cols();
+        c.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.active())
+            .map(|(i, _)| c.ids[i])
+            .collect()
+    }
+
+    /// Where the pool's supply is at `now` (semantics I4), computed without writing anything:
+    /// as if every customer and the pool were brought up to `now`.
+    pub fn ledger(&self, now: u64) -> Ledger {
+        let c = self.store.cols();
+        let mut g = c.state.globals;
+        refill_pool(&mut g, now);
+        let (overflow, shadows) = c
+            .buckets
+            .par_iter()
+            .with_min_len(4096)
+            .filter(|b| b.active())
+            .map(|b| {
+                let mut b = *b;
+                let o = refill_bucket(&mut b, now);
+                (o, b.shadow)
+            })
+            .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        credit_pool(&mut g, overflow);
+        let s = &g.stats;
+        let granted = s.tokens_shadow as i128 + s.tokens_pool as i128 + s.tokens_debt as i128
+            - s.tokens_refunded as i128;
+        let created = self.created_ns();
+        Ledger {
+            supplied: femto(g.config.pool_burst) + accrual(g.config.pool_rate, now.saturating_sub(created)),
+            in_pool: g.pool.level,
+            in_shadows: shadows,
+            granted_net: granted * FEMTO_PER_TOKEN,
+            lost_at_cap: s.femto_lost_at_cap,
+        }
+    }
+
+    fn created_ns(&self) -> u64 {
+        self.store.cols().state.globals.created_ns
+    }
+
+    /// Checks the store's internal consistency: every record within its bounds, the index and
+    /// the records agreeing, the sums of reservations matching, the pool within its cap.
+    ///
+    /// # Errors
+    /// [`Error::BadFile`] describing the first problem found.
+    pub fn check(&self) -> Result<()> {
+        let c = self.store.cols();
+        let bad = |r: String| Err(Error::bad_file(&self.store.path, r));
+        let g = &c.state.globals;
+        let (mut rho, mut sigma, mut n, mut flagged) = (0u64, 0u64, 0u64, 0u64);
+        for (i, b) in c.buckets.iter().enumerate() {
+            if !b.active() {
+                continue;
+            }
+            n += 1;
+            rho += b.rho;
+            sigma += b.sigma;
+            flagged += (b.flags & FLAG_CONTENDED != 0) as u64;
+            if b.std > femto(b.burst) {
+                return bad(format!("slot {i}: standard bucket above its burst"));
+            }
+            if b.shadow > femto(b.sigma) {
+                return bad(format!("slot {i}: shadow bucket above its capacity"));
+            }
+            if b.burst == 0 || b.rate == 0 {
+                return bad(format!("slot {i}: empty contract"));
+            }
+            if index::find(c.index, c.ids[i]) != Some(i as u64) {
+                return bad(format!("slot {i}: index does not map id {} here", c.ids[i]));
+            }
+        }
+        if n != g.customers {
+            return bad(format!("{n} active records but {} customers counted", g.customers));
+        }
+        if rho != g.pool.rho_sum || sigma != g.pool.sigma_sum {
+            return bad("reservation sums do not match the records".into());
+        }
+        if flagged != g.stats.flagged {
+            return bad("flagged count does not match the records".into());
+        }
+        if g.pool.level > pool_cap(&g.pool, &g.config) {
+            return bad("pool above its cap".into());
+        }
+        let cfg = config_from_raw(&g.config);
+        if rho > cfg.rate_budget() || sigma > cfg.capacity_budget() {
+            return bad("reservations above the budget".into());
+        }
+        if c.state.txn.active != 0 && !self.store.read_only() {
+            return bad("a transaction is still active".into());
+        }
+        Ok(())
+    }
+}
+
+fn zero_model(col: &mut [f32], slot: usize, dim: u32) {
+    let d = dim as usize;
+    col[slot * d..(slot + 1) * d].fill(0.0);
+}
+
+/// Contention flag with hysteresis, from the interval's counters (before they are reset).
+fn update_flag(b: &mut Bucket, cfg: &ConfigRaw) {
+    let req = b.requests as u64;
+    if req < cfg.contention_min_requests as u64 || req == 0 {
+        return;
+    }
+    let contended = b.fallbacks as u64 + b.denied_pool as u64;
+    let share_ppm = contended * 1_000_000 / req;
+    let flagged = b.flags & FLAG_CONTENDED != 0;
+    let toward = if flagged {
+        share_ppm < cfg.contention_low_ppm as u64
+    } else {
+        share_ppm > cfg.contention_high_ppm as u64
+    };
+    if toward {
+        b.streak = b.streak.saturating_add(1);
+        if b.streak as u32 >= cfg.contention_ticks {
+            b.flags ^= FLAG_CONTENDED;
+            b.streak = 0;
+        }
+    } else {
+        b.streak = 0;
+    }
+}

@@ -1,0 +1,267 @@
+//! The allocation kernel: one request against one customer and the pool, exactly as
+//! `semantics.md` defines it. The batch path, the single-request path and the tick all call these
+//! functions, so there is one definition of the arithmetic.
+
+use crate::fixed::{accrual, femto, time_to_cover};
+use crate::layout::{Bucket, ConfigRaw, Globals, PoolRaw, StatsRaw};
+
+/// What happened to one request.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Granted from the customer's shadow bucket (the fast path; no shared state touched).
+    GrantedShadow = 0,
+    /// Granted from the pool (a fallback: the reservation did not cover it).
+    GrantedPool = 1,
+    /// Denied: the customer's contract (standard bucket) is exhausted. An API answers 429.
+    DeniedCustomerLimit = 2,
+    /// Denied: the shared pool is exhausted. An API sheds load (503).
+    DeniedPoolExhausted = 3,
+    /// The request is larger than the customer's burst and can never pass.
+    ExceedsBurst = 4,
+    /// No such customer (or slot).
+    UnknownCustomer = 5,
+    /// The request itself is invalid (zero tokens).
+    InvalidInput = 6,
+}
+
+impl Outcome {
+    /// Whether the request was granted.
+    pub fn granted(self) -> bool {
+        matches!(self, Outcome::GrantedShadow | Outcome::GrantedPool)
+    }
+
+    /// The outcome with this numeric code.
+    pub fn from_code(code: u8) -> Option<Outcome> {
+        Some(match code {
+            0 => Outcome::GrantedShadow,
+            1 => Outcome::GrantedPool,
+            2 => Outcome::DeniedCustomerLimit,
+            3 => Outcome::DeniedPoolExhausted,
+            4 => Outcome::ExceedsBurst,
+            5 => Outcome::UnknownCustomer,
+            6 => Outcome::InvalidInput,
+            _ => return None,
+        })
+    }
+}
+
+/// A request's outcome and, for denials, the nanoseconds until the same request would pass if
+/// nothing else happened (`u64::MAX`: never; 0 for grants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Retry-after, ns.
+    pub retry_after_ns: u64,
+}
+
+/// Brings a customer's standard and shadow buckets up to `now`. Returns the femto-tokens that
+/// accrued in the shadow bucket beyond `sigma`, which belong to the pool. Time that goes backwards
+/// changes nothing.
+#[inline(always)]
+pub(crate) fn refill_bucket(b: &mut Bucket, now: u64) -> i128 {
+    if now <= b.last_ns {
+        return 0;
+    }
+    let dt = now - b.last_ns;
+    b.last_ns = now;
+    let cap = femto(b.burst);
+    if b.std < cap {
+        b.std = (b.std + accrual(b.rate, dt)).min(cap);
+    }
+    if b.rho == 0 {
+        return 0;
+    }
+    let scap = femto(b.sigma);
+    let s = b.shadow + accrual(b.rho, dt);
+    if s > scap {
+        let over = s - scap.max(b.shadow);
+        b.shadow = scap.max(b.shadow);
+        over
+    } else {
+        b.shadow = s;
+        0
+    }
+}
+
+/// The pool's cap: its burst less the shadow capacity carved out for reservations.
+#[inline(always)]
+pub(crate) fn pool_cap(pool: &PoolRaw, cfg: &ConfigRaw) -> i128 {
+    femto(cfg.pool_burst.saturating_sub(pool.sigma_sum))
+}
+
+/// Brings the pool up to `now` at `pool_rate - rho_sum`.
+#[inline]
+pub(crate) fn refill_pool(g: &mut Globals, now: u64) {
+    let p = &mut g.pool;
+    if now <= p.last_ns {
+        return;
+    }
+    let dt = now - p.last_ns;
+    p.last_ns = now;
+    let rate = g.config.pool_rate.saturating_sub(p.rho_sum);
+    p.level += accrual(rate, dt);
+    clamp_pool(g);
+}
+
+/// Puts femto-tokens (positive: a return; negative: a debt moved over) into the pool.
+#[inline]
+pub(crate) fn credit_pool(g: &mut Globals, amount: i128) {
+    if amount == 0 {
+        return;
+    }
+    g.pool.level += amount;
+    g.stats.femto_returned += amount;
+    clamp_pool(g);
+}
+
+/// Drops whatever exceeds the pool's cap, counting it as lost at the cap.
+#[inline]
+pub(crate) fn clamp_pool(g: &mut Globals) {
+    let cap = pool_cap(&g.pool, &g.config);
+    if g.pool.level > cap {
+        g.stats.femto_lost_at_cap += g.pool.level - cap;
+        g.pool.level = cap;
+    }
+}
+
+/// Result of the customer-local part of a request.
+pub(crate) enum Local {
+    /// Decided without the pool.
+    Done(Decision),
+    /// Standard bucket has the tokens, shadow does not: the pool decides.
+    NeedsPool,
+}
+
+/// Decides what a request can decide from its customer alone (the bucket already brought up to
+/// `now`), applying a shadow grant or counting a denial.
+#[inline(always)]
+pub(crate) fn decide_local(b: &mut Bucket, n: u64, st: &mut StatsRaw) -> Local {
+    st.requests += 1;
+    if n == 0 {
+        st.invalid += 1;
+        return Local::Done(Decision {
+            outcome: Outcome::InvalidInput,
+            retry_after_ns: u64::MAX,
+        });
+    }
+    if n > b.burst {
+        st.exceeds_burst += 1;
+        b.requests = b.requests.saturating_add(1);
+        return Local::Done(Decision {
+            outcome: Outcome::ExceedsBurst,
+            retry_after_ns: u64::MAX,
+        });
+    }
+    let nf = femto(n);
+    if b.std >= nf && b.shadow >= nf {
+        b.std -= nf;
+        b.shadow -= nf;
+        b.outstanding = b.outstanding.saturating_add(n);
+        b.granted_shadow = b.granted_shadow.saturating_add(n);
+        b.requests = b.requests.saturating_add(1);
+        st.shadow_grants += 1;
+        st.tokens_shadow += n;
+        return Local::Done(Decision {
+            outcome: Outcome::GrantedShadow,
+            retry_after_ns: 0,
+        });
+    }
+    if b.std < nf {
+        b.requests = b.requests.saturating_add(1);
+        b.denied_customer = b.denied_customer.saturating_add(1);
+        st.denied_customer += 1;
+        return Local::Done(Decision {
+            outcome: Outcome::DeniedCustomerLimit,
+            retry_after_ns: time_to_cover(nf - b.std, b.rate),
+        });
+    }
+    st.requests -= 1; // counted again by `decide_pool`
+    Local::NeedsPool
+}
+
+/// The fallback: grants `n` from the pool (and raises the reservation at once) or denies with
+/// `PoolExhausted`. The bucket and the pool are already at `now`, and `decide_local` said
+/// `NeedsPool`.
+#[inline]
+pub(crate) fn decide_pool(b: &mut Bucket, n: u64, g: &mut Globals) -> Decision {
+    let nf = femto(n);
+    g.stats.requests += 1;
+    b.requests = b.requests.saturating_add(1);
+    if g.pool.level >= nf {
+        g.pool.level -= nf;
+        b.std -= nf;
+        b.outstanding = b.outstanding.saturating_add(n);
+        b.granted_pool = b.granted_pool.saturating_add(n);
+        b.fallbacks = b.fallbacks.saturating_add(1);
+        g.stats.pool_grants += 1;
+        g.stats.tokens_pool += n;
+        bump_reservation(b, n, g);
+        return Decision {
+            outcome: Outcome::GrantedPool,
+            retry_after_ns: 0,
+        };
+    }
+    b.denied_pool = b.denied_pool.saturating_add(1);
+    g.stats.denied_pool += 1;
+    let pool_rate = g.config.pool_rate.saturating_sub(g.pool.rho_sum);
+    let t_pool = time_to_cover(nf - g.pool.level, pool_rate);
+    let t_pool = if nf > pool_cap(&g.pool, &g.config) {
+        u64::MAX
+    } else {
+        t_pool
+    };
+    let t_shadow = if b.sigma >= n {
+        time_to_cover(nf - b.shadow, b.rho)
+    } else {
+        u64::MAX
+    };
+    Decision {
+        outcome: Outcome::DeniedPoolExhausted,
+        retry_after_ns: t_pool.min(t_shadow),
+    }
+}
+
+/// The immediate reservation bump after a fallback of `n` tokens (the seed's
+/// `update_shadow_bucket`): the reserved rate rises by `n` tokens per interval and the shadow
+/// capacity by `n` tokens, each within what the reservable budget has left, and the capacity also
+/// within the pool's headroom (so no pool token is pushed over the new cap).
+#[inline]
+pub(crate) fn bump_reservation(b: &mut Bucket, n: u64, g: &mut Globals) {
+    let cfg = &g.config;
+    let rate_budget = (cfg.pool_rate as u128 * cfg.alpha_ppm as u128 / 1_000_000) as u64;
+    let cap_budget = (cfg.pool_burst as u128 * cfg.alpha_ppm as u128 / 1_000_000) as u64;
+    let want_rate = (n as u128 * 1_000_000 * 1_000_000_000 / cfg.interval_ns as u128)
+        .min(u64::MAX as u128) as u64;
+    let d_rate = want_rate.min(rate_budget.saturating_sub(g.pool.rho_sum));
+    let headroom = pool_cap(&g.pool, cfg) - g.pool.level;
+    let headroom_tokens = if headroom <= 0 {
+        0
+    } else {
+        (headroom / crate::fixed::FEMTO_PER_TOKEN).min(u64::MAX as i128) as u64
+    };
+    let d_cap = n
+        .min(cap_budget.saturating_sub(g.pool.sigma_sum))
+        .min(headroom_tokens);
+    if d_rate == 0 && d_cap == 0 {
+        return;
+    }
+    b.rho += d_rate;
+    b.sigma += d_cap;
+    g.pool.rho_sum += d_rate;
+    g.pool.sigma_sum += d_cap;
+    g.stats.bumps += 1;
+}
+
+/// One request, start to finish, applied sequentially (the single-request call, and the
+/// continuation of the batch path).
+#[inline]
+pub(crate) fn decide_full(b: &mut Bucket, n: u64, now: u64, g: &mut Globals) -> Decision {
+    let over = refill_bucket(b, now);
+    credit_pool(g, over);
+    match decide_local(b, n, &mut g.stats) {
+        Local::Done(d) => d,
+        Local::NeedsPool => decide_pool(b, n, g),
+    }
+}

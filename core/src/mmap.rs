@@ -1,0 +1,122 @@
+//! Every `memmap2` and file-lock call of the crate, in one place.
+//!
+//! A writer holds an exclusive advisory lock (`flock`) on the store file for as long as it has it
+//! mapped, so no cooperating process writes or truncates the file under it. Read-only opens take
+//! no lock: they map the file read-only and see the live state, which is safe because no writer
+//! ever shrinks a store file (growing writes a new file and renames it over the old path, which
+//! leaves the old inode, and so every existing mapping, intact).
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::Path;
+
+use memmap2::{Mmap, MmapMut};
+
+use crate::error::{Error, Result};
+
+/// A mapped store file.
+pub(crate) enum Mapping {
+    /// Mapped read-write, file exclusively locked.
+    Write {
+        /// The map.
+        map: MmapMut,
+        /// Kept open so the lock lives as long as the map.
+        _file: File,
+    },
+    /// Mapped read-only, no lock.
+    Read {
+        /// The map.
+        map: Mmap,
+    },
+}
+
+impl Mapping {
+    /// The mapped bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Mapping::Write { map, .. } => map,
+            Mapping::Read { map } => map,
+        }
+    }
+
+    /// The mapped bytes, writable; `None` for a read-only mapping.
+    pub(crate) fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+        match self {
+            Mapping::Write { map, .. } => Some(map),
+            Mapping::Read { .. } => None,
+        }
+    }
+
+    /// Writes dirty pages back to the file and waits for the disk.
+    pub(crate) fn flush(&self, path: &Path) -> Result<()> {
+        match self {
+            Mapping::Write { map, .. } => map.flush().map_err(|e| Error::io(path, e)),
+            Mapping::Read { .. } => Ok(()),
+        }
+    }
+}
+
+fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(TryLockError::WouldBlock) => Err(Error::Locked(path.to_path_buf())),
+        Err(TryLockError::Error(e)) => Err(Error::io(path, e)),
+    }
+}
+
+/// Creates `path` (which must not exist) with `len` zero bytes, locks it and maps it.
+pub(crate) fn create(path: &Path, len: u64) -> Result<Mapping> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    lock_exclusive(&file, path)?;
+    file.set_len(len).map_err(|e| Error::io(path, e))?;
+    // SAFETY: we created the file and hold its exclusive lock; every writer of a store takes that
+    // lock first, so nobody else writes or truncates the file while it is mapped.
+    let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok(Mapping::Write { map, _file: file })
+}
+
+/// The length of `path`'s file and the file itself, opened for reading (and writing).
+fn open_file(path: &Path, write: bool) -> Result<(File, u64)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    Ok((file, len))
+}
+
+/// Opens an existing store for writing: takes the exclusive lock, then maps it. Files shorter than
+/// `min_len` are refused before mapping.
+pub(crate) fn open_write(path: &Path, min_len: u64) -> Result<Mapping> {
+    let (file, len) = open_file(path, true)?;
+    lock_exclusive(&file, path)?;
+    if len < min_len {
+        return Err(Error::bad_file(
+            path,
+            format!("truncated: {len} bytes, a store has at least {min_len}"),
+        ));
+    }
+    // SAFETY: we hold the exclusive lock (see `create`), so no other writer maps or truncates it.
+    let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok(Mapping::Write { map, _file: file })
+}
+
+/// Opens an existing store read-only, without a lock.
+pub(crate) fn open_read(path: &Path, min_len: u64) -> Result<Mapping> {
+    let (file, len) = open_file(path, false)?;
+    if len < min_len {
+        return Err(Error::bad_file(
+            path,
+            format!("truncated: {len} bytes, a store has at least {min_len}"),
+        ));
+    }
+    // SAFETY: the map is read-only; writers never shrink a store file (see the module docs), so the
+    // mapped range stays backed by the file for the map's lifetime.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok(Mapping::Read { map })
+}

@@ -1,0 +1,377 @@
+//! The store file: create, open and validate, column access, transactions and recovery.
+//!
+//! Durability (semantics I7) comes from a per-slot undo journal. A transaction (a batch, a settle,
+//! a tick, one customer change) first copies the engine-wide state to an undo area and marks itself
+//! active; before it first writes a slot it copies the slot's record into that slot's journal entry
+//! and stamps the record with the transaction's sequence number; it commits by recording its
+//! number as the last committed one. A process killed at any instant leaves either no active
+//! transaction or one whose every touched record still has its pre-image: opening the store for
+//! writing restores them, so every transaction is all or nothing, and the store says which was
+//! the last one completed and which one was rolled back.
+//!
+//! All of this protects against the process dying (its writes to the shared mapping are already in
+//! the page cache); [`Store::flush`] makes them durable against the machine dying too.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{Ordering, compiler_fence};
+
+use bytemuck::Zeroable;
+
+use crate::error::{Error, Result};
+use crate::index;
+use crate::layout::*;
+use crate::mmap::{self, Mapping};
+
+/// Mutable views of every column and the state page, split out of one mapping.
+pub(crate) struct ColsMut<'a> {
+    pub state: &'a mut StatePage,
+    pub buckets: &'a mut [Bucket],
+    pub journal: &'a mut [JournalEntry],
+    pub ids: &'a mut [u64],
+    pub settled: &'a mut [Settled],
+    pub closed: &'a mut [Closed],
+    pub free: &'a mut [u32],
+    pub index: &'a mut [IndexEntry],
+    pub model_state: &'a mut [f32],
+    pub forecast: &'a mut [f32],
+    pub scenario: &'a mut [f32],
+    pub scale: &'a mut [f32],
+}
+
+/// Shared views of every column and the state page.
+pub(crate) struct Cols<'a> {
+    pub state: &'a StatePage,
+    pub buckets: &'a [Bucket],
+    pub ids: &'a [u64],
+    pub closed: &'a [Closed],
+    pub settled: &'a [Settled],
+    pub index: &'a [IndexEntry],
+    pub model_state: &'a [f32],
+    pub forecast: &'a [f32],
+    pub scenario: &'a [f32],
+    pub scale: &'a [f32],
+}
+
+/// An open store file.
+pub(crate) struct Store {
+    pub path: PathBuf,
+    pub header: FileHeader,
+    map: Mapping,
+}
+
+fn split_cols<'a>(bytes: &'a mut [u8], h: &FileHeader) -> ColsMut<'a> {
+    let (_, mut rest) = bytes.split_at_mut(HEADER_BYTES as usize);
+    let (state, after) = rest.split_at_mut(STATE_BYTES as usize);
+    rest = after;
+    let state: &mut StatePage =
+        bytemuck::from_bytes_mut(&mut state[..std::mem::size_of::<StatePage>()]);
+    let mut pos = HEADER_BYTES + STATE_BYTES;
+    let mut parts: Vec<&'a mut [u8]> = Vec::with_capacity(NUM_COLUMNS);
+    for c in &h.columns[..NUM_COLUMNS] {
+        let skip = (c.offset - pos) as usize;
+        let r = std::mem::take(&mut rest);
+        let (_, r) = r.split_at_mut(skip);
+        let (col, r) = r.split_at_mut(c.len as usize);
+        parts.push(col);
+        rest = r;
+        pos = c.offset + c.len;
+    }
+    let mut it = parts.into_iter();
+    let mut next = || it.next().expect("column count");
+    ColsMut {
+        state,
+        buckets: bytemuck::cast_slice_mut(next()),
+        journal: bytemuck::cast_slice_mut(next()),
+        ids: bytemuck::cast_slice_mut(next()),
+        settled: bytemuck::cast_slice_mut(next()),
+        closed: bytemuck::cast_slice_mut(next()),
+        free: bytemuck::cast_slice_mut(next()),
+        index: bytemuck::cast_slice_mut(next()),
+        model_state: bytemuck::cast_slice_mut(next()),
+        forecast: bytemuck::cast_slice_mut(next()),
+        scenario: bytemuck::cast_slice_mut(next()),
+        scale: bytemuck::cast_slice_mut(next()),
+    }
+}
+
+fn col<'a, T: bytemuck::Pod>(bytes: &'a [u8], h: &FileHeader, c: Col) -> &'a [T] {
+    let d = h.columns[c as usize];
+    bytemuck::cast_slice(&bytes[d.offset as usize..(d.offset + d.len) as usize])
+}
+
+/// Checks a header read from `path` whose file is `actual_len` bytes long.
+fn validate_header(path: &Path, bytes: &[u8]) -> Result<FileHeader> {
+    let bad = |r: String| Error::bad_file(path, r);
+    let h: FileHeader = bytemuck::pod_read_unaligned(&bytes[..std::mem::size_of::<FileHeader>()]);
+    if h.magic != MAGIC {
+        return Err(bad("wrong magic (not a store file)".into()));
+    }
+    if h.version != FORMAT_VERSION {
+        return Err(bad(format!(
+            "unknown format version {} (this build reads version {FORMAT_VERSION})",
+            h.version
+        )));
+    }
+    if h.checksum != h.compute_checksum() {
+        return Err(bad("header checksum mismatch (the header is corrupt)".into()));
+    }
+    if h.header_len as usize != std::mem::size_of::<FileHeader>() {
+        return Err(bad(format!("header length {} is wrong", h.header_len)));
+    }
+    if h.capacity == 0 || h.capacity >= u32::MAX as u64 {
+        return Err(bad(format!("capacity {} out of range", h.capacity)));
+    }
+    let dims = h.dims();
+    let Some((cols, len)) = dims.layout() else {
+        return Err(bad("dimensions overflow".into()));
+    };
+    if h.index_capacity != dims.index_capacity() {
+        return Err(bad("index capacity does not match the capacity".into()));
+    }
+    for (i, (got, want)) in h.columns.iter().zip(cols.iter()).enumerate() {
+        if got != want {
+            return Err(bad(format!(
+                "column {i} out of bounds: at {}+{}, expected {}+{}",
+                got.offset, got.len, want.offset, want.len
+            )));
+        }
+    }
+    if h.file_len != len {
+        return Err(bad(format!("file length field {} is wrong", h.file_len)));
+    }
+    if (bytes.len() as u64) < len {
+        return Err(bad(format!(
+            "truncated: {} bytes, the header says {len}",
+            bytes.len()
+        )));
+    }
+    Ok(h)
+}
+
+fn validate_state(path: &Path, h: &FileHeader, s: &StatePage) -> Result<()> {
+    let bad = |r: &str| Err(Error::bad_file(path, r));
+    let g = &s.globals;
+    if g.customers > h.capacity || g.free_top > h.capacity || g.customers + g.free_top != h.capacity
+    {
+        return bad("customer count and free list do not add up to the capacity");
+    }
+    if g.config.pool_burst == 0 || g.config.pool_rate == 0 || g.config.interval_ns == 0 {
+        return bad("engine configuration is zero");
+    }
+    if s.txn.active != 0 && s.txn.active <= s.txn.last_committed.max(s.txn.last_rolled_back) {
+        if s.txn.active != s.txn.last_committed {
+            return bad("transaction state is inconsistent");
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Creates a new store file of these dimensions, with zeroed columns.
+    pub(crate) fn create(path: &Path, dims: Dims) -> Result<Store> {
+        if dims.capacity == 0 || dims.capacity >= u32::MAX as u64 {
+            return Err(Error::invalid(format!(
+                "capacity must be 1..{}, got {}",
+                u32::MAX,
+                dims.capacity
+            )));
+        }
+        if dims.state_dim > 1 << 16 || dims.forecast_dim > 1 << 10 || dims.scenario_dim > 64 {
+            return Err(Error::invalid("model dimensions too large"));
+        }
+        let header = FileHeader::new(dims).ok_or_else(|| Error::invalid("store too large"))?;
+        let mut map = mmap::create(path, header.file_len)?;
+        let bytes = map.bytes_mut().expect("writable");
+        bytes[..std::mem::size_of::<FileHeader>()].copy_from_slice(bytemuck::bytes_of(&header));
+        let mut store = Store {
+            path: path.to_path_buf(),
+            header,
+            map,
+        };
+        let c = store.cols_mut().expect("writable");
+        for (i, f) in c.free.iter_mut().enumerate() {
+            *f = (dims.capacity as usize - 1 - i) as u32;
+        }
+        c.index.fill(IndexEntry {
+            id: INDEX_EMPTY,
+            slot: 0,
+        });
+        c.state.globals.free_top = dims.capacity;
+        Ok(store)
+    }
+
+    /// Opens and validates an existing store; for writing, recovers an interrupted transaction.
+    pub(crate) fn open(path: &Path, write: bool) -> Result<(Store, Option<u64>)> {
+        let min = HEADER_BYTES + STATE_BYTES;
+        let map = if write {
+            mmap::open_write(path, min)?
+        } else {
+            mmap::open_read(path, min)?
+        };
+        let header = validate_header(path, map.bytes())?;
+        let state: StatePage = bytemuck::pod_read_unaligned(
+            &map.bytes()[HEADER_BYTES as usize..HEADER_BYTES as usize + std::mem::size_of::<StatePage>()],
+        );
+        validate_state(path, &header, &state)?;
+        let mut store = Store {
+            path: path.to_path_buf(),
+            header,
+            map,
+        };
+        let recovered = if write { store.recover() } else { None };
+        Ok((store, recovered))
+    }
+
+    /// Whether the store was opened read-only.
+    pub(crate) fn read_only(&self) -> bool {
+        matches!(self.map, Mapping::Read { .. })
+    }
+
+    pub(crate) fn cols_mut(&mut self) -> Result<ColsMut<'_>> {
+        let h = self.header;
+        let bytes = self.map.bytes_mut().ok_or(Error::ReadOnly)?;
+        Ok(split_cols(bytes, &h))
+    }
+
+    pub(crate) fn cols(&self) -> Cols<'_> {
+        let b = self.map.bytes();
+        let h = &self.header;
+        let s = HEADER_BYTES as usize;
+        Cols {
+            state: bytemuck::from_bytes(&b[s..s + std::mem::size_of::<StatePage>()]),
+            buckets: col(b, h, Col::Buckets),
+            ids: col(b, h, Col::Ids),
+            closed: col(b, h, Col::Closed),
+            settled: col(b, h, Col::Settled),
+            index: col(b, h, Col::Index),
+            model_state: col(b, h, Col::ModelState),
+            forecast: col(b, h, Col::Forecast),
+            scenario: col(b, h, Col::Scenario),
+            scale: col(b, h, Col::Scale),
+        }
+    }
+
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.map.flush(&self.path)
+    }
+
+    /// Rolls back a transaction left active by a killed process. Returns its sequence number.
+    fn recover(&mut self) -> Option<u64> {
+        let mut c = self.cols_mut().expect("writable");
+        let txn = c.state.txn;
+        if txn.active == 0 {
+            return None;
+        }
+        if txn.active == txn.last_committed {
+            c.state.txn.active = 0;
+            return None;
+        }
+        let seq = txn.active;
+        for (i, b) in c.buckets.iter_mut().enumerate() {
+            if b.epoch != seq {
+                continue;
+            }
+            let j = &c.journal[i];
+            *b = j.bucket;
+            if txn.kind >= txn_kind::SETTLE {
+                c.settled[i] = j.settled;
+            }
+            if txn.kind >= txn_kind::TICK {
+                c.closed[i] = j.closed;
+            }
+        }
+        c.state.globals = c.state.undo;
+        if txn.kind == txn_kind::ADMIN {
+            rebuild_index_and_free(&mut c);
+        }
+        c.state.txn.last_rolled_back = seq;
+        compiler_fence(Ordering::SeqCst);
+        c.state.txn.active = 0;
+        Some(seq)
+    }
+}
+
+/// Rebuilds the index, the free stack and the counts from the records.
+pub(crate) fn rebuild_index_and_free(c: &mut ColsMut<'_>) {
+    let cap = c.buckets.len();
+    let live: Vec<(u64, u64)> = c
+        .buckets
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.active())
+        .map(|(i, _)| (c.ids[i], i as u64))
+        .collect();
+    index::rebuild(c.index, live.iter().copied());
+    let mut top = 0usize;
+    for i in (0..cap).rev() {
+        if !c.buckets[i].active() {
+            c.free[top] = i as u32;
+            top += 1;
+        }
+    }
+    c.state.globals.free_top = top as u64;
+    c.state.globals.customers = live.len() as u64;
+    c.state.globals.tombstones = 0;
+}
+
+/// A transaction in flight: begun on construction, committed by [`Txn::commit`]. Dropping it
+/// without committing (an early return) leaves it active, exactly like a crash, and the next
+/// writer's open rolls it back; callers validate before they begin, so that never happens on
+/// bad input.
+pub(crate) struct Txn {
+    pub seq: u64,
+}
+
+impl Txn {
+    pub(crate) fn begin(state: &mut StatePage, kind: u64) -> Txn {
+        let seq = state.txn.last_committed.max(state.txn.last_rolled_back) + 1;
+        state.undo = state.globals;
+        state.txn.kind = kind;
+        compiler_fence(Ordering::SeqCst);
+        state.txn.active = seq;
+        compiler_fence(Ordering::SeqCst);
+        Txn { seq }
+    }
+
+    pub(crate) fn commit(self, state: &mut StatePage) {
+        compiler_fence(Ordering::SeqCst);
+        state.txn.last_committed = self.seq;
+        compiler_fence(Ordering::SeqCst);
+        state.txn.active = 0;
+    }
+}
+
+/// Saves a bucket's pre-image once per transaction.
+#[inline(always)]
+pub(crate) fn journal_bucket(b: &mut Bucket, j: &mut JournalEntry, seq: u64) {
+    if b.epoch != seq {
+        j.bucket = *b;
+        compiler_fence(Ordering::SeqCst);
+        b.epoch = seq;
+    }
+}
+
+/// Saves a slot's full pre-image (bucket, settle counters, closed interval) once per transaction.
+#[inline]
+pub(crate) fn journal_full(
+    b: &mut Bucket,
+    j: &mut JournalEntry,
+    settled: &Settled,
+    closed: &Closed,
+    seq: u64,
+) {
+    if b.epoch != seq {
+        j.bucket = *b;
+        j.settled = *settled;
+        j.closed = *closed;
+        compiler_fence(Ordering::SeqCst);
+        b.epoch = seq;
+    }
+}
+
+impl JournalEntry {
+    /// An all-zero entry.
+    pub fn empty() -> Self {
+        JournalEntry::zeroed()
+    }
+}
