@@ -20,16 +20,48 @@
 
 use rayon::prelude::*;
 
-use crate::kernel::{Decision, Local, Outcome, credit_pool, decide_local, decide_pool, refill_bucket, refill_pool};
+use crate::kernel::{
+    Decision, Local, Outcome, credit_pool, decide_local, decide_pool, refill_bucket, refill_pool,
+};
 use crate::layout::{Bucket, Globals, JournalEntry, StatsRaw};
 use crate::store::journal_bucket;
 
-/// Slots per shard.
+/// Slots per shard (the default; see [`tuning`]).
 pub const SHARD_SLOTS: usize = 4096;
 /// Marker for a request whose id resolved to no customer.
 pub const NO_SLOT: u32 = u32::MAX;
-/// Below this many requests the batch runs sequentially (no parallel set-up cost).
-const PARALLEL_MIN: usize = 8192;
+
+/// Process-wide knobs of the batch path, for tests and benchmarks that need the parallel
+/// algorithm on small inputs. Outcomes never depend on them (I5); only speed does.
+pub mod tuning {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static PARALLEL_MIN: AtomicUsize = AtomicUsize::new(8192);
+    static SHARD_SLOTS: AtomicUsize = AtomicUsize::new(super::SHARD_SLOTS);
+
+    /// Batches shorter than `parallel_min` run sequentially; shards hold `shard_slots` slots
+    /// (rounded to a power of two in `64..=4096`).
+    pub fn set(parallel_min: usize, shard_slots: usize) {
+        PARALLEL_MIN.store(parallel_min, Ordering::Relaxed);
+        let s = shard_slots
+            .clamp(64, super::SHARD_SLOTS)
+            .next_power_of_two();
+        SHARD_SLOTS.store(s.min(super::SHARD_SLOTS), Ordering::Relaxed);
+    }
+
+    /// Back to the defaults.
+    pub fn reset() {
+        set(8192, super::SHARD_SLOTS);
+    }
+
+    pub(crate) fn parallel_min() -> usize {
+        PARALLEL_MIN.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn shard_slots() -> usize {
+        SHARD_SLOTS.load(Ordering::Relaxed)
+    }
+}
 
 /// A raw pointer that lets parallel shards write disjoint elements of one output array.
 #[derive(Clone, Copy)]
@@ -95,18 +127,21 @@ pub(crate) fn run(
     retry: &mut [u64],
 ) {
     refill_pool(g, now);
-    if slots.len() < PARALLEL_MIN || rayon::current_num_threads() == 1 {
-        run_sequential(buckets, journal, g, seq, slots, tokens, now, outcomes, retry);
+    if slots.len() < tuning::parallel_min() {
+        run_sequential(
+            buckets, journal, g, seq, slots, tokens, now, outcomes, retry,
+        );
         return;
     }
-    let order = bucket_by_shard(slots, buckets.len());
+    let shard_slots = tuning::shard_slots();
+    let order = bucket_by_shard(slots, buckets.len(), shard_slots);
     let out_o = Out(outcomes.as_mut_ptr());
     let out_r = Out(retry.as_mut_ptr());
 
     // Phase 2: customer-local decisions, shards in parallel.
     let shard_outs: Vec<ShardOut> = buckets
-        .par_chunks_mut(SHARD_SLOTS)
-        .zip(journal.par_chunks_mut(SHARD_SLOTS))
+        .par_chunks_mut(shard_slots)
+        .zip(journal.par_chunks_mut(shard_slots))
         .enumerate()
         .map(|(s, (bk, jn))| {
             let reqs = &order.indices[order.starts[s]..order.starts[s + 1]];
@@ -114,7 +149,7 @@ pub(crate) fn run(
             if reqs.is_empty() {
                 return out;
             }
-            let base = s * SHARD_SLOTS;
+            let base = s * shard_slots;
             let mut blocked = [0u64; SHARD_SLOTS / 64];
             for &ri in reqs {
                 let ri_us = ri as usize;
@@ -222,16 +257,19 @@ struct ShardOrder {
 
 /// Counting sort of request indices by shard, in parallel over chunks of the batch. Requests with
 /// no slot are left out (the caller decided them).
-fn bucket_by_shard(slots: &[u32], capacity: usize) -> ShardOrder {
-    let nshards = capacity.div_ceil(SHARD_SLOTS);
-    let chunk = slots.len().div_ceil(rayon::current_num_threads() * 4).max(4096);
+fn bucket_by_shard(slots: &[u32], capacity: usize, shard_slots: usize) -> ShardOrder {
+    let nshards = capacity.div_ceil(shard_slots);
+    let chunk = slots
+        .len()
+        .div_ceil(rayon::current_num_threads() * 4)
+        .max(1024);
     let hists: Vec<Vec<u32>> = slots
         .par_chunks(chunk)
         .map(|c| {
             let mut h = vec![0u32; nshards];
             for &s in c {
                 if s != NO_SLOT {
-                    h[s as usize / SHARD_SLOTS] += 1;
+                    h[s as usize / shard_slots] += 1;
                 }
             }
             h
@@ -259,7 +297,7 @@ fn bucket_by_shard(slots: &[u32], capacity: usize) -> ShardOrder {
             let first = c * chunk;
             for (k, &s) in cs.iter().enumerate() {
                 if s != NO_SLOT {
-                    let sh = s as usize / SHARD_SLOTS;
+                    let sh = s as usize / shard_slots;
                     // SAFETY: the offsets give each (chunk, shard) pair its own range, sized by
                     // the histogram of this very chunk, so the positions are disjoint and in
                     // bounds.

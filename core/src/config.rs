@@ -125,7 +125,8 @@ impl EngineConfig {
         if self.interval_ns == 0 {
             return Err(Error::invalid("interval_ns must be positive"));
         }
-        if self.contention_low_ppm > self.contention_high_ppm || self.contention_high_ppm > 1_000_000
+        if self.contention_low_ppm > self.contention_high_ppm
+            || self.contention_high_ppm > 1_000_000
         {
             return Err(Error::invalid(
                 "contention thresholds need low <= high <= 1,000,000 ppm",

@@ -424,7 +424,13 @@ impl Engine {
         let g = &mut c.state.globals;
         let slot = c.free[g.free_top as usize - 1] as usize;
         let b = &mut c.buckets[slot];
-        journal_full(b, &mut c.journal[slot], &c.settled[slot], &c.closed[slot], txn.seq);
+        journal_full(
+            b,
+            &mut c.journal[slot],
+            &c.settled[slot],
+            &c.closed[slot],
+            txn.seq,
+        );
         c.ids[slot] = id;
         c.settled[slot] = Settled::default();
         c.closed[slot] = Closed::default();
@@ -500,7 +506,13 @@ impl Engine {
         let g = &mut c.state.globals;
         refill_pool(g, now);
         let b = &mut c.buckets[slot];
-        journal_full(b, &mut c.journal[slot], &c.settled[slot], &c.closed[slot], txn.seq);
+        journal_full(
+            b,
+            &mut c.journal[slot],
+            &c.settled[slot],
+            &c.closed[slot],
+            txn.seq,
+        );
         let over = refill_bucket(b, now);
         credit_pool(g, over);
         g.pool.rho_sum -= b.rho;
@@ -612,12 +624,23 @@ impl Engine {
     ///
     /// # Errors
     /// [`Error::LengthMismatch`]; [`Error::ReadOnly`].
-    pub fn allocate_batch(&mut self, keys: Keys<'_>, tokens: &[u64], now: u64) -> Result<BatchOutcome> {
+    pub fn allocate_batch(
+        &mut self,
+        keys: Keys<'_>,
+        tokens: &[u64],
+        now: u64,
+    ) -> Result<BatchOutcome> {
         let mut out = BatchOutcome {
             outcomes: vec![Outcome::InvalidInput; tokens.len()],
             retry_after_ns: vec![0; tokens.len()],
         };
-        self.allocate_batch_into(keys, tokens, now, &mut out.outcomes, &mut out.retry_after_ns)?;
+        self.allocate_batch_into(
+            keys,
+            tokens,
+            now,
+            &mut out.outcomes,
+            &mut out.retry_after_ns,
+        )?;
         Ok(out)
     }
 
@@ -639,7 +662,11 @@ impl Engine {
             Keys::Ids(x) => x.len(),
             Keys::Slots(x) => x.len(),
         };
-        for (what, got) in [("keys", klen), ("outcomes", outcomes.len()), ("retry_after_ns", retry_after_ns.len())] {
+        for (what, got) in [
+            ("keys", klen),
+            ("outcomes", outcomes.len()),
+            ("retry_after_ns", retry_after_ns.len()),
+        ] {
             if got != n {
                 return Err(Error::LengthMismatch {
                     what,
@@ -700,7 +727,14 @@ impl Engine {
     /// # Errors
     /// [`Error::UnknownCustomer`]; [`Error::InvalidArgument`] when `granted` is zero or more than
     /// the customer's grants not yet settled, or `used` is absurd; [`Error::ReadOnly`].
-    pub fn settle(&mut self, id: u64, granted: u64, used: u64, path: GrantPath, now: u64) -> Result<()> {
+    pub fn settle(
+        &mut self,
+        id: u64,
+        granted: u64,
+        used: u64,
+        path: GrantPath,
+        now: u64,
+    ) -> Result<()> {
         let slot = self.slot_of(id).ok_or(Error::UnknownCustomer(id))? as usize;
         if granted == 0 {
             return Err(Error::invalid("settle: granted must be positive"));
@@ -719,7 +753,13 @@ impl Engine {
         let g = &mut c.state.globals;
         refill_pool(g, now);
         let b = &mut c.buckets[slot];
-        journal_full(b, &mut c.journal[slot], &c.settled[slot], &c.closed[slot], txn.seq);
+        journal_full(
+            b,
+            &mut c.journal[slot],
+            &c.settled[slot],
+            &c.closed[slot],
+            txn.seq,
+        );
         let over = refill_bucket(b, now);
         credit_pool(g, over);
         let st = &mut c.settled[slot];
@@ -786,12 +826,18 @@ impl Engine {
             let cols = self.store.cols();
             for w in res.windows(2) {
                 if w[0].slot == w[1].slot {
-                    return Err(Error::invalid(format!("tick: slot {} listed twice", w[0].slot)));
+                    return Err(Error::invalid(format!(
+                        "tick: slot {} listed twice",
+                        w[0].slot
+                    )));
                 }
             }
             for r in &res {
                 if r.slot as u64 >= cap || !cols.buckets[r.slot as usize].active() {
-                    return Err(Error::invalid(format!("tick: slot {} holds no customer", r.slot)));
+                    return Err(Error::invalid(format!(
+                        "tick: slot {} holds no customer",
+                        r.slot
+                    )));
                 }
                 if r.rate.micros() > MAX_RATE_MICROS || r.capacity > MAX_BURST_TOKENS {
                     return Err(Error::invalid(format!(
@@ -825,7 +871,8 @@ impl Engine {
         let cfg_pub = config_from_raw(&cfg);
         let rates = cut_back(&asks_rate, cfg_pub.rate_budget());
         let caps = cut_back(&asks_cap, cfg_pub.capacity_budget());
-        let cut = asked_rate > cfg_pub.rate_budget() as u128 || asked_cap > cfg_pub.capacity_budget() as u128;
+        let cut = asked_rate > cfg_pub.rate_budget() as u128
+            || asked_cap > cfg_pub.capacity_budget() as u128;
         let slots_sorted: Vec<u32> = res.iter().map(|r| r.slot).collect();
 
         // Close intervals, update flags, set reservations: shards in parallel.
@@ -950,7 +997,8 @@ impl Engine {
             refill_bucket(&mut b, t);
         }
         let d = self.store.header.dims();
-        let pick = |col: &[f32], dim: u32| col[slot * dim as usize..(slot + 1) * dim as usize].to_vec();
+        let pick =
+            |col: &[f32], dim: u32| col[slot * dim as usize..(slot + 1) * dim as usize].to_vec();
         Ok(CustomerView {
             id,
             slot: slot as u32,
@@ -1031,7 +1079,8 @@ impl Engine {
             - s.tokens_refunded as i128;
         let created = self.created_ns();
         Ledger {
-            supplied: femto(g.config.pool_burst) + accrual(g.config.pool_rate, now.saturating_sub(created)),
+            supplied: femto(g.config.pool_burst)
+                + accrual(g.config.pool_rate, now.saturating_sub(created)),
             in_pool: g.pool.level,
             in_shadows: shadows,
             granted_net: granted * FEMTO_PER_TOKEN,
@@ -1075,7 +1124,10 @@ impl Engine {
             }
         }
         if n != g.customers {
-            return bad(format!("{n} active records but {} customers counted", g.customers));
+            return bad(format!(
+                "{n} active records but {} customers counted",
+                g.customers
+            ));
         }
         if rho != g.pool.rho_sum || sigma != g.pool.sigma_sum {
             return bad("reservation sums do not match the records".into());

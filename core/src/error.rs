@@ -38,7 +38,9 @@ pub enum Error {
         suggested: u64,
     },
     /// Another process holds the store open for writing.
-    #[error("store {0} is locked by another writer (only one process may open a store for writing)")]
+    #[error(
+        "store {0} is locked by another writer (only one process may open a store for writing)"
+    )]
     Locked(PathBuf),
     /// A mutating call on a store opened read-only.
     #[error("store was opened read-only")]

@@ -104,8 +104,14 @@ mod tests {
 
     #[test]
     fn per_period_is_exact_or_refused() {
-        assert_eq!(Rate::per_period(1, 1_000).unwrap().micros(), 1_000_000_000_000);
-        assert_eq!(Rate::per_period(3, 2).unwrap().micros(), 1_500_000_000_000_000);
+        assert_eq!(
+            Rate::per_period(1, 1_000).unwrap().micros(),
+            1_000_000_000_000
+        );
+        assert_eq!(
+            Rate::per_period(3, 2).unwrap().micros(),
+            1_500_000_000_000_000
+        );
         assert!(Rate::per_period(1, 7).is_none());
         assert!(Rate::per_period(1, 0).is_none());
     }

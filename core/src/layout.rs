@@ -270,7 +270,9 @@ impl Dims {
         for (i, (n, size)) in self.elem_sizes().iter().enumerate() {
             let len = n.checked_mul(*size)?;
             cols[i] = ColumnDesc { offset: off, len };
-            off = off.checked_add(len)?.checked_next_multiple_of(COLUMN_ALIGN)?;
+            off = off
+                .checked_add(len)?
+                .checked_next_multiple_of(COLUMN_ALIGN)?;
         }
         Some((cols, off))
     }

@@ -113,7 +113,9 @@ fn validate_header(path: &Path, bytes: &[u8]) -> Result<FileHeader> {
         )));
     }
     if h.checksum != h.compute_checksum() {
-        return Err(bad("header checksum mismatch (the header is corrupt)".into()));
+        return Err(bad(
+            "header checksum mismatch (the header is corrupt)".into()
+        ));
     }
     if h.header_len as usize != std::mem::size_of::<FileHeader>() {
         return Err(bad(format!("header length {} is wrong", h.header_len)));
@@ -210,7 +212,8 @@ impl Store {
         };
         let header = validate_header(path, map.bytes())?;
         let state: StatePage = bytemuck::pod_read_unaligned(
-            &map.bytes()[HEADER_BYTES as usize..HEADER_BYTES as usize + std::mem::size_of::<StatePage>()],
+            &map.bytes()
+                [HEADER_BYTES as usize..HEADER_BYTES as usize + std::mem::size_of::<StatePage>()],
         );
         validate_state(path, &header, &state)?;
         let mut store = Store {
