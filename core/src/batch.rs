@@ -21,7 +21,7 @@
 use rayon::prelude::*;
 
 use crate::kernel::{
-    Decision, Local, Outcome, credit_pool, decide_local, decide_pool, refill_bucket, refill_pool,
+    Decision, Local, Outcome, advance, credit_pool, decide_local, decide_pool, refill_bucket,
 };
 use crate::layout::{Bucket, Globals, JournalEntry, StatsRaw};
 use crate::store::journal_bucket;
@@ -126,7 +126,7 @@ pub(crate) fn run(
     outcomes: &mut [Outcome],
     retry: &mut [u64],
 ) {
-    refill_pool(g, now);
+    let now = advance(g, now);
     if slots.len() < tuning::parallel_min() {
         run_sequential(
             buckets, journal, g, seq, slots, tokens, now, outcomes, retry,
@@ -134,9 +134,11 @@ pub(crate) fn run(
         return;
     }
     let shard_slots = tuning::shard_slots();
-    let order = bucket_by_shard(slots, buckets.len(), shard_slots);
     let out_o = Out(outcomes.as_mut_ptr());
     let out_r = Out(retry.as_mut_ptr());
+    let order = bucket_by_shard(slots, buckets.len(), shard_slots, out_o, out_r);
+    g.stats.requests += order.unknown;
+    g.stats.unknown += order.unknown;
 
     // Phase 2: customer-local decisions, shards in parallel.
     let shard_outs: Vec<ShardOut> = buckets
@@ -253,11 +255,19 @@ struct ShardOrder {
     /// `starts[s]..starts[s + 1]` is shard `s`'s range in `indices`.
     starts: Vec<usize>,
     indices: Vec<u32>,
+    /// Requests with no slot (their outcome is already written).
+    unknown: u64,
 }
 
 /// Counting sort of request indices by shard, in parallel over chunks of the batch. Requests with
-/// no slot are left out (the caller decided them).
-fn bucket_by_shard(slots: &[u32], capacity: usize, shard_slots: usize) -> ShardOrder {
+/// no slot are left out, and their `UnknownCustomer` outcome is written here.
+fn bucket_by_shard(
+    slots: &[u32],
+    capacity: usize,
+    shard_slots: usize,
+    out_o: Out<Outcome>,
+    out_r: Out<u64>,
+) -> ShardOrder {
     let nshards = capacity.div_ceil(shard_slots);
     let chunk = slots
         .len()
@@ -289,14 +299,22 @@ fn bucket_by_shard(slots: &[u32], capacity: usize, shard_slots: usize) -> ShardO
     starts[nshards] = pos;
     let mut indices = vec![0u32; pos];
     let out = Out(indices.as_mut_ptr());
-    slots
+    let unknown = slots
         .par_chunks(chunk)
         .zip(offsets.par_iter_mut())
         .enumerate()
-        .for_each(|(c, (cs, off))| {
+        .map(|(c, (cs, off))| {
             let first = c * chunk;
+            let mut unknown = 0u64;
             for (k, &s) in cs.iter().enumerate() {
-                if s != NO_SLOT {
+                if s == NO_SLOT {
+                    unknown += 1;
+                    // SAFETY: request `first + k` belongs to this chunk only, and is in bounds.
+                    unsafe {
+                        out_o.write(first + k, Outcome::UnknownCustomer);
+                        out_r.write(first + k, u64::MAX);
+                    }
+                } else {
                     let sh = s as usize / shard_slots;
                     // SAFETY: the offsets give each (chunk, shard) pair its own range, sized by
                     // the histogram of this very chunk, so the positions are disjoint and in
@@ -305,6 +323,12 @@ fn bucket_by_shard(slots: &[u32], capacity: usize, shard_slots: usize) -> ShardO
                     off[sh] += 1;
                 }
             }
-        });
-    ShardOrder { starts, indices }
+            unknown
+        })
+        .sum();
+    ShardOrder {
+        starts,
+        indices,
+        unknown,
+    }
 }

@@ -15,9 +15,7 @@ use crate::config::{Contract, EngineConfig, Reservation};
 use crate::error::{Error, Result};
 use crate::fixed::{FEMTO_PER_TOKEN, MAX_BURST_TOKENS, MAX_RATE_MICROS, Rate, accrual, femto};
 use crate::index::{self, valid_id};
-use crate::kernel::{
-    Decision, Outcome, clamp_pool, credit_pool, pool_cap, refill_bucket, refill_pool,
-};
+use crate::kernel::{Decision, Outcome, advance, clamp_pool, credit_pool, pool_cap, refill_bucket};
 use crate::layout::*;
 use crate::reserve::cut_back;
 use crate::store::{self, Store, Txn, journal_bucket, journal_full};
@@ -113,6 +111,8 @@ pub struct CustomerView {
     pub outstanding: u64,
     /// Usage in the last closed interval.
     pub last_interval: Closed,
+    /// Usage so far in the current interval.
+    pub this_interval: Closed,
     /// Forecast (the forecaster's outputs; zeros until one runs).
     pub forecast: Vec<f32>,
     /// Scenario probabilities (low, medium, high, spike; zeros until a forecaster runs).
@@ -422,6 +422,7 @@ impl Engine {
         }
         let txn = Txn::begin(c.state, txn_kind::ADMIN);
         let g = &mut c.state.globals;
+        let now = advance(g, now);
         let slot = c.free[g.free_top as usize - 1] as usize;
         let b = &mut c.buckets[slot];
         journal_full(
@@ -434,10 +435,10 @@ impl Engine {
         c.ids[slot] = id;
         c.settled[slot] = Settled::default();
         c.closed[slot] = Closed::default();
-        zero_model(&mut c.model_state, slot, dims.state_dim);
-        zero_model(&mut c.forecast, slot, dims.forecast_dim);
-        zero_model(&mut c.scenario, slot, dims.scenario_dim);
-        zero_model(&mut c.scale, slot, dims.scale_dim);
+        zero_model(c.model_state, slot, dims.state_dim);
+        zero_model(c.forecast, slot, dims.forecast_dim);
+        zero_model(c.scenario, slot, dims.scenario_dim);
+        zero_model(c.scale, slot, dims.scale_dim);
         *b = Bucket {
             std: femto(contract.burst),
             shadow: 0,
@@ -481,7 +482,7 @@ impl Engine {
         let c = self.store.cols_mut()?;
         let txn = Txn::begin(c.state, txn_kind::ALLOCATE);
         let g = &mut c.state.globals;
-        refill_pool(g, now);
+        let now = advance(g, now);
         let b = &mut c.buckets[slot];
         journal_bucket(b, &mut c.journal[slot], txn.seq);
         let over = refill_bucket(b, now);
@@ -504,7 +505,7 @@ impl Engine {
         let c = self.store.cols_mut()?;
         let txn = Txn::begin(c.state, txn_kind::ADMIN);
         let g = &mut c.state.globals;
-        refill_pool(g, now);
+        let now = advance(g, now);
         let b = &mut c.buckets[slot];
         journal_full(
             b,
@@ -580,14 +581,13 @@ impl Engine {
         }
         next.flush()?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-        if let Some(dir) = path.parent() {
-            if let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            }) {
-                let _ = d.sync_all();
-            }
+        // Make the rename itself durable (best effort: some file systems refuse to sync a dir).
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
         }
         next.path = path;
         self.store = next;
@@ -751,7 +751,7 @@ impl Engine {
         }
         let txn = Txn::begin(c.state, txn_kind::SETTLE);
         let g = &mut c.state.globals;
-        refill_pool(g, now);
+        let now = advance(g, now);
         let b = &mut c.buckets[slot];
         journal_full(
             b,
@@ -854,7 +854,7 @@ impl Engine {
         let txn = Txn::begin(c.state, txn_kind::TICK);
         let seq = txn.seq;
         let g = &mut c.state.globals;
-        refill_pool(g, now);
+        let now = advance(g, now);
         let cfg = g.config;
 
         // Cut back the asks to the budget.
@@ -994,7 +994,7 @@ impl Engine {
         let c = self.store.cols();
         let mut b = c.buckets[slot];
         if let Some(t) = now {
-            refill_bucket(&mut b, t);
+            refill_bucket(&mut b, t.max(c.state.globals.pool.last_ns));
         }
         let d = self.store.header.dims();
         let pick =
@@ -1014,6 +1014,16 @@ impl Engine {
             flagged: b.flags & FLAG_CONTENDED != 0,
             outstanding: b.outstanding,
             last_interval: c.closed[slot],
+            this_interval: Closed {
+                granted_shadow: b.granted_shadow,
+                granted_pool: b.granted_pool,
+                requests: b.requests as u64,
+                fallbacks: b.fallbacks as u64,
+                denied_customer: b.denied_customer as u64,
+                denied_pool: b.denied_pool as u64,
+                refunded: c.settled[slot].refunded,
+                debt: c.settled[slot].debt,
+            },
             forecast: pick(c.forecast, d.forecast_dim),
             scenarios: pick(c.scenario, d.scenario_dim),
         })
@@ -1061,7 +1071,7 @@ impl Engine {
     pub fn ledger(&self, now: u64) -> Ledger {
         let c = self.store.cols();
         let mut g = c.state.globals;
-        refill_pool(&mut g, now);
+        let now = advance(&mut g, now);
         let (overflow, shadows) = c
             .buckets
             .par_iter()

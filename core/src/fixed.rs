@@ -48,7 +48,7 @@ impl Rate {
             return None;
         }
         let num = tokens as u128 * MICRO_PER_TOKEN as u128 * NANOS_PER_SEC as u128;
-        if num % period_ns as u128 != 0 {
+        if !num.is_multiple_of(period_ns as u128) {
             return None;
         }
         u64::try_from(num / period_ns as u128).ok().map(Rate)

@@ -91,18 +91,23 @@ pub(crate) fn pool_cap(pool: &PoolRaw, cfg: &ConfigRaw) -> i128 {
     femto(cfg.pool_burst.saturating_sub(pool.sigma_sum))
 }
 
-/// Brings the pool up to `now` at `pool_rate - rho_sum`.
+/// The engine's clock: the latest `now` any call has brought, kept as the pool's clock. A call
+/// whose `now` is earlier acts at this time instead, so no customer's clock is ever ahead of the
+/// pool's and a reservation can never start before the pool stopped paying for it.
+///
+/// Brings the pool up to that time at `pool_rate - rho_sum` and returns it.
 #[inline]
-pub(crate) fn refill_pool(g: &mut Globals, now: u64) {
+pub(crate) fn advance(g: &mut Globals, now: u64) -> u64 {
     let p = &mut g.pool;
     if now <= p.last_ns {
-        return;
+        return p.last_ns;
     }
     let dt = now - p.last_ns;
     p.last_ns = now;
     let rate = g.config.pool_rate.saturating_sub(p.rho_sum);
     p.level += accrual(rate, dt);
     clamp_pool(g);
+    now
 }
 
 /// Puts femto-tokens (positive: a return; negative: a debt moved over) into the pool.
@@ -258,6 +263,7 @@ pub(crate) fn bump_reservation(b: &mut Bucket, n: u64, g: &mut Globals) {
 /// continuation of the batch path).
 #[inline]
 pub(crate) fn decide_full(b: &mut Bucket, n: u64, now: u64, g: &mut Globals) -> Decision {
+    debug_assert!(now >= g.pool.last_ns);
     let over = refill_bucket(b, now);
     credit_pool(g, over);
     match decide_local(b, n, &mut g.stats) {

@@ -160,10 +160,12 @@ fn validate_state(path: &Path, h: &FileHeader, s: &StatePage) -> Result<()> {
     if g.config.pool_burst == 0 || g.config.pool_rate == 0 || g.config.interval_ns == 0 {
         return bad("engine configuration is zero");
     }
-    if s.txn.active != 0 && s.txn.active <= s.txn.last_committed.max(s.txn.last_rolled_back) {
-        if s.txn.active != s.txn.last_committed {
-            return bad("transaction state is inconsistent");
-        }
+    let t = &s.txn;
+    if t.active != 0
+        && t.active <= t.last_committed.max(t.last_rolled_back)
+        && t.active != t.last_committed
+    {
+        return bad("transaction state is inconsistent");
     }
     Ok(())
 }
