@@ -366,7 +366,10 @@ impl Engine {
         if !valid_id(id) {
             return None;
         }
-        index::find(self.store.cols().index, id).map(|s| s as u32)
+        let c = self.store.cols();
+        let s = index::find(c.index, id)? as usize;
+        // A damaged index never sends a caller to another customer's record (`check` reports it).
+        (s < c.buckets.len() && c.buckets[s].active() && c.ids[s] == id).then_some(s as u32)
     }
 
     /// Resolves ids to slots in parallel; unknown ids give [`crate::NO_SLOT`].
@@ -382,12 +385,16 @@ impl Engine {
             });
         }
         let table = self.store.cols().index;
+        let cap = self.capacity();
         out.par_iter_mut()
             .with_min_len(4096)
             .zip(ids.par_iter())
             .for_each(|(o, &id)| {
                 *o = if valid_id(id) {
-                    index::find(table, id).map_or(NO_SLOT, |s| s as u32)
+                    match index::find(table, id) {
+                        Some(s) if s < cap => s as u32,
+                        _ => NO_SLOT,
+                    }
                 } else {
                     NO_SLOT
                 }
@@ -420,10 +427,16 @@ impl Engine {
                 suggested: cap.saturating_mul(2).min(u32::MAX as u64 - 1),
             });
         }
+        let slot = c.free[c.state.globals.free_top as usize - 1] as usize;
+        if slot as u64 >= cap || c.buckets[slot].active() {
+            return Err(Error::bad_file(
+                &self.store.path,
+                format!("free-slot stack names slot {slot}, which is not free"),
+            ));
+        }
         let txn = Txn::begin(c.state, txn_kind::ADMIN);
         let g = &mut c.state.globals;
         let now = advance(g, now);
-        let slot = c.free[g.free_top as usize - 1] as usize;
         let b = &mut c.buckets[slot];
         journal_full(
             b,
@@ -463,7 +476,7 @@ impl Engine {
         g.free_top -= 1;
         g.customers += 1;
         if (g.customers + g.tombstones) * 4 > c.index.len() as u64 * 3 {
-            store::rebuild_index_and_free(&mut c);
+            store::rebuild_index(&mut c);
         } else if index::insert(c.index, id, slot as u64) {
             c.state.globals.tombstones -= 1;
         }
@@ -576,7 +589,8 @@ impl Engine {
             n.state.txn = old.state.txn;
             n.state.txn.active = 0;
             let mut n = n;
-            store::rebuild_index_and_free(&mut n);
+            store::rebuild_index(&mut n);
+            store::rebuild_free(&mut n);
             n.settled[..oc].copy_from_slice(old.settled);
         }
         next.flush()?;
@@ -1138,6 +1152,22 @@ impl Engine {
                 "{n} active records but {} customers counted",
                 g.customers
             ));
+        }
+        let top = g.free_top as usize;
+        if top as u64 + n != self.capacity() {
+            return bad(format!(
+                "{top} free slots and {n} customers do not fill the capacity"
+            ));
+        }
+        let mut seen = vec![false; c.buckets.len()];
+        for &f in &c.free[..top] {
+            let f = f as usize;
+            if f >= c.buckets.len()
+                || c.buckets[f].active()
+                || std::mem::replace(&mut seen[f], true)
+            {
+                return bad(format!("free-slot stack entry {f} is not a free slot"));
+            }
         }
         if rho != g.pool.rho_sum || sigma != g.pool.sigma_sum {
             return bad("reservation sums do not match the records".into());

@@ -86,8 +86,14 @@ fn open_file(path: &Path, write: bool) -> Result<(File, u64)> {
         .write(write)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    Ok((file, len))
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::io(
+            path,
+            std::io::Error::from(std::io::ErrorKind::IsADirectory),
+        ));
+    }
+    Ok((file, meta.len()))
 }
 
 /// Opens an existing store for writing: takes the exclusive lock, then maps it. Files shorter than

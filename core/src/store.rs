@@ -45,6 +45,7 @@ pub(crate) struct Cols<'a> {
     pub ids: &'a [u64],
     pub closed: &'a [Closed],
     pub settled: &'a [Settled],
+    pub free: &'a [u32],
     pub index: &'a [IndexEntry],
     pub model_state: &'a [f32],
     pub forecast: &'a [f32],
@@ -248,6 +249,7 @@ impl Store {
             ids: col(b, h, Col::Ids),
             closed: col(b, h, Col::Closed),
             settled: col(b, h, Col::Settled),
+            free: col(b, h, Col::FreeStack),
             index: col(b, h, Col::Index),
             model_state: col(b, h, Col::ModelState),
             forecast: col(b, h, Col::Forecast),
@@ -287,7 +289,7 @@ impl Store {
         }
         c.state.globals = c.state.undo;
         if txn.kind == txn_kind::ADMIN {
-            rebuild_index_and_free(&mut c);
+            rebuild_index(&mut c);
         }
         c.state.txn.last_rolled_back = seq;
         compiler_fence(Ordering::SeqCst);
@@ -296,27 +298,32 @@ impl Store {
     }
 }
 
-/// Rebuilds the index, the free stack and the counts from the records.
-pub(crate) fn rebuild_index_and_free(c: &mut ColsMut<'_>) {
-    let cap = c.buckets.len();
-    let live: Vec<(u64, u64)> = c
+/// Rebuilds the index from the records (dropping its tombstones).
+///
+/// The free-slot stack needs no rebuild: customer changes only push past its top or move the top,
+/// and the top is restored with the rest of the globals, so after a rollback the stack is exactly
+/// what it was (and the next customer gets the slot it would have got without the crash).
+pub(crate) fn rebuild_index(c: &mut ColsMut<'_>) {
+    let live = c
         .buckets
         .iter()
         .enumerate()
         .filter(|(_, b)| b.active())
-        .map(|(i, _)| (c.ids[i], i as u64))
-        .collect();
-    index::rebuild(c.index, live.iter().copied());
+        .map(|(i, _)| (c.ids[i], i as u64));
+    index::rebuild(c.index, live);
+    c.state.globals.tombstones = 0;
+}
+
+/// Rebuilds the free-slot stack from the records (lowest slot on top); used by `grow`.
+pub(crate) fn rebuild_free(c: &mut ColsMut<'_>) {
     let mut top = 0usize;
-    for i in (0..cap).rev() {
+    for i in (0..c.buckets.len()).rev() {
         if !c.buckets[i].active() {
             c.free[top] = i as u32;
             top += 1;
         }
     }
     c.state.globals.free_top = top as u64;
-    c.state.globals.customers = live.len() as u64;
-    c.state.globals.tombstones = 0;
 }
 
 /// A transaction in flight: begun on construction, committed by [`Txn::commit`]. Dropping it

@@ -1,0 +1,62 @@
+//! A helper process for the integration tests (not a tool for users).
+//!
+//! - `sb-crash-worker run PATH SEED MIX K`: opens the store at `PATH` and applies operations
+//!   `K`, `K+1`, ... of the deterministic stream of `workload.rs` for `SEED` and `MIX`
+//!   (`batches` or `small`), forever, until it is killed (`tests/durability.rs` kills it with
+//!   SIGKILL at random instants).
+//! - `sb-crash-worker probe PATH`: tries to open the store for writing and prints `ok`, `locked`,
+//!   `badfile` or `io` (`tests/bad_input.rs`: a second writer in another process).
+//! - `sb-crash-worker hold PATH`: opens the store for writing, prints `held`, and keeps it open
+//!   until its stdin is closed or it is killed.
+
+#[allow(dead_code)]
+mod workload;
+
+use std::io::{Read, Write};
+
+use shadowbucket::{Engine, Error};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: sb-crash-worker run PATH SEED MIX K | probe PATH | hold PATH";
+    match args.get(1).map(String::as_str) {
+        Some("run") if args.len() == 6 => {
+            let seed: u64 = args[3].parse().expect("SEED");
+            let mix = workload::Mix::parse(&args[4]).expect("MIX");
+            let k0: u64 = args[5].parse().expect("K");
+            let mut eng = Engine::open(&args[2]).expect("open");
+            assert_eq!(
+                eng.recovered(),
+                None,
+                "the test recovers the store before a run"
+            );
+            let mut k = k0;
+            loop {
+                let op = workload::make_op(seed, mix, k, &eng);
+                workload::apply(&mut eng, &op, workload::op_time(seed, k));
+                k += 1;
+            }
+        }
+        Some("probe") if args.len() == 3 => {
+            let word = match Engine::open(&args[2]) {
+                Ok(_) => "ok",
+                Err(Error::Locked(_)) => "locked",
+                Err(Error::BadFile { .. }) => "badfile",
+                Err(Error::Io { .. }) => "io",
+                Err(_) => "other",
+            };
+            println!("{word}");
+        }
+        Some("hold") if args.len() == 3 => {
+            let _eng = Engine::open(&args[2]).expect("open");
+            println!("held");
+            std::io::stdout().flush().expect("stdout");
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+        }
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
+    }
+}
