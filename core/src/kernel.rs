@@ -230,8 +230,8 @@ pub(crate) fn decide_pool(b: &mut Bucket, n: u64, g: &mut Globals) -> Decision {
 
 /// The immediate reservation bump after a fallback of `n` tokens (the seed's
 /// `update_shadow_bucket`): the reserved rate rises by `n` tokens per interval and the shadow
-/// capacity by `n` tokens, each within what the reservable budget has left, and the capacity also
-/// within the pool's headroom (so no pool token is pushed over the new cap).
+/// capacity by `n` tokens, each within what the reservable budget has left. (The capacity bump
+/// never pushes the pool over its new cap: the grant just took `n` from a pool at or below its cap.)
 #[inline]
 pub(crate) fn bump_reservation(b: &mut Bucket, n: u64, g: &mut Globals) {
     let cfg = &g.config;
@@ -240,18 +240,11 @@ pub(crate) fn bump_reservation(b: &mut Bucket, n: u64, g: &mut Globals) {
     let want_rate = (n as u128 * 1_000_000 * 1_000_000_000 / cfg.interval_ns as u128)
         .min(u64::MAX as u128) as u64;
     let d_rate = want_rate.min(rate_budget.saturating_sub(g.pool.rho_sum));
-    let headroom = pool_cap(&g.pool, cfg) - g.pool.level;
-    let headroom_tokens = if headroom <= 0 {
-        0
-    } else {
-        (headroom / crate::fixed::FEMTO_PER_TOKEN).min(u64::MAX as i128) as u64
-    };
-    let d_cap = n
-        .min(cap_budget.saturating_sub(g.pool.sigma_sum))
-        .min(headroom_tokens);
+    let d_cap = n.min(cap_budget.saturating_sub(g.pool.sigma_sum));
     if d_rate == 0 && d_cap == 0 {
         return;
     }
+    debug_assert!(g.pool.level <= pool_cap(&g.pool, cfg) - femto(d_cap));
     b.rho += d_rate;
     b.sigma += d_cap;
     g.pool.rho_sum += d_rate;
