@@ -21,7 +21,7 @@
 use rayon::prelude::*;
 
 use crate::kernel::{
-    Decision, Local, Outcome, advance, credit_pool, decide_local, decide_pool, refill_bucket,
+    Decision, Local, Outcome, advance, credit_overflow, decide_local, decide_pool, refill_bucket,
 };
 use crate::layout::{Bucket, Globals, JournalEntry, StatsRaw};
 use crate::store::journal_bucket;
@@ -206,7 +206,7 @@ pub(crate) fn run(
     events.sort_unstable_by_key(|&(i, _, is_req)| (i, is_req));
     for (ri, credit, is_req) in events {
         if !is_req {
-            credit_pool(g, credit);
+            credit_overflow(g, credit);
             continue;
         }
         let ri = ri as usize;

@@ -15,7 +15,9 @@ use crate::config::{Contract, EngineConfig, Reservation};
 use crate::error::{Error, Result};
 use crate::fixed::{FEMTO_PER_TOKEN, MAX_BURST_TOKENS, MAX_RATE_MICROS, Rate, accrual, femto};
 use crate::index::{self, valid_id};
-use crate::kernel::{Decision, Outcome, advance, clamp_pool, credit_pool, pool_cap, refill_bucket};
+use crate::kernel::{
+    Decision, Outcome, advance, clamp_pool, credit_overflow, credit_pool, pool_cap, refill_bucket,
+};
 use crate::layout::*;
 use crate::reserve::cut_back;
 use crate::store::{self, Store, Txn, journal_bucket, journal_full};
@@ -499,7 +501,7 @@ impl Engine {
         let b = &mut c.buckets[slot];
         journal_bucket(b, &mut c.journal[slot], txn.seq);
         let over = refill_bucket(b, now);
-        credit_pool(g, over);
+        credit_overflow(g, over);
         b.rate = contract.rate.micros();
         b.burst = contract.burst;
         b.weight = contract.weight;
@@ -528,7 +530,7 @@ impl Engine {
             txn.seq,
         );
         let over = refill_bucket(b, now);
-        credit_pool(g, over);
+        credit_overflow(g, over);
         g.pool.rho_sum -= b.rho;
         g.pool.sigma_sum -= b.sigma;
         let shadow = b.shadow;
@@ -775,7 +777,7 @@ impl Engine {
             txn.seq,
         );
         let over = refill_bucket(b, now);
-        credit_pool(g, over);
+        credit_overflow(g, over);
         let st = &mut c.settled[slot];
         if used < granted {
             let back = granted - used;
@@ -964,7 +966,7 @@ impl Engine {
             });
         let g = &mut c.state.globals;
         // Overflow accrued under the old reservations, against the old cap.
-        credit_pool(g, acc.overflow);
+        credit_overflow(g, acc.overflow);
         g.pool.rho_sum = acc.rho;
         g.pool.sigma_sum = acc.sigma;
         // The released balances return against the new cap (which also trims a pool above it).
@@ -1097,7 +1099,7 @@ impl Engine {
                 (o, b.shadow)
             })
             .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-        credit_pool(&mut g, overflow);
+        credit_overflow(&mut g, overflow);
         let s = &g.stats;
         let granted = s.tokens_shadow as i128 + s.tokens_pool as i128 + s.tokens_debt as i128
             - s.tokens_refunded as i128;

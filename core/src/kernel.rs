@@ -95,7 +95,8 @@ pub(crate) fn pool_cap(pool: &PoolRaw, cfg: &ConfigRaw) -> i128 {
 /// whose `now` is earlier acts at this time instead, so no customer's clock is ever ahead of the
 /// pool's and a reservation can never start before the pool stopped paying for it.
 ///
-/// Brings the pool up to that time at `pool_rate - rho_sum` and returns it.
+/// Brings the pool up to that time at `pool_rate - rho_sum` and returns it. The overflow
+/// allowance grows by `rho_sum` per ns: no more shadow overflow than that can have accrued.
 #[inline]
 pub(crate) fn advance(g: &mut Globals, now: u64) -> u64 {
     let p = &mut g.pool;
@@ -106,11 +107,12 @@ pub(crate) fn advance(g: &mut Globals, now: u64) -> u64 {
     p.last_ns = now;
     let rate = g.config.pool_rate.saturating_sub(p.rho_sum);
     p.level += accrual(rate, dt);
+    p.allowance += accrual(p.rho_sum, dt);
     clamp_pool(g);
     now
 }
 
-/// Puts femto-tokens (positive: a return; negative: a debt moved over) into the pool.
+/// Returns a shadow balance (positive) or moves a debt (negative) to the pool, up to its cap.
 #[inline]
 pub(crate) fn credit_pool(g: &mut Globals, amount: i128) {
     if amount == 0 {
@@ -121,7 +123,29 @@ pub(crate) fn credit_pool(g: &mut Globals, amount: i128) {
     clamp_pool(g);
 }
 
-/// Drops whatever exceeds the pool's cap, counting it as lost at the cap.
+/// Credits shadow overflow (femto-tokens that accrued beyond `sigma` since the customer was last
+/// touched) to the pool, within the overflow allowance; the rest is lost at the cap.
+///
+/// Overflow is credited when its customer is next touched, not at the instant it accrued. The
+/// allowance keeps that lateness from minting capacity (I2): it grows by at most what all shadow
+/// buckets together can overflow (`rho_sum` per ns) and is held to `cap - level`, so the pool plus
+/// every credit still to come never exceeds the pool's cap, and the pool plus the shadow buckets
+/// never exceed `pool_burst`. Overflow that a pool at its cap would have lost is lost here too.
+#[inline]
+pub(crate) fn credit_overflow(g: &mut Globals, amount: i128) {
+    if amount <= 0 {
+        return;
+    }
+    let take = amount.min(g.pool.allowance.max(0));
+    g.pool.allowance -= take;
+    g.pool.level += take;
+    g.stats.femto_returned += take;
+    g.stats.femto_lost_at_cap += amount - take;
+    clamp_pool(g);
+}
+
+/// Drops whatever exceeds the pool's cap, counting it as lost at the cap, and holds the overflow
+/// allowance to the room left under the cap.
 #[inline]
 pub(crate) fn clamp_pool(g: &mut Globals) {
     let cap = pool_cap(&g.pool, &g.config);
@@ -129,6 +153,7 @@ pub(crate) fn clamp_pool(g: &mut Globals) {
         g.stats.femto_lost_at_cap += g.pool.level - cap;
         g.pool.level = cap;
     }
+    g.pool.allowance = g.pool.allowance.min(cap - g.pool.level).max(0);
 }
 
 /// Result of the customer-local part of a request.
@@ -250,6 +275,8 @@ pub(crate) fn bump_reservation(b: &mut Bucket, n: u64, g: &mut Globals) {
     g.pool.rho_sum += d_rate;
     g.pool.sigma_sum += d_cap;
     g.stats.bumps += 1;
+    // the cap came down by `d_cap`: the overflow allowance must fit under it too
+    clamp_pool(g);
 }
 
 /// One request, start to finish, applied sequentially (the single-request call, and the
@@ -258,7 +285,7 @@ pub(crate) fn bump_reservation(b: &mut Bucket, n: u64, g: &mut Globals) {
 pub(crate) fn decide_full(b: &mut Bucket, n: u64, now: u64, g: &mut Globals) -> Decision {
     debug_assert!(now >= g.pool.last_ns);
     let over = refill_bucket(b, now);
-    credit_pool(g, over);
+    credit_overflow(g, over);
     match decide_local(b, n, &mut g.stats) {
         Local::Done(d) => d,
         Local::NeedsPool => decide_pool(b, n, g),

@@ -358,6 +358,8 @@ pub struct PoolRaw {
     pub sigma_sum: u64,
     /// Reserved, zero.
     pub _pad: u64,
+    /// Femto-tokens of shadow overflow the pool may still take in (see `kernel::credit_overflow`).
+    pub allowance: i128,
 }
 
 /// Engine-wide counters (cumulative since create).
