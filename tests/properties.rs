@@ -297,7 +297,7 @@ impl Model {
         let take = f.min(self.allow.max(0));
         self.allow -= take;
         self.pool += take;
-        self.st.femto_returned += take;
+        self.st.femto_returned += f;
         self.st.femto_lost_at_cap += f - take;
         self.clamp();
     }

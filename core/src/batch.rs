@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use crate::kernel::{
     Decision, Local, Outcome, advance, credit_overflow, decide_local, decide_pool, refill_bucket,
 };
-use crate::layout::{Bucket, Globals, JournalEntry, StatsRaw};
+use crate::layout::{Bucket, Globals, StatsRaw};
 use crate::store::journal_bucket;
 
 /// Slots per shard (the default; see [`tuning`]).
@@ -85,11 +85,17 @@ impl<T> Out<T> {
 /// What one shard leaves for the pool phase.
 #[derive(Default)]
 struct ShardOut {
-    /// `(request index, femto-tokens)` shadow overflow returned on first touch.
-    credits: Vec<(u32, i128)>,
-    /// Requests that need the pool phase: pending ones and deferred ones.
-    later: Vec<u32>,
+    /// Femto-tokens of shadow overflow returned on first touch, in batch order.
+    credits: Vec<i128>,
     stats: StatsRaw,
+}
+
+/// A request as the shard phase reads it: packed, in shard order.
+#[derive(Clone, Copy, Default)]
+struct Req {
+    idx: u32,
+    slot: u32,
+    tokens: u64,
 }
 
 /// Adds the counters of `b` to `a`.
@@ -117,7 +123,7 @@ pub(crate) fn add_stats(a: &mut StatsRaw, b: &StatsRaw) {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     buckets: &mut [Bucket],
-    journal: &mut [JournalEntry],
+    journal: &mut [Bucket],
     g: &mut Globals,
     seq: u64,
     slots: &[u32],
@@ -136,9 +142,13 @@ pub(crate) fn run(
     let shard_slots = tuning::shard_slots();
     let out_o = Out(outcomes.as_mut_ptr());
     let out_r = Out(retry.as_mut_ptr());
-    let order = bucket_by_shard(slots, buckets.len(), shard_slots, out_o, out_r);
+    let order = bucket_by_shard(slots, tokens, buckets.len(), shard_slots, out_o, out_r);
     g.stats.requests += order.unknown;
     g.stats.unknown += order.unknown;
+    // What the pool phase must do at each request: `CREDIT` (the request's refill returned
+    // shadow overflow) and/or `LATER` (the request itself waits for the pool phase).
+    let mut marks = vec![0u8; slots.len()];
+    let out_m = Out(marks.as_mut_ptr());
 
     // Phase 2: customer-local decisions, shards in parallel.
     let shard_outs: Vec<ShardOut> = buckets
@@ -146,84 +156,99 @@ pub(crate) fn run(
         .zip(journal.par_chunks_mut(shard_slots))
         .enumerate()
         .map(|(s, (bk, jn))| {
-            let reqs = &order.indices[order.starts[s]..order.starts[s + 1]];
+            let reqs = &order.reqs[order.starts[s]..order.starts[s + 1]];
             let mut out = ShardOut::default();
             if reqs.is_empty() {
                 return out;
             }
             let base = s * shard_slots;
             let mut blocked = [0u64; SHARD_SLOTS / 64];
-            for &ri in reqs {
-                let ri_us = ri as usize;
-                let local = slots[ri_us] as usize - base;
+            for r in reqs {
+                let ri = r.idx as usize;
+                let local = r.slot as usize - base;
                 let b = &mut bk[local];
-                let n = tokens[ri_us];
                 if !b.active() {
                     out.stats.requests += 1;
                     out.stats.unknown += 1;
                     // SAFETY: request `ri` belongs to this shard only.
                     unsafe {
-                        out_o.write(ri_us, Outcome::UnknownCustomer);
-                        out_r.write(ri_us, u64::MAX);
+                        out_o.write(ri, Outcome::UnknownCustomer);
+                        out_r.write(ri, u64::MAX);
                     }
                     continue;
                 }
                 if blocked[local / 64] & (1 << (local % 64)) != 0 {
-                    out.later.push(ri);
+                    // SAFETY: request `ri` belongs to this shard only.
+                    unsafe { out_m.write(ri, LATER) };
                     continue;
                 }
                 journal_bucket(b, &mut jn[local], seq);
                 let over = refill_bucket(b, now);
+                let mut mark = 0;
                 if over != 0 {
-                    out.credits.push((ri, over));
+                    out.credits.push(over);
+                    mark = CREDIT;
                 }
-                match decide_local(b, n, &mut out.stats) {
+                match decide_local(b, r.tokens, &mut out.stats) {
                     Local::Done(d) => {
                         // SAFETY: request `ri` belongs to this shard only.
                         unsafe {
-                            out_o.write(ri_us, d.outcome);
-                            out_r.write(ri_us, d.retry_after_ns);
+                            out_o.write(ri, d.outcome);
+                            out_r.write(ri, d.retry_after_ns);
                         }
                     }
                     Local::NeedsPool => {
                         blocked[local / 64] |= 1 << (local % 64);
-                        out.later.push(ri);
+                        mark |= LATER;
                     }
+                }
+                if mark != 0 {
+                    // SAFETY: request `ri` belongs to this shard only.
+                    unsafe { out_m.write(ri, mark) };
                 }
             }
             out
         })
         .collect();
 
-    // Phase 3: the pool's events in batch order.
-    let mut events: Vec<(u32, i128, bool)> = Vec::new();
+    // Phase 3: the pool's events in batch order: one pass over the marks, each shard's credits
+    // taken in order (they were recorded in batch order).
+    let mut cursor = vec![0usize; shard_outs.len()];
     for so in &shard_outs {
         add_stats(&mut g.stats, &so.stats);
-        events.extend(so.credits.iter().map(|&(i, c)| (i, c, false)));
-        events.extend(so.later.iter().map(|&i| (i, 0, true)));
     }
-    // A credit comes before the request at the same index: it happened on that request's refill.
-    events.sort_unstable_by_key(|&(i, _, is_req)| (i, is_req));
-    for (ri, credit, is_req) in events {
-        if !is_req {
-            credit_overflow(g, credit);
+    for (ri, &m) in marks.iter().enumerate() {
+        if m == 0 {
             continue;
         }
-        let ri = ri as usize;
-        let b = &mut buckets[slots[ri] as usize];
-        let d = match decide_local(b, tokens[ri], &mut g.stats) {
-            Local::Done(d) => d,
-            Local::NeedsPool => decide_pool(b, tokens[ri], g),
-        };
-        outcomes[ri] = d.outcome;
-        retry[ri] = d.retry_after_ns;
+        let slot = slots[ri] as usize;
+        if m & CREDIT != 0 {
+            // A credit comes first: it happened on this request's refill.
+            let s = slot / shard_slots;
+            credit_overflow(g, shard_outs[s].credits[cursor[s]]);
+            cursor[s] += 1;
+        }
+        if m & LATER != 0 {
+            let b = &mut buckets[slot];
+            let d = match decide_local(b, tokens[ri], &mut g.stats) {
+                Local::Done(d) => d,
+                Local::NeedsPool => decide_pool(b, tokens[ri], g),
+            };
+            outcomes[ri] = d.outcome;
+            retry[ri] = d.retry_after_ns;
+        }
     }
 }
+
+/// Mark: the request's refill returned shadow overflow to credit.
+const CREDIT: u8 = 1;
+/// Mark: the request is decided in the pool phase.
+const LATER: u8 = 2;
 
 #[allow(clippy::too_many_arguments)]
 fn run_sequential(
     buckets: &mut [Bucket],
-    journal: &mut [JournalEntry],
+    journal: &mut [Bucket],
     g: &mut Globals,
     seq: u64,
     slots: &[u32],
@@ -250,19 +275,21 @@ fn run_sequential(
     }
 }
 
-/// Request indices grouped by shard, each group in batch order.
+/// Requests grouped by shard, each group in batch order.
 struct ShardOrder {
-    /// `starts[s]..starts[s + 1]` is shard `s`'s range in `indices`.
+    /// `starts[s]..starts[s + 1]` is shard `s`'s range in `reqs`.
     starts: Vec<usize>,
-    indices: Vec<u32>,
+    reqs: Vec<Req>,
     /// Requests with no slot (their outcome is already written).
     unknown: u64,
 }
 
-/// Counting sort of request indices by shard, in parallel over chunks of the batch. Requests with
-/// no slot are left out, and their `UnknownCustomer` outcome is written here.
+/// Counting sort of the requests by shard, in parallel over chunks of the batch, packing each
+/// with its slot and size so the shard phase reads them sequentially. Requests with no slot are
+/// left out, and their `UnknownCustomer` outcome is written here.
 fn bucket_by_shard(
     slots: &[u32],
+    tokens: &[u64],
     capacity: usize,
     shard_slots: usize,
     out_o: Out<Outcome>,
@@ -285,7 +312,7 @@ fn bucket_by_shard(
             h
         })
         .collect();
-    // Offsets: shard-major, chunk-minor, so each shard's indices stay in batch order.
+    // Offsets: shard-major, chunk-minor, so each shard's requests stay in batch order.
     let mut starts = vec![0usize; nshards + 1];
     let mut offsets: Vec<Vec<usize>> = vec![vec![0; nshards]; hists.len()];
     let mut pos = 0usize;
@@ -297,16 +324,17 @@ fn bucket_by_shard(
         }
     }
     starts[nshards] = pos;
-    let mut indices = vec![0u32; pos];
-    let out = Out(indices.as_mut_ptr());
+    let mut reqs = vec![Req::default(); pos];
+    let out = Out(reqs.as_mut_ptr());
     let unknown = slots
         .par_chunks(chunk)
+        .zip(tokens.par_chunks(chunk))
         .zip(offsets.par_iter_mut())
         .enumerate()
-        .map(|(c, (cs, off))| {
+        .map(|(c, ((cs, ct), off))| {
             let first = c * chunk;
             let mut unknown = 0u64;
-            for (k, &s) in cs.iter().enumerate() {
+            for (k, (&s, &n)) in cs.iter().zip(ct).enumerate() {
                 if s == NO_SLOT {
                     unknown += 1;
                     // SAFETY: request `first + k` belongs to this chunk only, and is in bounds.
@@ -316,10 +344,15 @@ fn bucket_by_shard(
                     }
                 } else {
                     let sh = s as usize / shard_slots;
+                    let r = Req {
+                        idx: (first + k) as u32,
+                        slot: s,
+                        tokens: n,
+                    };
                     // SAFETY: the offsets give each (chunk, shard) pair its own range, sized by
                     // the histogram of this very chunk, so the positions are disjoint and in
                     // bounds.
-                    unsafe { out.write(off[sh], (first + k) as u32) };
+                    unsafe { out.write(off[sh], r) };
                     off[sh] += 1;
                 }
             }
@@ -328,7 +361,7 @@ fn bucket_by_shard(
         .sum();
     ShardOrder {
         starts,
-        indices,
+        reqs,
         unknown,
     }
 }

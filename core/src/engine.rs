@@ -443,6 +443,7 @@ impl Engine {
         journal_full(
             b,
             &mut c.journal[slot],
+            &mut c.journal_aux[slot],
             &c.settled[slot],
             &c.closed[slot],
             txn.seq,
@@ -525,6 +526,7 @@ impl Engine {
         journal_full(
             b,
             &mut c.journal[slot],
+            &mut c.journal_aux[slot],
             &c.settled[slot],
             &c.closed[slot],
             txn.seq,
@@ -772,6 +774,7 @@ impl Engine {
         journal_full(
             b,
             &mut c.journal[slot],
+            &mut c.journal_aux[slot],
             &c.settled[slot],
             &c.closed[slot],
             txn.seq,
@@ -905,10 +908,11 @@ impl Engine {
             .buckets
             .par_chunks_mut(SHARD_SLOTS)
             .zip(c.journal.par_chunks_mut(SHARD_SLOTS))
+            .zip(c.journal_aux.par_chunks_mut(SHARD_SLOTS))
             .zip(c.settled.par_chunks_mut(SHARD_SLOTS))
             .zip(c.closed.par_chunks_mut(SHARD_SLOTS))
             .enumerate()
-            .map(|(s, (((bk, jn), st), cl))| {
+            .map(|(s, ((((bk, jn), ja), st), cl))| {
                 let base = (s * SHARD_SLOTS) as u32;
                 let lo = slots_sorted.partition_point(|&x| x < base);
                 let hi = slots_sorted.partition_point(|&x| x < base + bk.len() as u32);
@@ -918,7 +922,7 @@ impl Engine {
                     if !b.active() {
                         continue;
                     }
-                    journal_full(b, &mut jn[i], &st[i], &cl[i], seq);
+                    journal_full(b, &mut jn[i], &mut ja[i], &st[i], &cl[i], seq);
                     a.overflow += refill_bucket(b, now);
                     cl[i] = Closed {
                         granted_shadow: b.granted_shadow,

@@ -139,7 +139,8 @@ pub(crate) fn credit_overflow(g: &mut Globals, amount: i128) {
     let take = amount.min(g.pool.allowance.max(0));
     g.pool.allowance -= take;
     g.pool.level += take;
-    g.stats.femto_returned += take;
+    // all of it came back to the pool; what the pool could not take is lost at its cap
+    g.stats.femto_returned += amount;
     g.stats.femto_lost_at_cap += amount - take;
     clamp_pool(g);
 }

@@ -121,21 +121,19 @@ pub struct Closed {
     pub debt: u64,
 }
 
-/// A journal entry: the pre-image of one slot for the transaction in flight.
-#[repr(C, align(128))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
-pub struct JournalEntry {
-    /// The bucket as it was.
-    pub bucket: Bucket,
-    /// The settle counters as they were (tick and settle transactions).
+/// The rest of a slot's pre-image, for the transactions that touch more than its bucket (settle,
+/// tick, customer changes). The bucket's own pre-image is in the journal column, a `Bucket` per
+/// slot, so an allocation batch writes 128 bytes of journal per customer it touches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct JournalAux {
+    /// The settle counters as they were.
     pub settled: Settled,
-    /// The closed interval as it was (tick and admin transactions).
+    /// The closed interval as it was.
     pub closed: Closed,
-    /// Reserved, zero.
-    pub _pad: [u64; 6],
 }
 
-const _: () = assert!(std::mem::size_of::<JournalEntry>() == 256);
+const _: () = assert!(std::mem::size_of::<JournalAux>() == 80);
 
 /// One slot of the id index (open addressing, linear probing).
 #[repr(C)]
@@ -200,7 +198,7 @@ pub struct FileHeader {
 pub enum Col {
     /// [`Bucket`] per slot.
     Buckets = 0,
-    /// [`JournalEntry`] per slot.
+    /// [`Bucket`] pre-image per slot.
     Journal,
     /// `u64` customer id per slot.
     Ids,
@@ -220,10 +218,12 @@ pub enum Col {
     Scenario,
     /// `f32 * scale_dim` per slot.
     Scale,
+    /// [`JournalAux`] per slot.
+    JournalAux,
 }
 
 /// Number of columns in use.
-pub const NUM_COLUMNS: usize = 11;
+pub const NUM_COLUMNS: usize = 12;
 
 /// Shape of a store, from which every offset follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,7 +250,7 @@ impl Dims {
         let c = self.capacity;
         [
             (c, 128),
-            (c, 256),
+            (c, 128),
             (c, 8),
             (c, 16),
             (c, 64),
@@ -260,6 +260,7 @@ impl Dims {
             (c, 4 * self.forecast_dim as u64),
             (c, 4 * self.scenario_dim as u64),
             (c, 4 * self.scale_dim as u64),
+            (c, 80),
         ]
     }
 

@@ -15,8 +15,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{Ordering, compiler_fence};
 
-use bytemuck::Zeroable;
-
 use crate::error::{Error, Result};
 use crate::index;
 use crate::layout::*;
@@ -26,7 +24,8 @@ use crate::mmap::{self, Mapping};
 pub(crate) struct ColsMut<'a> {
     pub state: &'a mut StatePage,
     pub buckets: &'a mut [Bucket],
-    pub journal: &'a mut [JournalEntry],
+    pub journal: &'a mut [Bucket],
+    pub journal_aux: &'a mut [JournalAux],
     pub ids: &'a mut [u64],
     pub settled: &'a mut [Settled],
     pub closed: &'a mut [Closed],
@@ -92,6 +91,7 @@ fn split_cols<'a>(bytes: &'a mut [u8], h: &FileHeader) -> ColsMut<'a> {
         forecast: bytemuck::cast_slice_mut(next()),
         scenario: bytemuck::cast_slice_mut(next()),
         scale: bytemuck::cast_slice_mut(next()),
+        journal_aux: bytemuck::cast_slice_mut(next()),
     }
 }
 
@@ -278,13 +278,12 @@ impl Store {
             if b.epoch != seq {
                 continue;
             }
-            let j = &c.journal[i];
-            *b = j.bucket;
+            *b = c.journal[i];
             if txn.kind >= txn_kind::SETTLE {
-                c.settled[i] = j.settled;
+                c.settled[i] = c.journal_aux[i].settled;
             }
             if txn.kind >= txn_kind::TICK {
-                c.closed[i] = j.closed;
+                c.closed[i] = c.journal_aux[i].closed;
             }
         }
         c.state.globals = c.state.undo;
@@ -355,9 +354,9 @@ impl Txn {
 
 /// Saves a bucket's pre-image once per transaction.
 #[inline(always)]
-pub(crate) fn journal_bucket(b: &mut Bucket, j: &mut JournalEntry, seq: u64) {
+pub(crate) fn journal_bucket(b: &mut Bucket, j: &mut Bucket, seq: u64) {
     if b.epoch != seq {
-        j.bucket = *b;
+        *j = *b;
         compiler_fence(Ordering::SeqCst);
         b.epoch = seq;
     }
@@ -367,23 +366,17 @@ pub(crate) fn journal_bucket(b: &mut Bucket, j: &mut JournalEntry, seq: u64) {
 #[inline]
 pub(crate) fn journal_full(
     b: &mut Bucket,
-    j: &mut JournalEntry,
+    j: &mut Bucket,
+    aux: &mut JournalAux,
     settled: &Settled,
     closed: &Closed,
     seq: u64,
 ) {
     if b.epoch != seq {
-        j.bucket = *b;
-        j.settled = *settled;
-        j.closed = *closed;
+        *j = *b;
+        aux.settled = *settled;
+        aux.closed = *closed;
         compiler_fence(Ordering::SeqCst);
         b.epoch = seq;
-    }
-}
-
-impl JournalEntry {
-    /// An all-zero entry.
-    pub fn empty() -> Self {
-        JournalEntry::zeroed()
     }
 }
