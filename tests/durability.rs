@@ -330,12 +330,7 @@ fn crash_loop(tag: &str, mix: Mix, kills: usize, max_sleep_ms: u64) -> HashMap<&
     }
     // a read-only open sees the same thing, and a last writer's open recovers nothing
     let ro = Engine::open_read_only(&path).unwrap();
-    assert_same(
-        &ro,
-        &rep.eng,
-        op_time(seed, k),
-        "read-only reopen",
-    );
+    assert_same(&ro, &rep.eng, op_time(seed, k), "read-only reopen");
     drop(ro);
     let eng = Engine::open(&path).unwrap();
     assert_eq!(eng.recovered(), None);

@@ -224,6 +224,7 @@ pub struct TickReport {
 pub struct Engine {
     store: Store,
     recovered: Option<u64>,
+    scratch: batch::Scratch,
 }
 
 /// Outcomes of a batch, one per request.
@@ -290,6 +291,7 @@ impl Engine {
         Ok(Engine {
             store,
             recovered: None,
+            scratch: batch::Scratch::default(),
         })
     }
 
@@ -301,7 +303,11 @@ impl Engine {
     /// is not a valid store (the file is left untouched); [`Error::Io`].
     pub fn open(path: impl AsRef<Path>) -> Result<Engine> {
         let (store, recovered) = Store::open(path.as_ref(), true)?;
-        Ok(Engine { store, recovered })
+        Ok(Engine {
+            store,
+            recovered,
+            scratch: batch::Scratch::default(),
+        })
     }
 
     /// Opens an existing store read-only, without a lock: queries work, changes return
@@ -314,6 +320,7 @@ impl Engine {
         Ok(Engine {
             store,
             recovered: None,
+            scratch: batch::Scratch::default(),
         })
     }
 
@@ -696,7 +703,7 @@ impl Engine {
         if self.store.read_only() {
             return Err(Error::ReadOnly);
         }
-        let cap = self.capacity() as u32;
+        // Slots at or past the capacity are unknown customers: the batch path checks.
         let resolved;
         let slots: &[u32] = match keys {
             Keys::Ids(ids) => {
@@ -705,20 +712,7 @@ impl Engine {
                 resolved = v;
                 &resolved
             }
-            Keys::Slots(s) => {
-                if s.iter().any(|&x| x >= cap && x != NO_SLOT) {
-                    let mut v = s.to_vec();
-                    v.iter_mut().for_each(|x| {
-                        if *x >= cap {
-                            *x = NO_SLOT
-                        }
-                    });
-                    resolved = v;
-                    &resolved
-                } else {
-                    s
-                }
-            }
+            Keys::Slots(s) => s,
         };
         let c = self.store.cols_mut()?;
         let txn = Txn::begin(c.state, txn_kind::ALLOCATE);
@@ -732,6 +726,7 @@ impl Engine {
             now,
             outcomes,
             retry_after_ns,
+            &mut self.scratch,
         );
         c.state.globals.stats.batches += 1;
         txn.commit(c.state);
