@@ -3,20 +3,26 @@
 //!
 //! 1. **Bucket by shard.** Slots are cut into shards of [`SHARD_SLOTS`] consecutive slots (512 KiB
 //!    of records, so a shard's records stay in L2 while its requests run). A parallel counting
-//!    sort lists each shard's requests in batch order.
+//!    sort packs each request with its slot and size into its shard's list, in batch order.
 //! 2. **Customer-local phase, shards in parallel.** A request whose outcome depends only on its
 //!    customer (a shadow grant, a contract denial, exceeds-burst, invalid) is decided at once.
 //!    The first request of a customer that needs the pool is left *pending*, and every later
 //!    request of that customer is *deferred*, because its state now depends on the pool. A
 //!    customer's first touch may return shadow overflow to the pool: that is a *credit* event at
-//!    that request's position.
-//! 3. **Pool phase, in batch order.** Credits, pending and deferred requests are merged by their
-//!    position in the batch and applied sequentially against the pool. Everything the first
-//!    phase decided commutes with them: it touched no shared state, and no state it read depends
-//!    on the pool.
+//!    that request's position. Both are marked in a byte per request.
+//! 3. **Pool phase, in batch order.** One pass over the marks applies the credits and decides the
+//!    pending and deferred requests sequentially against the pool. Everything the first phase
+//!    decided commutes with them: it touched no shared state, and no state it read depends on the
+//!    pool.
 //!
 //! So the pool sees its events in exactly the order a one-at-a-time loop would, and the parallel
 //! phase does the bulk of the work when most traffic is predicted.
+//!
+//! Memory, not arithmetic, sets the pace: each request's first touch of a customer misses the
+//! cache (its record, its journal entry, its output slot). Both phases prefetch those lines
+//! [`AHEAD`] requests in advance so the misses overlap (the `allocate_batch` bench measured the
+//! batch path at 71 ns per request before prefetching and 43 after, on 1M customers); the
+//! buffers are reused from batch to batch.
 
 use rayon::prelude::*;
 
@@ -113,7 +119,7 @@ pub(crate) struct Scratch {
 }
 
 /// How many requests ahead the loops prefetch their customer's record.
-const AHEAD: usize = 16;
+pub const AHEAD: usize = 16;
 
 /// Asks the CPU to start loading the cache lines of `*p` (at most 128 bytes) now. A hint only:
 /// it never faults and changes nothing.
