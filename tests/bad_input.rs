@@ -9,9 +9,13 @@
 //! unknown version, truncated, corrupt header, column table out of bounds, corrupt state page,
 //! a missing path, a directory).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use common::TempDir;
 
 use shadowbucket::layout::{Col, FileHeader, HEADER_BYTES, StatePage, TxnState};
 use shadowbucket::{
@@ -32,27 +36,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 const MAX_BURST: u64 = 1 << 50;
 const MAX_RATE: u64 = 1_000_000_000_000_000_000;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("sb-bad-input-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn config() -> EngineConfig {
     EngineConfig::new(100_000, Rate::tokens_per_sec(10_000))

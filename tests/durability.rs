@@ -14,14 +14,18 @@
 //! which this test includes, so the test replays exactly what the worker ran. Set `SB_SEED` to
 //! rerun with another seed.
 
+mod common;
+
 #[allow(dead_code)]
 #[path = "../src/bin/sb-crash-worker/workload.rs"]
 mod workload;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::TempDir;
 
 use shadowbucket::fixed::FEMTO_PER_TOKEN;
 use shadowbucket::layout::{Globals, StatePage, TxnState, txn_kind};
@@ -37,28 +41,6 @@ const WORKER: &str = env!("CARGO_BIN_EXE_sb-crash-worker");
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("sb-durability-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn seed() -> u64 {

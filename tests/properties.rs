@@ -33,12 +33,14 @@
 //! `contention_min_requests` requests leaves the contention streak as it is (the doc comment of
 //! `EngineConfig::contention_min_requests`).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::collection::vec;
 use proptest::prelude::*;
+
+use common::TempDir;
 use proptest::test_runner::TestCaseError;
 use shadowbucket::layout::{Closed, StatsRaw};
 use shadowbucket::{
@@ -80,30 +82,15 @@ fn cfg_cases(cases: u32) -> ProptestConfig {
 
 // ---- temporary stores ------------------------------------------------------------------------
 
-static DIRS: AtomicU64 = AtomicU64::new(0);
-
-/// A unique directory per test case, removed on drop (also when the case fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let n = DIRS.fetch_add(1, Ordering::Relaxed);
-        let p =
-            std::env::temp_dir().join(format!("sb-properties-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-
-    fn engine(&self, name: &str, cfg: EngineConfig, now: u64) -> Engine {
-        let opts = CreateOptions::new(CAP, cfg).without_model().at(now);
-        Engine::create(self.0.join(name), opts).expect("create store")
-    }
+/// Creates the test's stores.
+trait Stores {
+    fn engine(&self, name: &str, cfg: EngineConfig, now: u64) -> Engine;
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+impl Stores for TempDir {
+    fn engine(&self, name: &str, cfg: EngineConfig, now: u64) -> Engine {
+        let opts = CreateOptions::new(CAP, cfg).without_model().at(now);
+        Engine::create(self.join(name), opts).expect("create store")
     }
 }
 

@@ -173,7 +173,10 @@ pub(crate) fn add_stats(a: &mut StatsRaw, b: &StatsRaw) {
 /// Runs a batch: `slots[i]` names a slot; [`NO_SLOT`], any slot past the capacity and any slot
 /// without a customer give `UnknownCustomer`. Writes `outcomes` and `retry` (same length as
 /// `slots`).
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the batch's columns, inputs and outputs, borrowed separately"
+)]
 pub(crate) fn run(
     buckets: &mut [Bucket],
     journal: &mut [Bucket],
@@ -327,7 +330,10 @@ const CREDIT: u8 = 1;
 /// Mark: the request is decided in the pool phase.
 const LATER: u8 = 2;
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the batch's columns, inputs and outputs, borrowed separately"
+)]
 fn run_sequential(
     buckets: &mut [Bucket],
     journal: &mut [Bucket],

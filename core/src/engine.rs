@@ -525,21 +525,12 @@ impl Engine {
     /// [`Error::UnknownCustomer`]; [`Error::ReadOnly`].
     pub fn remove_customer(&mut self, id: u64, now: u64) -> Result<()> {
         let slot = self.slot_of(id).ok_or(Error::UnknownCustomer(id))? as usize;
-        let c = self.store.cols_mut()?;
+        let mut c = self.store.cols_mut()?;
         let txn = Txn::begin(c.state, txn_kind::ADMIN);
+        let now = advance(&mut c.state.globals, now);
+        touch_full(&mut c, slot, txn.seq, now);
         let g = &mut c.state.globals;
-        let now = advance(g, now);
         let b = &mut c.buckets[slot];
-        journal_full(
-            b,
-            &mut c.journal[slot],
-            &mut c.journal_aux[slot],
-            &c.settled[slot],
-            &c.closed[slot],
-            txn.seq,
-        );
-        let over = refill_bucket(b, now);
-        credit_overflow(g, over);
         g.pool.rho_sum -= b.rho;
         g.pool.sigma_sum -= b.sigma;
         let shadow = b.shadow;
@@ -755,7 +746,7 @@ impl Engine {
         if used > MAX_BURST_TOKENS {
             return Err(Error::invalid(format!("settle: used {used} is absurd")));
         }
-        let c = self.store.cols_mut()?;
+        let mut c = self.store.cols_mut()?;
         if granted > c.buckets[slot].outstanding {
             return Err(Error::invalid(format!(
                 "settle: {granted} tokens is more than customer {id} has outstanding ({})",
@@ -763,19 +754,10 @@ impl Engine {
             )));
         }
         let txn = Txn::begin(c.state, txn_kind::SETTLE);
+        let now = advance(&mut c.state.globals, now);
+        touch_full(&mut c, slot, txn.seq, now);
         let g = &mut c.state.globals;
-        let now = advance(g, now);
         let b = &mut c.buckets[slot];
-        journal_full(
-            b,
-            &mut c.journal[slot],
-            &mut c.journal_aux[slot],
-            &c.settled[slot],
-            &c.closed[slot],
-            txn.seq,
-        );
-        let over = refill_bucket(b, now);
-        credit_overflow(g, over);
         let st = &mut c.settled[slot];
         if used < granted {
             let back = granted - used;
@@ -787,10 +769,8 @@ impl Engine {
                     let scap = femto(b.sigma);
                     if s > scap {
                         b.shadow = scap.max(b.shadow);
-                        // the part above sigma goes on to the pool, exactly like overflow
-                        g.pool.level += s - b.shadow;
-                        g.stats.femto_returned += s - b.shadow;
-                        clamp_pool(g);
+                        // the part above sigma goes on to the pool
+                        credit_pool(g, s - b.shadow);
                     } else {
                         b.shadow = s;
                     }
@@ -1188,6 +1168,22 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Journals slot `slot` in full for transaction `seq`, brings it to `now` and credits its shadow
+/// overflow to the pool (already brought to `now`).
+fn touch_full(c: &mut store::ColsMut<'_>, slot: usize, seq: u64, now: u64) {
+    let b = &mut c.buckets[slot];
+    journal_full(
+        b,
+        &mut c.journal[slot],
+        &mut c.journal_aux[slot],
+        &c.settled[slot],
+        &c.closed[slot],
+        seq,
+    );
+    let over = refill_bucket(b, now);
+    credit_overflow(&mut c.state.globals, over);
 }
 
 fn zero_model(col: &mut [f32], slot: usize, dim: u32) {
