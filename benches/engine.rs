@@ -326,18 +326,21 @@ impl Bed {
             CreateOptions::new(n as u64, cfg).without_model(),
         )
         .expect("create store");
-        let mut res = Vec::with_capacity(n);
-        for k in 0..n {
-            let slot = engine
-                .add_customer(customer_id(k), contract(k), 0)
-                .expect("add customer");
-            let (rho, sigma) = reservation(k);
-            res.push(Reservation {
-                slot,
-                rate: Rate::from_micros_per_sec(rho),
-                capacity: sigma,
-            });
-        }
+        let all: Vec<(u64, Contract)> = (0..n).map(|k| (customer_id(k), contract(k))).collect();
+        let slots = engine.add_customers(&all, 0).expect("add customers");
+        drop(all);
+        let res: Vec<Reservation> = slots
+            .iter()
+            .enumerate()
+            .map(|(k, &slot)| {
+                let (rho, sigma) = reservation(k);
+                Reservation {
+                    slot,
+                    rate: Rate::from_micros_per_sec(rho),
+                    capacity: sigma,
+                }
+            })
+            .collect();
         let report = engine.tick(0, &res).expect("tick");
         assert!(!report.cut_back, "reservations should fit the budget");
         drop(res);

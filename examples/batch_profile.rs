@@ -21,15 +21,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     let cfg = EngineConfig::new(n * 50, Rate::tokens_per_sec(n * 3));
     let mut eng = Engine::create(dir.join("p.sb"), CreateOptions::new(n, cfg).without_model())?;
-    let mut res = Vec::with_capacity(n as usize);
-    for id in 0..n {
-        let slot = eng.add_customer(id, Contract::new(200, Rate::tokens_per_sec(4)), 0)?;
-        res.push(Reservation {
+    let all: Vec<(u64, Contract)> = (0..n)
+        .map(|id| (id, Contract::new(200, Rate::tokens_per_sec(4))))
+        .collect();
+    let res: Vec<Reservation> = eng
+        .add_customers(&all, 0)?
+        .into_iter()
+        .map(|slot| Reservation {
             slot,
             rate: Rate::tokens_per_sec(2),
             capacity: 40,
-        });
-    }
+        })
+        .collect();
     eng.tick(0, &res)?;
     let mut rng = StdRng::seed_from_u64(1);
     let slots: Vec<u32> = (0..batch).map(|_| rng.random_range(0..n as u32)).collect();

@@ -417,81 +417,108 @@ impl Engine {
     /// [`Error::InvalidArgument`] for a reserved id (`u64::MAX`, `u64::MAX - 1`) or a bad
     /// contract; [`Error::DuplicateCustomer`]; [`Error::StoreFull`]; [`Error::ReadOnly`].
     pub fn add_customer(&mut self, id: u64, contract: Contract, now: u64) -> Result<u32> {
-        if !valid_id(id) {
-            return Err(Error::invalid(format!(
-                "customer id {id} is reserved (ids must be below {})",
-                INDEX_TOMBSTONE
-            )));
+        Ok(self.add_customers(&[(id, contract)], now)?[0])
+    }
+
+    /// Adds many customers in one transaction (all or none), each with a full standard bucket
+    /// and no reservation. Returns their slots, in order. Much faster than one
+    /// [`Engine::add_customer`] call each when loading a store.
+    ///
+    /// # Errors
+    /// As [`Engine::add_customer`], for the first customer that fails (nothing is added), and
+    /// [`Error::DuplicateCustomer`] for an id listed twice.
+    pub fn add_customers(&mut self, customers: &[(u64, Contract)], now: u64) -> Result<Vec<u32>> {
+        let mut seen = std::collections::HashSet::with_capacity(customers.len());
+        for &(id, contract) in customers {
+            if !valid_id(id) {
+                return Err(Error::invalid(format!(
+                    "customer id {id} is reserved (ids must be below {})",
+                    INDEX_TOMBSTONE
+                )));
+            }
+            contract.validate()?;
+            if !seen.insert(id) || self.slot_of(id).is_some() {
+                return Err(Error::DuplicateCustomer(id));
+            }
         }
-        contract.validate()?;
         let cap = self.capacity();
         let dims = self.store.header.dims();
+        let path = self.store.path.clone();
         let mut c = self.store.cols_mut()?;
-        if index::find(c.index, id).is_some() {
-            return Err(Error::DuplicateCustomer(id));
-        }
-        if c.state.globals.free_top == 0 {
+        let top = c.state.globals.free_top as usize;
+        if top < customers.len() {
             return Err(Error::StoreFull {
                 capacity: cap,
-                suggested: cap.saturating_mul(2).min(u32::MAX as u64 - 1),
+                suggested: (cap + customers.len() as u64)
+                    .max(cap.saturating_mul(2))
+                    .min(u32::MAX as u64 - 1),
             });
         }
-        let slot = c.free[c.state.globals.free_top as usize - 1] as usize;
-        if slot as u64 >= cap || c.buckets[slot].active() {
-            return Err(Error::bad_file(
-                &self.store.path,
-                format!("free-slot stack names slot {slot}, which is not free"),
-            ));
+        for &slot in &c.free[top - customers.len()..top] {
+            let slot = slot as usize;
+            if slot as u64 >= cap || c.buckets[slot].active() {
+                return Err(Error::bad_file(
+                    &path,
+                    format!("free-slot stack names slot {slot}, which is not free"),
+                ));
+            }
         }
         let txn = Txn::begin(c.state, txn_kind::ADMIN);
-        let g = &mut c.state.globals;
-        let now = advance(g, now);
-        let b = &mut c.buckets[slot];
-        journal_full(
-            b,
-            &mut c.journal[slot],
-            &mut c.journal_aux[slot],
-            &c.settled[slot],
-            &c.closed[slot],
-            txn.seq,
-        );
-        c.ids[slot] = id;
-        c.settled[slot] = Settled::default();
-        c.closed[slot] = Closed::default();
-        zero_model(c.model_state, slot, dims.state_dim);
-        zero_model(c.forecast, slot, dims.forecast_dim);
-        zero_model(c.scenario, slot, dims.scenario_dim);
-        zero_model(c.scale, slot, dims.scale_dim);
-        *b = Bucket {
-            std: femto(contract.burst),
-            shadow: 0,
-            last_ns: now,
-            rate: contract.rate.micros(),
-            burst: contract.burst,
-            rho: 0,
-            sigma: 0,
-            outstanding: 0,
-            granted_shadow: 0,
-            granted_pool: 0,
-            requests: 0,
-            fallbacks: 0,
-            denied_customer: 0,
-            denied_pool: 0,
-            epoch: txn.seq,
-            weight: contract.weight,
-            flags: FLAG_ACTIVE,
-            streak: 0,
-            _pad: 0,
-        };
-        g.free_top -= 1;
-        g.customers += 1;
+        let now = advance(&mut c.state.globals, now);
+        let mut slots = Vec::with_capacity(customers.len());
+        for &(id, contract) in customers {
+            let g = &mut c.state.globals;
+            let slot = c.free[g.free_top as usize - 1] as usize;
+            let b = &mut c.buckets[slot];
+            journal_full(
+                b,
+                &mut c.journal[slot],
+                &mut c.journal_aux[slot],
+                &c.settled[slot],
+                &c.closed[slot],
+                txn.seq,
+            );
+            c.ids[slot] = id;
+            c.settled[slot] = Settled::default();
+            c.closed[slot] = Closed::default();
+            zero_model(c.model_state, slot, dims.state_dim);
+            zero_model(c.forecast, slot, dims.forecast_dim);
+            zero_model(c.scenario, slot, dims.scenario_dim);
+            zero_model(c.scale, slot, dims.scale_dim);
+            *b = Bucket {
+                std: femto(contract.burst),
+                shadow: 0,
+                last_ns: now,
+                rate: contract.rate.micros(),
+                burst: contract.burst,
+                rho: 0,
+                sigma: 0,
+                outstanding: 0,
+                granted_shadow: 0,
+                granted_pool: 0,
+                requests: 0,
+                fallbacks: 0,
+                denied_customer: 0,
+                denied_pool: 0,
+                epoch: txn.seq,
+                weight: contract.weight,
+                flags: FLAG_ACTIVE,
+                streak: 0,
+                _pad: 0,
+            };
+            g.free_top -= 1;
+            g.customers += 1;
+            if index::insert(c.index, id, slot as u64) {
+                g.tombstones -= 1;
+            }
+            slots.push(slot as u32);
+        }
+        let g = &c.state.globals;
         if (g.customers + g.tombstones) * 4 > c.index.len() as u64 * 3 {
             store::rebuild_index(&mut c);
-        } else if index::insert(c.index, id, slot as u64) {
-            c.state.globals.tombstones -= 1;
         }
         txn.commit(c.state);
-        Ok(slot as u32)
+        Ok(slots)
     }
 
     /// Changes a customer's contract, keeping its tokens (capped at the new burst).

@@ -66,32 +66,44 @@ fn split_cols<'a>(bytes: &'a mut [u8], h: &FileHeader) -> ColsMut<'a> {
     let state: &mut StatePage =
         bytemuck::from_bytes_mut(&mut state[..std::mem::size_of::<StatePage>()]);
     let mut pos = HEADER_BYTES + STATE_BYTES;
-    let mut parts: Vec<&'a mut [u8]> = Vec::with_capacity(NUM_COLUMNS);
-    for c in &h.columns[..NUM_COLUMNS] {
+    let mut parts: [&'a mut [u8]; NUM_COLUMNS] = Default::default();
+    for (part, c) in parts.iter_mut().zip(&h.columns[..NUM_COLUMNS]) {
         let skip = (c.offset - pos) as usize;
         let r = std::mem::take(&mut rest);
         let (_, r) = r.split_at_mut(skip);
         let (col, r) = r.split_at_mut(c.len as usize);
-        parts.push(col);
+        *part = col;
         rest = r;
         pos = c.offset + c.len;
     }
-    let mut it = parts.into_iter();
-    let mut next = || it.next().expect("column count");
+    let [
+        buckets,
+        journal,
+        ids,
+        settled,
+        closed,
+        free,
+        index,
+        model_state,
+        forecast,
+        scenario,
+        scale,
+        journal_aux,
+    ] = parts;
     ColsMut {
         state,
-        buckets: bytemuck::cast_slice_mut(next()),
-        journal: bytemuck::cast_slice_mut(next()),
-        ids: bytemuck::cast_slice_mut(next()),
-        settled: bytemuck::cast_slice_mut(next()),
-        closed: bytemuck::cast_slice_mut(next()),
-        free: bytemuck::cast_slice_mut(next()),
-        index: bytemuck::cast_slice_mut(next()),
-        model_state: bytemuck::cast_slice_mut(next()),
-        forecast: bytemuck::cast_slice_mut(next()),
-        scenario: bytemuck::cast_slice_mut(next()),
-        scale: bytemuck::cast_slice_mut(next()),
-        journal_aux: bytemuck::cast_slice_mut(next()),
+        buckets: bytemuck::cast_slice_mut(buckets),
+        journal: bytemuck::cast_slice_mut(journal),
+        ids: bytemuck::cast_slice_mut(ids),
+        settled: bytemuck::cast_slice_mut(settled),
+        closed: bytemuck::cast_slice_mut(closed),
+        free: bytemuck::cast_slice_mut(free),
+        index: bytemuck::cast_slice_mut(index),
+        model_state: bytemuck::cast_slice_mut(model_state),
+        forecast: bytemuck::cast_slice_mut(forecast),
+        scenario: bytemuck::cast_slice_mut(scenario),
+        scale: bytemuck::cast_slice_mut(scale),
+        journal_aux: bytemuck::cast_slice_mut(journal_aux),
     }
 }
 
@@ -234,9 +246,8 @@ impl Store {
     }
 
     pub(crate) fn cols_mut(&mut self) -> Result<ColsMut<'_>> {
-        let h = self.header;
         let bytes = self.map.bytes_mut().ok_or(Error::ReadOnly)?;
-        Ok(split_cols(bytes, &h))
+        Ok(split_cols(bytes, &self.header))
     }
 
     pub(crate) fn cols(&self) -> Cols<'_> {
