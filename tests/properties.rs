@@ -204,17 +204,27 @@ impl MCust {
         }
     }
 
-    /// Brings both buckets to `now`; returns what the shadow bucket accrued beyond `sigma`.
-    fn refill(&mut self, now: u64) -> i128 {
+    /// Brings both buckets to `now`; returns what the shadow bucket accrued beyond `sigma` after
+    /// `full_at` (the last instant the pool was at its cap) and up to it.
+    fn refill(&mut self, now: u64, full_at: u64) -> (i128, i128) {
         if now <= self.last {
-            return 0;
+            return (0, 0);
         }
         let dt = (now - self.last) as i128;
+        let keep = femto(self.sigma).max(self.shadow);
+        // what had overflowed by `full_at` was lost with the pool at its cap
+        let stale = if full_at > self.last {
+            let by = self.shadow + self.rho as i128 * (full_at.min(now) - self.last) as i128;
+            (by - keep).max(0)
+        } else {
+            0
+        };
         self.last = now;
         self.std = (self.std + self.rate as i128 * dt).min(femto(self.burst));
         let s = self.shadow + self.rho as i128 * dt;
-        self.shadow = s.min(femto(self.sigma).max(self.shadow));
-        s - self.shadow
+        self.shadow = s.min(keep);
+        let over = s - self.shadow;
+        (over - stale.min(over), stale.min(over))
     }
 }
 
@@ -228,6 +238,8 @@ struct Model {
     pool: i128,
     /// Shadow overflow the pool may still take in (`docs/engine.md`, the overflow allowance).
     allow: i128,
+    /// The last instant the pool was at its cap.
+    full_at: u64,
     custs: BTreeMap<u64, MCust>,
     st: StatsRaw,
     i1: BTreeMap<u64, SpanCheck>,
@@ -242,6 +254,7 @@ impl Model {
             clock: now,
             pool: femto(cfg.pool_burst),
             allow: 0,
+            full_at: 0,
             custs: BTreeMap::new(),
             st: StatsRaw::default(),
             i1: BTreeMap::new(),
@@ -272,20 +285,25 @@ impl Model {
 
     fn clamp(&mut self) {
         let cap = self.cap();
-        if self.pool > cap {
+        if self.pool >= cap {
             self.st.femto_lost_at_cap += self.pool - cap;
             self.pool = cap;
+            self.full_at = self.clock;
         }
         self.allow = self.allow.min(cap - self.pool).max(0);
     }
 
-    /// Shadow overflow going back to the pool: within the allowance, the rest lost at the cap.
-    fn credit_overflow(&mut self, f: i128) {
-        let take = f.min(self.allow.max(0));
+    /// Shadow overflow going back to the pool: what accrued before the pool was last at its cap
+    /// is lost; the rest within the allowance, and what the allowance cannot take is lost.
+    fn credit_overflow(&mut self, (fresh, stale): (i128, i128)) {
+        if fresh == 0 && stale == 0 {
+            return;
+        }
+        let take = fresh.min(self.allow.max(0));
         self.allow -= take;
         self.pool += take;
-        self.st.femto_returned += f;
-        self.st.femto_lost_at_cap += f - take;
+        self.st.femto_returned += fresh + stale;
+        self.st.femto_lost_at_cap += stale + fresh - take;
         self.clamp();
     }
 
@@ -311,7 +329,12 @@ impl Model {
     /// Brings a customer to the clock, crediting its overflow to the pool.
     fn touch(&mut self, id: u64) {
         let now = self.clock;
-        let over = self.custs.get_mut(&id).expect("customer").refill(now);
+        let full_at = self.full_at;
+        let over = self
+            .custs
+            .get_mut(&id)
+            .expect("customer")
+            .refill(now, full_at);
         self.credit_overflow(over);
     }
 
@@ -519,9 +542,11 @@ impl Model {
     /// The tick (`docs/engine.md`, "The tick"); `asks` are `(id, rate micros, capacity)`.
     fn tick(&mut self, now: u64, asks: &[(u64, u64, u64)]) -> TickReport {
         let now = self.advance(now);
-        let mut over = 0;
+        let mut over = (0, 0);
+        let full_at = self.full_at;
         for c in self.custs.values_mut() {
-            over += c.refill(now);
+            let (f, st) = c.refill(now, full_at);
+            over = (over.0 + f, over.1 + st);
         }
         let cfg = self.cfg;
         for c in self.custs.values_mut() {
@@ -618,17 +643,18 @@ impl Model {
     }
 
     /// Supply not yet spent at the clock (`unspent`): the pool, every shadow bucket brought to
-    /// the clock, and the part of their overflow that the pool can still take in (the overflow
-    /// allowance bounds it; the rest will be lost at the cap). The second value is the slack the
+    /// the clock, and the part of their overflow that the pool can still take in (what accrued
+    /// since the pool was last at its cap, within the overflow allowance; the rest will be lost
+    /// at the cap). The second value is the slack the
     /// I2 check allows for overflow not yet credited: none, since the allowance covers it.
     fn unspent_and_pending(&self) -> (i128, i128) {
         let mut unspent = self.pool;
         let mut pending = 0;
         for c in self.custs.values() {
-            let s = c.shadow + c.rho as i128 * (self.clock - c.last) as i128;
-            let kept = s.min(femto(c.sigma).max(c.shadow));
-            unspent += kept;
-            pending += s - kept;
+            let mut c = c.clone();
+            let (fresh, _stale) = c.refill(self.clock, self.full_at);
+            unspent += c.shadow;
+            pending += fresh;
         }
         (unspent + pending.min(self.allow), 0)
     }
@@ -649,7 +675,7 @@ impl Model {
     fn check_view(&self, v: &CustomerView, at: Option<u64>) -> Result<(), TestCaseError> {
         let mut c = self.custs[&v.id].clone();
         if let Some(t) = at {
-            c.refill(t.max(self.clock));
+            c.refill(t.max(self.clock), self.full_at);
         }
         let contract =
             Contract::new(c.burst, Rate::from_micros_per_sec(c.rate)).with_weight(c.weight);

@@ -27,7 +27,8 @@
 use rayon::prelude::*;
 
 use crate::kernel::{
-    Decision, Local, Outcome, advance, credit_overflow, decide_local, decide_pool, refill_bucket,
+    Decision, Local, Outcome, Overflow, advance, credit_overflow, decide_local, decide_pool,
+    refill_bucket,
 };
 use crate::layout::{Bucket, Globals, StatsRaw};
 use crate::store::journal_bucket;
@@ -105,8 +106,8 @@ impl<T> Out<T> {
 /// What one shard leaves for the pool phase.
 #[derive(Default)]
 struct ShardOut {
-    /// Femto-tokens of shadow overflow returned on first touch, in batch order.
-    credits: Vec<i128>,
+    /// Shadow overflow returned on first touch, in batch order.
+    credits: Vec<Overflow>,
     stats: StatsRaw,
 }
 
@@ -217,6 +218,7 @@ pub(crate) fn run(
     marks.resize(slots.len(), 0);
     let out_m = Out(marks.as_mut_ptr());
     let reqs_all = &scratch.reqs;
+    let full_at = g.pool.full_at_ns;
 
     // Phase 2: customer-local decisions, shards in parallel.
     let shard_outs: Vec<ShardOut> = buckets
@@ -257,9 +259,9 @@ pub(crate) fn run(
                     continue;
                 }
                 journal_bucket(b, &mut jn[local], seq);
-                let over = refill_bucket(b, now);
+                let over = refill_bucket(b, now, full_at);
                 let mut mark = 0;
-                if over != 0 {
+                if over != Overflow::default() {
                     out.credits.push(over);
                     mark = CREDIT;
                 }

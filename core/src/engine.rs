@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::fixed::{FEMTO_PER_TOKEN, MAX_BURST_TOKENS, MAX_RATE_MICROS, Rate, accrual, femto};
 use crate::index::{self, valid_id};
 use crate::kernel::{
-    Decision, Outcome, advance, clamp_pool, credit_overflow, credit_pool, pool_cap, refill_bucket,
+    Decision, Outcome, Overflow, advance, clamp_pool, credit_overflow, credit_pool, pool_cap,
+    refill_bucket,
 };
 use crate::layout::*;
 use crate::reserve::cut_back;
@@ -284,6 +285,7 @@ impl Engine {
         g.config = config_raw(&opts.config);
         g.pool.level = femto(opts.config.pool_burst);
         g.pool.last_ns = opts.now_ns;
+        g.pool.full_at_ns = opts.now_ns;
         g.last_tick_ns = opts.now_ns;
         g.created_ns = opts.now_ns;
         g.stats = StatsRaw::default();
@@ -535,7 +537,7 @@ impl Engine {
         let now = advance(g, now);
         let b = &mut c.buckets[slot];
         journal_bucket(b, &mut c.journal[slot], txn.seq);
-        let over = refill_bucket(b, now);
+        let over = refill_bucket(b, now, g.pool.full_at_ns);
         credit_overflow(g, over);
         b.rate = contract.rate.micros();
         b.burst = contract.burst;
@@ -877,6 +879,7 @@ impl Engine {
         let g = &mut c.state.globals;
         let now = advance(g, now);
         let cfg = g.config;
+        let full_at = g.pool.full_at_ns;
 
         // Cut back the asks to the budget.
         let asks_rate: Vec<(u64, u16)> = res
@@ -899,7 +902,7 @@ impl Engine {
         // Close intervals, update flags, set reservations: shards in parallel.
         #[derive(Default, Clone, Copy)]
         struct Acc {
-            overflow: i128,
+            overflow: Overflow,
             released: i128,
             rho: u64,
             sigma: u64,
@@ -925,7 +928,7 @@ impl Engine {
                         continue;
                     }
                     journal_full(b, &mut jn[i], &mut ja[i], &st[i], &cl[i], seq);
-                    a.overflow += refill_bucket(b, now);
+                    a.overflow = a.overflow + refill_bucket(b, now, full_at);
                     cl[i] = Closed {
                         granted_shadow: b.granted_shadow,
                         granted_pool: b.granted_pool,
@@ -1016,7 +1019,8 @@ impl Engine {
         let c = self.store.cols();
         let mut b = c.buckets[slot];
         if let Some(t) = now {
-            refill_bucket(&mut b, t.max(c.state.globals.pool.last_ns));
+            let g = &c.state.globals;
+            refill_bucket(&mut b, t.max(g.pool.last_ns), g.pool.full_at_ns);
         }
         let d = self.store.header.dims();
         let pick =
@@ -1094,6 +1098,7 @@ impl Engine {
         let c = self.store.cols();
         let mut g = c.state.globals;
         let now = advance(&mut g, now);
+        let full_at = g.pool.full_at_ns;
         let (overflow, shadows) = c
             .buckets
             .par_iter()
@@ -1101,10 +1106,10 @@ impl Engine {
             .filter(|b| b.active())
             .map(|b| {
                 let mut b = *b;
-                let o = refill_bucket(&mut b, now);
+                let o = refill_bucket(&mut b, now, full_at);
                 (o, b.shadow)
             })
-            .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            .reduce(|| (Overflow::default(), 0), |a, b| (a.0 + b.0, a.1 + b.1));
         credit_overflow(&mut g, overflow);
         let s = &g.stats;
         let granted = s.tokens_shadow as i128 + s.tokens_pool as i128 + s.tokens_debt as i128
@@ -1209,7 +1214,7 @@ fn touch_full(c: &mut store::ColsMut<'_>, slot: usize, seq: u64, now: u64) {
         &c.closed[slot],
         seq,
     );
-    let over = refill_bucket(b, now);
+    let over = refill_bucket(b, now, c.state.globals.pool.full_at_ns);
     credit_overflow(&mut c.state.globals, over);
 }
 

@@ -56,32 +56,60 @@ pub struct Decision {
     pub retry_after_ns: u64,
 }
 
-/// Brings a customer's standard and shadow buckets up to `now`. Returns the femto-tokens that
-/// accrued in the shadow bucket beyond `sigma`, which belong to the pool. Time that goes backwards
-/// changes nothing.
-#[inline(always)]
-pub(crate) fn refill_bucket(b: &mut Bucket, now: u64) -> i128 {
-    if now <= b.last_ns {
-        return 0;
+/// Shadow overflow returned by a refill, split by when it accrued.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Overflow {
+    /// Femto-tokens that accrued after the pool was last at its cap: the pool may take them in.
+    pub fresh: i128,
+    /// Femto-tokens that accrued while the pool was still to be at its cap, no later than
+    /// `full_at`: a pool at its cap loses them, so they are lost at the cap.
+    pub stale: i128,
+}
+
+impl std::ops::Add for Overflow {
+    type Output = Overflow;
+    fn add(self, o: Overflow) -> Overflow {
+        Overflow {
+            fresh: self.fresh + o.fresh,
+            stale: self.stale + o.stale,
+        }
     }
-    let dt = now - b.last_ns;
+}
+
+/// Brings a customer's standard and shadow buckets up to `now`. Returns the femto-tokens that
+/// accrued in the shadow bucket beyond `sigma`, which belong to the pool, split at `full_at`, the
+/// last instant the pool was at its cap. Time that goes backwards changes nothing.
+#[inline(always)]
+pub(crate) fn refill_bucket(b: &mut Bucket, now: u64, full_at: u64) -> Overflow {
+    if now <= b.last_ns {
+        return Overflow::default();
+    }
+    let last = b.last_ns;
+    let dt = now - last;
     b.last_ns = now;
     let cap = femto(b.burst);
     if b.std < cap {
         b.std = (b.std + accrual(b.rate, dt)).min(cap);
     }
     if b.rho == 0 {
-        return 0;
+        return Overflow::default();
     }
-    let scap = femto(b.sigma);
+    let scap = femto(b.sigma).max(b.shadow);
     let s = b.shadow + accrual(b.rho, dt);
-    if s > scap {
-        let over = s - scap.max(b.shadow);
-        b.shadow = scap.max(b.shadow);
-        over
-    } else {
+    if s <= scap {
         b.shadow = s;
+        return Overflow::default();
+    }
+    let over = s - scap;
+    let stale = if full_at > last {
+        (b.shadow + accrual(b.rho, full_at.min(now) - last) - scap).clamp(0, over)
+    } else {
         0
+    };
+    b.shadow = scap;
+    Overflow {
+        fresh: over - stale,
+        stale,
     }
 }
 
@@ -124,24 +152,28 @@ pub(crate) fn credit_pool(g: &mut Globals, amount: i128) {
 }
 
 /// Credits shadow overflow (femto-tokens that accrued beyond `sigma` since the customer was last
-/// touched) to the pool, within the overflow allowance; the rest is lost at the cap.
+/// touched) to the pool.
 ///
-/// Overflow is credited when its customer is next touched, not at the instant it accrued. The
-/// allowance keeps that lateness from minting capacity (I2): it grows by at most what all shadow
-/// buckets together can overflow (`rho_sum` per ns) and is held to `cap - level`, so the pool plus
-/// every credit still to come never exceeds the pool's cap, and the pool plus the shadow buckets
-/// never exceed `pool_burst`. Overflow that a pool at its cap would have lost is lost here too.
+/// Overflow is credited when its customer is next touched, not at the instant it accrued, so two
+/// rules keep that lateness from minting capacity (I2) or depending on when customers happen to be
+/// touched (I6):
+/// - overflow that accrued before the pool was last at its cap (`full_at`) is lost, as it would
+///   have been at the instant it accrued;
+/// - the rest is taken within the overflow allowance, which grows by at most what all shadow
+///   buckets together can overflow (`rho_sum` per ns) and is held to `cap - level`, so the pool
+///   plus every credit still to come never exceeds the cap, and the pool plus the shadow buckets
+///   never exceed `pool_burst`. What the allowance cannot take is lost at the cap.
 #[inline]
-pub(crate) fn credit_overflow(g: &mut Globals, amount: i128) {
-    if amount <= 0 {
+pub(crate) fn credit_overflow(g: &mut Globals, ov: Overflow) {
+    if ov.fresh <= 0 && ov.stale <= 0 {
         return;
     }
-    let take = amount.min(g.pool.allowance.max(0));
+    let take = ov.fresh.min(g.pool.allowance.max(0));
     g.pool.allowance -= take;
     g.pool.level += take;
     // all of it came back to the pool; what the pool could not take is lost at its cap
-    g.stats.femto_returned += amount;
-    g.stats.femto_lost_at_cap += amount - take;
+    g.stats.femto_returned += ov.fresh + ov.stale;
+    g.stats.femto_lost_at_cap += ov.stale + ov.fresh - take;
     clamp_pool(g);
 }
 
@@ -150,9 +182,10 @@ pub(crate) fn credit_overflow(g: &mut Globals, amount: i128) {
 #[inline]
 pub(crate) fn clamp_pool(g: &mut Globals) {
     let cap = pool_cap(&g.pool, &g.config);
-    if g.pool.level > cap {
+    if g.pool.level >= cap {
         g.stats.femto_lost_at_cap += g.pool.level - cap;
         g.pool.level = cap;
+        g.pool.full_at_ns = g.pool.last_ns;
     }
     g.pool.allowance = g.pool.allowance.min(cap - g.pool.level).max(0);
 }
@@ -285,7 +318,7 @@ pub(crate) fn bump_reservation(b: &mut Bucket, n: u64, g: &mut Globals) {
 #[inline]
 pub(crate) fn decide_full(b: &mut Bucket, n: u64, now: u64, g: &mut Globals) -> Decision {
     debug_assert!(now >= g.pool.last_ns);
-    let over = refill_bucket(b, now);
+    let over = refill_bucket(b, now, g.pool.full_at_ns);
     credit_overflow(g, over);
     match decide_local(b, n, &mut g.stats) {
         Local::Done(d) => d,

@@ -357,8 +357,8 @@ pub struct PoolRaw {
     pub rho_sum: u64,
     /// Sum of all customers' `sigma`, tokens.
     pub sigma_sum: u64,
-    /// Reserved, zero.
-    pub _pad: u64,
+    /// The last instant the pool was at its cap, ns (shadow overflow from before it is lost).
+    pub full_at_ns: u64,
     /// Femto-tokens of shadow overflow the pool may still take in (see `kernel::credit_overflow`).
     pub allowance: i128,
 }
