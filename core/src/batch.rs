@@ -21,7 +21,7 @@
 //! Memory, not arithmetic, sets the pace: each request's first touch of a customer misses the
 //! cache (its record, its journal entry, its output slot). Both phases prefetch those lines
 //! [`AHEAD`] requests in advance so the misses overlap (the `allocate_batch` bench measured the
-//! batch path at 71 ns per request before prefetching and 43 after, on 1M customers); the
+//! batch path at 71 ns per request before prefetching and 43-51 after, on 1M customers); the
 //! buffers are reused from batch to batch.
 
 use rayon::prelude::*;
