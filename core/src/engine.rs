@@ -607,7 +607,7 @@ impl Engine {
         let mut next = Store::create(&tmp, dims)?;
         {
             let old = self.store.cols();
-            let n = next.cols_mut()?;
+            let mut n = next.cols_mut()?;
             let oc = old_cap as usize;
             n.buckets[..oc].copy_from_slice(old.buckets);
             n.ids[..oc].copy_from_slice(old.ids);
@@ -619,10 +619,10 @@ impl Engine {
             n.state.globals = old.state.globals;
             n.state.txn = old.state.txn;
             n.state.txn.active = 0;
-            let mut n = n;
+            n.settled[..oc].copy_from_slice(old.settled);
+            // slots are kept; the index and the free-slot stack are rebuilt for the new size
             store::rebuild_index(&mut n);
             store::rebuild_free(&mut n);
-            n.settled[..oc].copy_from_slice(old.settled);
         }
         next.flush()?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
