@@ -17,13 +17,15 @@
 //!
 //! Modules: [`fixed`] (token arithmetic), [`config`] (contracts, pool, reservations),
 //! [`layout`] (the file format), `store` (file, transactions, recovery), `kernel` (one request),
-//! `batch` (the parallel batch path), [`reserve`] (budget cut-back), [`engine`] (the API).
+//! `batch` (the parallel batch path), [`reserve`] (budget cut-back), [`engine`] (the API),
+//! [`forecast`] (usage histories, baseline forecasters and their evaluation metrics).
 
 pub mod batch;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fixed;
+pub mod forecast;
 pub mod index;
 pub mod kernel;
 pub mod layout;
