@@ -125,7 +125,7 @@ pub const AHEAD: usize = 16;
 /// Asks the CPU to start loading the cache lines of `*p` (at most 128 bytes) now. A hint only:
 /// it never faults and changes nothing.
 #[inline(always)]
-fn prefetch<T>(p: &T) {
+pub(crate) fn prefetch<T>(p: &T) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};

@@ -397,17 +397,22 @@ impl Engine {
         }
         let table = self.store.cols().index;
         let cap = self.capacity();
-        out.par_iter_mut()
-            .with_min_len(4096)
-            .zip(ids.par_iter())
-            .for_each(|(o, &id)| {
-                *o = if valid_id(id) {
-                    match index::find(table, id) {
-                        Some(s) if s < cap => s as u32,
-                        _ => NO_SLOT,
+        out.par_chunks_mut(4096)
+            .zip(ids.par_chunks(4096))
+            .for_each(|(out, ids)| {
+                for (k, (o, &id)) in out.iter_mut().zip(ids).enumerate() {
+                    // each lookup is a cache miss in a large index: start the next ones early
+                    if let Some(&next) = ids.get(k + batch::AHEAD) {
+                        index::prefetch_slot(table, next);
                     }
-                } else {
-                    NO_SLOT
+                    *o = if valid_id(id) {
+                        match index::find(table, id) {
+                            Some(s) if s < cap => s as u32,
+                            _ => NO_SLOT,
+                        }
+                    } else {
+                        NO_SLOT
+                    }
                 }
             });
         Ok(())

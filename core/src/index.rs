@@ -40,6 +40,13 @@ pub(crate) fn find(table: &[IndexEntry], id: u64) -> Option<u64> {
     }
 }
 
+/// Starts loading the table line where the search for `id` begins (a hint only).
+#[inline(always)]
+pub(crate) fn prefetch_slot(table: &[IndexEntry], id: u64) {
+    let i = (mix(id) & (table.len() as u64 - 1)) as usize;
+    crate::batch::prefetch(&table[i]);
+}
+
 /// Inserts `id` (which must be absent). Returns whether a tombstone was reused.
 pub(crate) fn insert(table: &mut [IndexEntry], id: u64, slot: u64) -> bool {
     let mask = table.len() as u64 - 1;
