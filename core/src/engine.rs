@@ -474,17 +474,10 @@ impl Engine {
         let now = advance(&mut c.state.globals, now);
         let mut slots = Vec::with_capacity(customers.len());
         for &(id, contract) in customers {
+            let slot = c.free[c.state.globals.free_top as usize - 1] as usize;
+            journal_slot(&mut c, slot, txn.seq);
             let g = &mut c.state.globals;
-            let slot = c.free[g.free_top as usize - 1] as usize;
             let b = &mut c.buckets[slot];
-            journal_full(
-                b,
-                &mut c.journal[slot],
-                &mut c.journal_aux[slot],
-                &c.settled[slot],
-                &c.closed[slot],
-                txn.seq,
-            );
             c.ids[slot] = id;
             c.settled[slot] = Settled::default();
             c.closed[slot] = Closed::default();
@@ -1207,18 +1200,23 @@ impl Engine {
     }
 }
 
-/// Journals slot `slot` in full for transaction `seq`, brings it to `now` and credits its shadow
-/// overflow to the pool (already brought to `now`).
-fn touch_full(c: &mut store::ColsMut<'_>, slot: usize, seq: u64, now: u64) {
-    let b = &mut c.buckets[slot];
+/// Saves slot `slot`'s full pre-image for transaction `seq` (once per transaction).
+fn journal_slot(c: &mut store::ColsMut<'_>, slot: usize, seq: u64) {
     journal_full(
-        b,
+        &mut c.buckets[slot],
         &mut c.journal[slot],
         &mut c.journal_aux[slot],
         &c.settled[slot],
         &c.closed[slot],
         seq,
     );
+}
+
+/// Journals slot `slot` in full for transaction `seq`, brings it to `now` and credits its shadow
+/// overflow to the pool (already brought to `now`).
+fn touch_full(c: &mut store::ColsMut<'_>, slot: usize, seq: u64, now: u64) {
+    journal_slot(c, slot, seq);
+    let b = &mut c.buckets[slot];
     let over = refill_bucket(b, now, c.state.globals.pool.full_at_ns);
     credit_overflow(&mut c.state.globals, over);
 }
