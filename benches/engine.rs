@@ -830,59 +830,45 @@ fn bench_layout(c: &mut Criterion) {
         format!("{}k_records", records / 1_000)
     };
     let mut now = 0u64;
-    group.bench_function(BenchmarkId::new("aos_128B_record", &p), |b| {
-        b.iter(|| {
-            now += 1_000_000;
-            update_aos(&mut recs, &idx, now);
-        })
-    });
-    group.bench_function(BenchmarkId::new("soa_7_arrays", &p), |b| {
-        b.iter(|| {
-            now += 1_000_000;
-            update_soa(&mut soa, &idx, now);
-        })
-    });
-    group.bench_function(BenchmarkId::new("aos_128B_record_sharded", &p), |b| {
-        b.iter(|| {
-            now += 1_000_000;
-            bucket_by_shard(&idx, &mut sorted, &mut hist);
-            update_aos(&mut recs, &sorted, now);
-        })
-    });
-    group.bench_function(BenchmarkId::new("soa_7_arrays_sharded", &p), |b| {
-        b.iter(|| {
-            now += 1_000_000;
-            bucket_by_shard(&idx, &mut sorted, &mut hist);
-            update_soa(&mut soa, &sorted, now);
-        })
-    });
-    // The same with the twelve fields the engine's request path really touches.
-    group.bench_function(BenchmarkId::new("aos_128B_record_12f", &p), |b| {
-        b.iter(|| {
-            now += 1_000_000;
-            update_aos12(&mut recs12, &idx, now);
-        })
-    });
-    group.bench_function(BenchmarkId::new("soa_12_arrays", &p), |b| {
-        b.iter(|| {
-            now += 1_000_000;
-            update_soa12(&mut soa12, &idx, now);
-        })
-    });
-    group.bench_function(BenchmarkId::new("aos_128B_record_12f_sharded", &p), |b| {
-        b.iter(|| {
-            now += 1_000_000;
-            bucket_by_shard(&idx, &mut sorted, &mut hist);
-            update_aos12(&mut recs12, &sorted, now);
-        })
-    });
-    group.bench_function(BenchmarkId::new("soa_12_arrays_sharded", &p), |b| {
-        b.iter(|| {
-            now += 1_000_000;
-            bucket_by_shard(&idx, &mut sorted, &mut hist);
-            update_soa12(&mut soa12, &sorted, now);
-        })
-    });
+    {
+        // Each layout with the updates in random order, then bucketed by shard first. The
+        // 12-field pair is the request path's real footprint.
+        let mut layouts: [(&str, Update<'_>); 4] = [
+            (
+                "aos_128B_record",
+                Box::new(|i, t| update_aos(&mut recs, i, t)),
+            ),
+            ("soa_7_arrays", Box::new(|i, t| update_soa(&mut soa, i, t))),
+            (
+                "aos_128B_record_12f",
+                Box::new(|i, t| update_aos12(&mut recs12, i, t)),
+            ),
+            (
+                "soa_12_arrays",
+                Box::new(|i, t| update_soa12(&mut soa12, i, t)),
+            ),
+        ];
+        for (name, update) in layouts.iter_mut() {
+            for sharded in [false, true] {
+                let id = if sharded {
+                    format!("{name}_sharded")
+                } else {
+                    name.to_string()
+                };
+                group.bench_function(BenchmarkId::new(id, &p), |b| {
+                    b.iter(|| {
+                        now += 1_000_000;
+                        if sharded {
+                            bucket_by_shard(&idx, &mut sorted, &mut hist);
+                            update(&sorted, now);
+                        } else {
+                            update(&idx, now);
+                        }
+                    })
+                });
+            }
+        }
+    }
     group.finish();
     black_box((
         recs.iter().map(|r| r.outstanding).sum::<u64>(),
@@ -891,6 +877,9 @@ fn bench_layout(c: &mut Criterion) {
         soa12.granted.iter().sum::<u64>(),
     ));
 }
+
+/// One layout's update over a list of record indices at a time.
+type Update<'a> = Box<dyn FnMut(&[u32], u64) + 'a>;
 
 criterion_group!(benches, bench_allocate_batch, bench_layout);
 criterion_main!(benches);

@@ -185,18 +185,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     capacity: (ewma[i] * 1.1 * 5.0).ceil() as u64,
                 });
             }
-            let rep = shadow.tick(now, &res)?;
-            if std::env::var("SB_DEBUG").is_ok() {
-                eprintln!(
-                    "t={} asked={:.0} reserved={:.0} budget={:.0} cut={} pool={:.0}",
-                    sec / 60,
-                    rep.asked_rate_micros as f64 / 1e6,
-                    rep.reserved_rate_micros as f64 / 1e6,
-                    cfg.rate_budget() as f64 / 1e6,
-                    rep.cut_back,
-                    shadow.stats().pool_femto as f64 / 1e15
-                );
-            }
+            shadow.tick(now, &res)?;
             tally[1].tick_ns += t.elapsed().as_nanos();
             tally[1].ticks += 1;
         }

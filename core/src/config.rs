@@ -140,13 +140,18 @@ impl EngineConfig {
 
     /// The most reserved rate all customers together may hold, in micro-tokens/s.
     pub fn rate_budget(&self) -> u64 {
-        (self.pool_rate.micros() as u128 * self.alpha_ppm as u128 / 1_000_000) as u64
+        ppm_share(self.pool_rate.micros(), self.alpha_ppm)
     }
 
     /// The most shadow capacity all customers together may hold, in tokens.
     pub fn capacity_budget(&self) -> u64 {
-        (self.pool_burst as u128 * self.alpha_ppm as u128 / 1_000_000) as u64
+        ppm_share(self.pool_burst, self.alpha_ppm)
     }
+}
+
+/// `ppm` parts per million of `value`, rounded down (the reservable budgets).
+pub(crate) fn ppm_share(value: u64, ppm: u32) -> u64 {
+    (value as u128 * ppm as u128 / 1_000_000) as u64
 }
 
 /// A reservation asked for one customer at a tick.

@@ -927,23 +927,9 @@ impl Engine {
                     }
                     journal_full(b, &mut jn[i], &mut ja[i], &st[i], &cl[i], seq);
                     a.overflow = a.overflow + refill_bucket(b, now, full_at);
-                    cl[i] = Closed {
-                        granted_shadow: b.granted_shadow,
-                        granted_pool: b.granted_pool,
-                        requests: b.requests as u64,
-                        fallbacks: b.fallbacks as u64,
-                        denied_customer: b.denied_customer as u64,
-                        denied_pool: b.denied_pool as u64,
-                        refunded: st[i].refunded,
-                        debt: st[i].debt,
-                    };
+                    cl[i] = b.interval_usage(&st[i]);
                     update_flag(b, &cfg);
-                    b.granted_shadow = 0;
-                    b.granted_pool = 0;
-                    b.requests = 0;
-                    b.fallbacks = 0;
-                    b.denied_customer = 0;
-                    b.denied_pool = 0;
+                    b.reset_interval();
                     st[i] = Settled::default();
                     let (rho, sigma) = if k < hi && slots_sorted[k] == base + i as u32 {
                         k += 1;
@@ -1038,16 +1024,7 @@ impl Engine {
             flagged: b.flags & FLAG_CONTENDED != 0,
             outstanding: b.outstanding,
             last_interval: c.closed[slot],
-            this_interval: Closed {
-                granted_shadow: b.granted_shadow,
-                granted_pool: b.granted_pool,
-                requests: b.requests as u64,
-                fallbacks: b.fallbacks as u64,
-                denied_customer: b.denied_customer as u64,
-                denied_pool: b.denied_pool as u64,
-                refunded: c.settled[slot].refunded,
-                debt: c.settled[slot].debt,
-            },
+            this_interval: b.interval_usage(&c.settled[slot]),
             forecast: pick(c.forecast, d.forecast_dim),
             scenarios: pick(c.scenario, d.scenario_dim),
         })

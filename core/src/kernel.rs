@@ -2,6 +2,7 @@
 //! `semantics.md` defines it. The batch path, the single-request path and the tick all call these
 //! functions, so there is one definition of the arithmetic.
 
+use crate::config::ppm_share;
 use crate::fixed::{accrual, femto, time_to_cover};
 use crate::layout::{Bucket, ConfigRaw, Globals, PoolRaw, StatsRaw};
 
@@ -202,8 +203,8 @@ pub(crate) enum Local {
 /// `now`), applying a shadow grant or counting a denial.
 #[inline(always)]
 pub(crate) fn decide_local(b: &mut Bucket, n: u64, st: &mut StatsRaw) -> Local {
-    st.requests += 1;
     if n == 0 {
+        st.requests += 1;
         st.invalid += 1;
         return Local::Done(Decision {
             outcome: Outcome::InvalidInput,
@@ -211,6 +212,7 @@ pub(crate) fn decide_local(b: &mut Bucket, n: u64, st: &mut StatsRaw) -> Local {
         });
     }
     if n > b.burst {
+        st.requests += 1;
         st.exceeds_burst += 1;
         b.requests = b.requests.saturating_add(1);
         return Local::Done(Decision {
@@ -225,6 +227,7 @@ pub(crate) fn decide_local(b: &mut Bucket, n: u64, st: &mut StatsRaw) -> Local {
         b.outstanding = b.outstanding.saturating_add(n);
         b.granted_shadow = b.granted_shadow.saturating_add(n);
         b.requests = b.requests.saturating_add(1);
+        st.requests += 1;
         st.shadow_grants += 1;
         st.tokens_shadow += n;
         return Local::Done(Decision {
@@ -235,13 +238,14 @@ pub(crate) fn decide_local(b: &mut Bucket, n: u64, st: &mut StatsRaw) -> Local {
     if b.std < nf {
         b.requests = b.requests.saturating_add(1);
         b.denied_customer = b.denied_customer.saturating_add(1);
+        st.requests += 1;
         st.denied_customer += 1;
         return Local::Done(Decision {
             outcome: Outcome::DeniedCustomerLimit,
             retry_after_ns: time_to_cover(nf - b.std, b.rate),
         });
     }
-    st.requests -= 1; // counted again by `decide_pool`
+    // `decide_pool` counts it
     Local::NeedsPool
 }
 
@@ -294,8 +298,8 @@ pub(crate) fn decide_pool(b: &mut Bucket, n: u64, g: &mut Globals) -> Decision {
 #[inline]
 pub(crate) fn bump_reservation(b: &mut Bucket, n: u64, g: &mut Globals) {
     let cfg = &g.config;
-    let rate_budget = (cfg.pool_rate as u128 * cfg.alpha_ppm as u128 / 1_000_000) as u64;
-    let cap_budget = (cfg.pool_burst as u128 * cfg.alpha_ppm as u128 / 1_000_000) as u64;
+    let rate_budget = ppm_share(cfg.pool_rate, cfg.alpha_ppm);
+    let cap_budget = ppm_share(cfg.pool_burst, cfg.alpha_ppm);
     let want_rate = (n as u128 * 1_000_000 * 1_000_000_000 / cfg.interval_ns as u128)
         .min(u64::MAX as u128) as u64;
     let d_rate = want_rate.min(rate_budget.saturating_sub(g.pool.rho_sum));

@@ -87,6 +87,30 @@ impl Bucket {
     pub fn active(&self) -> bool {
         self.flags & FLAG_ACTIVE != 0
     }
+
+    /// The current interval's usage: this record's counters and the slot's settle counters.
+    pub fn interval_usage(&self, settled: &Settled) -> Closed {
+        Closed {
+            granted_shadow: self.granted_shadow,
+            granted_pool: self.granted_pool,
+            requests: self.requests as u64,
+            fallbacks: self.fallbacks as u64,
+            denied_customer: self.denied_customer as u64,
+            denied_pool: self.denied_pool as u64,
+            refunded: settled.refunded,
+            debt: settled.debt,
+        }
+    }
+
+    /// Zeroes this record's interval counters (the tick, after closing the interval).
+    pub fn reset_interval(&mut self) {
+        self.granted_shadow = 0;
+        self.granted_pool = 0;
+        self.requests = 0;
+        self.fallbacks = 0;
+        self.denied_customer = 0;
+        self.denied_pool = 0;
+    }
 }
 
 /// Settle counters of the current interval (cold: only settle and tick touch them).
