@@ -30,6 +30,7 @@ pub mod index;
 pub mod kernel;
 pub mod layout;
 mod mmap;
+pub mod model;
 pub mod reserve;
 mod store;
 
