@@ -8,6 +8,8 @@
 //!   the scenario thresholds and the head layout.
 //! - [`weights`]: [`LstmModel`], the weights in PyTorch's `nn.LSTM` layout plus the heads and the
 //!   feature scaling.
+//! - [`backend`]: [`StepBackend`], where the batched step runs ([`CpuBackend`] here; the GPU
+//!   crate brings another).
 //! - [`step`]: one step for one customer (the reference) and for a batch (GEMM + rayon), and the
 //!   decoding of head outputs into forecasts and scenario probabilities.
 //!
@@ -28,10 +30,12 @@
 //! `s·expm1(max(z, 0))`, so `0 <= p50 <= p90 <= p99` always. The last four outputs are the
 //! scenario logits (softmax).
 
+pub mod backend;
 pub mod spec;
 pub mod step;
 pub mod weights;
 
-pub use spec::{BASE_FEATURES, ModelSpec, SCENARIO_EDGES, SCENARIOS};
+pub use backend::{CpuBackend, StepBackend};
+pub use spec::{BASE_FEATURES, CUSTOMER_FEATURES, ModelSpec, SCENARIO_EDGES, SCENARIOS};
 pub use step::{Decoded, StepScratch, decode, step_batch, step_one};
 pub use weights::{FeatureScaling, LayerWeights, LstmModel};

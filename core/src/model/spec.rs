@@ -15,11 +15,15 @@ use crate::error::{Error, Result};
 /// | `fallback_share` | pool grants over requests (0 without requests) |
 /// | `denied_share` | denials (either reason) over requests |
 /// | `deviation` | `(debt - refunded) / s`, clipped to `[-4, 4]` |
+/// | `event_customer` | summed intensity of the customer's own events active at the tick |
+/// | `scale` | `ln(1 + s) / 16`: the customer's absolute size |
 /// | `tod_sin`, `tod_cos` | time of day of the tick, cyclic |
 /// | `dow_sin`, `dow_cos` | day of week of the tick, cyclic (day 0 = the clock's epoch day) |
-/// | `event_customer` | summed intensity of the customer's own events active at the tick |
 /// | `event_global` | summed intensity of global events active at the tick |
-/// | `scale` | `ln(1 + s) / 16`: the customer's absolute size |
+///
+/// The first [`CUSTOMER_FEATURES`] differ per customer; the rest (and the feeds) are the same for
+/// every customer at a tick ("global"), which lets the batched step fold them into the bias once
+/// per tick and a GPU upload only the per-customer part.
 ///
 /// A trace without engine counters (a CSV) leaves `fallback_share`, `denied_share` and
 /// `deviation` at 0.
@@ -29,14 +33,17 @@ pub const BASE_FEATURES: [&str; 12] = [
     "fallback_share",
     "denied_share",
     "deviation",
+    "event_customer",
+    "scale",
     "tod_sin",
     "tod_cos",
     "dow_sin",
     "dow_cos",
-    "event_customer",
     "event_global",
-    "scale",
 ];
+
+/// How many of [`BASE_FEATURES`] (the first ones) differ per customer.
+pub const CUSTOMER_FEATURES: usize = 7;
 
 /// Index of each base feature in the input vector.
 pub mod feat {
@@ -50,20 +57,20 @@ pub mod feat {
     pub const DENIED_SHARE: usize = 3;
     /// Settlement deviation over scale.
     pub const DEVIATION: usize = 4;
-    /// Time of day, sine.
-    pub const TOD_SIN: usize = 5;
-    /// Time of day, cosine.
-    pub const TOD_COS: usize = 6;
-    /// Day of week, sine.
-    pub const DOW_SIN: usize = 7;
-    /// Day of week, cosine.
-    pub const DOW_COS: usize = 8;
     /// The customer's active events.
-    pub const EVENT_CUSTOMER: usize = 9;
-    /// Global active events.
-    pub const EVENT_GLOBAL: usize = 10;
+    pub const EVENT_CUSTOMER: usize = 5;
     /// `ln(1+s)/16`.
-    pub const SCALE: usize = 11;
+    pub const SCALE: usize = 6;
+    /// Time of day, sine.
+    pub const TOD_SIN: usize = 7;
+    /// Time of day, cosine.
+    pub const TOD_COS: usize = 8;
+    /// Day of week, sine.
+    pub const DOW_SIN: usize = 9;
+    /// Day of week, cosine.
+    pub const DOW_COS: usize = 10;
+    /// Global active events.
+    pub const EVENT_GLOBAL: usize = 11;
 }
 
 /// The scenarios, in output order.
@@ -162,6 +169,12 @@ impl ModelSpec {
     /// Decoded forecast floats per customer: [`FORECAST_PER_HORIZON`] per horizon.
     pub fn forecast_dim(&self) -> usize {
         FORECAST_PER_HORIZON * self.horizons.len()
+    }
+
+    /// Features that are the same for every customer at a tick: the global base features and the
+    /// feeds.
+    pub fn global_dim(&self) -> usize {
+        self.input_dim() - CUSTOMER_FEATURES
     }
 
     /// Every input feature's name, in order.

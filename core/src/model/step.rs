@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::spec::{FORECAST_PER_HORIZON, HEAD_PER_HORIZON, SCENARIOS};
+use super::spec::{CUSTOMER_FEATURES, FORECAST_PER_HORIZON, HEAD_PER_HORIZON, SCENARIOS};
 use super::weights::LstmModel;
 
 fn sigmoid(x: f32) -> f32 {
@@ -154,11 +154,14 @@ fn fast_sigmoid(x: f32) -> f32 {
 #[derive(Clone, Debug)]
 pub struct StepScratch {
     hidden: usize,
-    input: usize,
     state_dim: usize,
     head_dim: usize,
-    /// Per layer: `W_ihᵀ` (`in x 4H`), normalization folded in for layer 0.
+    /// Per layer: `W_ihᵀ` (`in x 4H`), normalization folded in for layer 0, where only the
+    /// per-customer feature rows are kept.
     w_ih_t: Vec<Vec<f32>>,
+    /// Layer 0's weights on the global features (`4H x global`, normalization folded in).
+    w_glob: Vec<f32>,
+    global: usize,
     /// Per layer: `W_hhᵀ` (`H x 4H`).
     w_hh_t: Vec<Vec<f32>>,
     /// Per layer: `b_ih + b_hh` (minus the folded normalization for layer 0).
@@ -190,6 +193,8 @@ impl StepScratch {
         let hd = s.hidden;
         let g = 4 * hd;
         let mut w_ih_t = Vec::new();
+        let mut w_glob = Vec::new();
+        let cf = CUSTOMER_FEATURES;
         let mut w_hh_t = Vec::new();
         let mut bias = Vec::new();
         for (l, w) in model.layers.iter().enumerate() {
@@ -207,16 +212,27 @@ impl StepScratch {
                     }
                 }
             }
-            w_ih_t.push(transpose(&wi, g, k));
+            if l == 0 {
+                let per_customer: Vec<f32> = (0..g)
+                    .flat_map(|r| wi[r * k..r * k + cf].to_vec())
+                    .collect();
+                w_glob = (0..g)
+                    .flat_map(|r| wi[r * k + cf..(r + 1) * k].to_vec())
+                    .collect();
+                w_ih_t.push(transpose(&per_customer, g, cf));
+            } else {
+                w_ih_t.push(transpose(&wi, g, k));
+            }
             w_hh_t.push(transpose(&w.w_hh, g, hd));
             bias.push(b);
         }
         StepScratch {
             hidden: hd,
-            input: s.input_dim(),
             state_dim: s.state_dim(),
             head_dim: s.head_dim(),
             w_ih_t,
+            w_glob,
+            global: s.global_dim(),
             w_hh_t,
             bias,
             head_t: transpose(&model.head_w, s.head_dim(), hd),
@@ -231,9 +247,14 @@ impl StepScratch {
         self
     }
 
-    /// Input features per customer.
-    pub fn input_dim(&self) -> usize {
-        self.input
+    /// Input features per customer: the per-customer ones ([`CUSTOMER_FEATURES`]).
+    pub fn customer_dim(&self) -> usize {
+        CUSTOMER_FEATURES
+    }
+
+    /// Global input features (the same for every customer at a tick).
+    pub fn global_dim(&self) -> usize {
+        self.global
     }
 
     /// State floats per customer.
@@ -274,31 +295,45 @@ fn gemm_acc(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, b: &[f32], c: &
     }
 }
 
-/// One step for `n` customers: `x` is `n x input_dim` raw features, `state` `n x state_dim`
-/// (advanced in place), `out` `n x head_dim` head outputs. Parallel over chunks of customers.
+/// One step for `n` customers: `x` is `n x CUSTOMER_FEATURES` raw per-customer features and
+/// `glob` the raw global features of this tick (the same for all), `state` is `n x state_dim`
+/// (advanced in place), `out` is `n x head_dim` head outputs. Parallel over chunks of customers.
+///
+/// Equal (within float rounding) to [`step_one`] on each customer's full feature vector
+/// `x[r] ++ glob`.
 ///
 /// # Panics
 /// If the slice lengths disagree with the prepared model (a bug in the caller).
-pub fn step_batch(p: &StepScratch, x: &[f32], state: &mut [f32], out: &mut [f32]) {
-    let n = x.len() / p.input;
-    assert_eq!(x.len(), n * p.input);
+pub fn step_batch(p: &StepScratch, x: &[f32], glob: &[f32], state: &mut [f32], out: &mut [f32]) {
+    let cf = CUSTOMER_FEATURES;
+    let n = x.len() / cf;
+    assert_eq!(x.len(), n * cf);
+    assert_eq!(glob.len(), p.global);
     assert_eq!(state.len(), n * p.state_dim);
     assert_eq!(out.len(), n * p.head_dim);
+    // The global features' share of layer 0's pre-activations, once for the tick.
+    let mut bias0 = p.bias[0].clone();
+    for (r, b) in bias0.iter_mut().enumerate() {
+        for (w, v) in p.w_glob[r * p.global..(r + 1) * p.global].iter().zip(glob) {
+            *b += w * v;
+        }
+    }
     let ch = p.chunk;
-    x.par_chunks(ch * p.input)
+    x.par_chunks(ch * cf)
         .zip(state.par_chunks_mut(ch * p.state_dim))
         .zip(out.par_chunks_mut(ch * p.head_dim))
         .for_each_init(
             || vec![0f32; ch * 4 * p.hidden],
             |g, ((x, st), out)| {
-                let rows = x.len() / p.input;
-                step_chunk(p, rows, x, st, out, g);
+                let rows = x.len() / cf;
+                step_chunk(p, &bias0, rows, x, st, out, g);
             },
         );
 }
 
 fn step_chunk(
     p: &StepScratch,
+    bias0: &[f32],
     rows: usize,
     x: &[f32],
     st: &mut [f32],
@@ -308,14 +343,16 @@ fn step_chunk(
     let hd = p.hidden;
     let g4 = 4 * hd;
     let sd = p.state_dim;
+    let cf = CUSTOMER_FEATURES;
     let g = &mut g[..rows * g4];
     for l in 0..p.bias.len() {
+        let bias = if l == 0 { bias0 } else { &p.bias[l][..] };
         for row in g.chunks_exact_mut(g4) {
-            row.copy_from_slice(&p.bias[l]);
+            row.copy_from_slice(bias);
         }
         let hoff = 2 * l * hd;
         if l == 0 {
-            gemm_acc(rows, p.input, g4, x, p.input, &p.w_ih_t[0], g);
+            gemm_acc(rows, cf, g4, x, cf, &p.w_ih_t[0], g);
         } else {
             // the layer below's new h, already written to the state
             let below = 2 * (l - 1) * hd;
@@ -380,16 +417,23 @@ mod tests {
         let mut out_ref = vec![0f32; n * o];
         let mut out = vec![0f32; n * o];
         for _step in 0..4 {
-            let x: Vec<f32> = (0..n * f).map(|_| rng.random_range(-3.0..3.0)).collect();
+            let cf = CUSTOMER_FEATURES;
+            let x: Vec<f32> = (0..n * cf).map(|_| rng.random_range(-3.0..3.0)).collect();
+            let glob: Vec<f32> = (0..f - cf).map(|_| rng.random_range(-3.0..3.0)).collect();
             for r in 0..n {
+                let full: Vec<f32> = x[r * cf..(r + 1) * cf]
+                    .iter()
+                    .chain(&glob)
+                    .copied()
+                    .collect();
                 step_one(
                     &model,
-                    &x[r * f..(r + 1) * f],
+                    &full,
                     &mut st_ref[r * sd..(r + 1) * sd],
                     &mut out_ref[r * o..(r + 1) * o],
                 );
             }
-            step_batch(&prep, &x, &mut st, &mut out);
+            step_batch(&prep, &x, &glob, &mut st, &mut out);
             for (a, b) in st.iter().zip(&st_ref).chain(out.iter().zip(&out_ref)) {
                 assert!((a - b).abs() < 1e-5, "batch {a} vs reference {b}");
             }
