@@ -10,6 +10,7 @@
 //!   feature scaling.
 //! - [`backend`]: [`StepBackend`], where the batched step runs ([`CpuBackend`] here; the GPU
 //!   crate brings another).
+//! - [`features`]: building the inputs (the same for the tick, the trainer and the evaluation).
 //! - [`step`]: one step for one customer (the reference) and for a batch (GEMM + rayon), and the
 //!   decoding of head outputs into forecasts and scenario probabilities.
 //!
@@ -31,6 +32,7 @@
 //! scenario logits (softmax).
 
 pub mod backend;
+pub mod features;
 pub mod spec;
 pub mod step;
 pub mod weights;
