@@ -58,6 +58,14 @@ fn last_value_reserves_last_interval_use() {
     assert_eq!(e.customer(2).unwrap().reserved_rate.micros(), 0);
     // the scale is seeded by the first interval with use
     assert_eq!(f.scale, 12_000.0);
+    // the closed interval, as the predictor saw it
+    let closed = e.closed_usage();
+    assert_eq!(closed.len(), 2);
+    assert_eq!(closed[0].0, 1);
+    assert_eq!(closed[0].1.tokens, 12_000.0);
+    assert_eq!(closed[0].1.requests, 2.0);
+    assert_eq!(closed[0].1.fallbacks, 2.0);
+    assert_eq!(closed[1].1.tokens, 0.0);
     // the next request is served from the reservation
     let d = e.allocate(1, 100, MIN + 10 * SEC).unwrap();
     assert_eq!(d.outcome, Outcome::GrantedShadow);

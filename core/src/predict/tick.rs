@@ -353,6 +353,31 @@ impl Engine {
         &self.predictive.signals
     }
 
+    /// Every customer's usage in the last closed interval (what the last tick fed the predictor),
+    /// as `(id, usage)` in slot order: the engine's own history, for training (append it after
+    /// every tick).
+    pub fn closed_usage(&self) -> Vec<(u64, IntervalUsage)> {
+        let c = self.store.cols();
+        c.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.active())
+            .map(|(slot, _)| {
+                let cl = &c.closed[slot];
+                let granted = (cl.granted_shadow + cl.granted_pool) as f64;
+                let deviation = cl.debt as f64 - cl.refunded as f64;
+                let u = IntervalUsage {
+                    tokens: (granted + deviation).max(0.0),
+                    requests: cl.requests as f64,
+                    fallbacks: cl.fallbacks as f64,
+                    denied: (cl.denied_customer + cl.denied_pool) as f64,
+                    deviation,
+                };
+                (c.ids[slot], u)
+            })
+            .collect()
+    }
+
     /// A customer's forecast, as the last tick left it (zeros before the first).
     ///
     /// # Errors
