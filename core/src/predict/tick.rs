@@ -307,12 +307,36 @@ impl Engine {
     }
 
     /// Tells the forecaster about an event; returns its id. Events that ended are dropped at
-    /// the next tick.
+    /// the next tick. Saved beside the store (see [`crate::predict`]).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] (see [`EventBook::add`]).
     pub fn add_event(&mut self, e: Event) -> Result<u64> {
-        self.predictive.events.add(e)
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let id = self.predictive.events.add(e)?;
+        if let Err(err) = self.save_sidecar() {
+            self.predictive.events.remove(id)?;
+            return Err(err);
+        }
+        Ok(id)
+    }
+
+    fn save_sidecar(&self) -> Result<()> {
+        super::sidecar::save(
+            &super::sidecar::path_for(&self.store.path),
+            &self.predictive.events,
+            &self.predictive.signals,
+        )
+    }
+
+    /// Reads the store's events and signals (on open).
+    pub(crate) fn load_sidecar(&mut self) -> Result<()> {
+        let (events, signals) = super::sidecar::load(&super::sidecar::path_for(&self.store.path))?;
+        self.predictive.events = events;
+        self.predictive.signals = signals;
+        Ok(())
     }
 
     /// Removes an event.
@@ -320,7 +344,15 @@ impl Engine {
     /// # Errors
     /// [`Error::InvalidArgument`] for an unknown id.
     pub fn remove_event(&mut self, id: u64) -> Result<()> {
-        self.predictive.events.remove(id).map(|_| ())
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let e = self.predictive.events.remove(id)?;
+        if let Err(err) = self.save_sidecar() {
+            self.predictive.events.insert(id, e)?;
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// The events held.
@@ -344,7 +376,17 @@ impl Engine {
                 "signal {name}: value must be finite"
             )));
         }
-        self.predictive.signals.insert(name.to_string(), value);
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let old = self.predictive.signals.insert(name.to_string(), value);
+        if let Err(err) = self.save_sidecar() {
+            match old {
+                Some(v) => self.predictive.signals.insert(name.to_string(), v),
+                None => self.predictive.signals.remove(name),
+            };
+            return Err(err);
+        }
         Ok(())
     }
 
@@ -437,7 +479,9 @@ impl Engine {
         let cfg = self.config();
         let horizons = self.horizons();
         let pr = &mut self.predictive;
+        let before = pr.events.len();
         pr.events.expire(now);
+        let expired = pr.events.len() != before;
         let (ev_global, ev_customer) = pr.events.active_at(now);
         let feed_names: Vec<String> = match &pr.runner {
             Runner::Lstm { model, .. } => model.spec.feeds.clone(),
@@ -648,6 +692,10 @@ impl Engine {
             .collect();
 
         // 5. close the intervals and set the reservations
-        self.tick_with(now, &res)
+        let report = self.tick_with(now, &res)?;
+        if expired {
+            self.save_sidecar()?;
+        }
+        Ok(report)
     }
 }
