@@ -30,6 +30,11 @@
 #define SB_NO_SLOT UINT32_MAX
 
 /**
+ * The most horizons an `sb_forecast` holds.
+ */
+#define SB_FORECAST_MAX_HORIZONS 16
+
+/**
  * What a call did. Every function that can fail returns one; outputs are written only when it
  * is `SB_RESULT_OK`. Values are never reused: new codes get new numbers.
  */
@@ -160,6 +165,76 @@ enum sb_outcome
 typedef enum sb_outcome sb_outcome;
 #else
 typedef uint32_t sb_outcome;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * The baseline forecasters `sb_engine_set_predictor_baseline` can set.
+ */
+enum sb_baseline
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The last interval's use (no parameter).
+   */
+  SB_BASELINE_LAST_VALUE = 0,
+  /**
+   * An exponentially weighted mean; the parameter is alpha, in (0, 1].
+   */
+  SB_BASELINE_EWMA = 1,
+  /**
+   * The use one period earlier; the parameter is the period in intervals.
+   */
+  SB_BASELINE_SEASONAL_NAIVE = 2,
+  /**
+   * An Autopilot-style decaying histogram; the parameter is the half-life in intervals.
+   */
+  SB_BASELINE_AUTOPILOT = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum sb_baseline sb_baseline;
+#else
+typedef uint32_t sb_baseline;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * What part of a forecast becomes the reservation (`sb_policy.target`).
+ */
+enum sb_target
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The expected use.
+   */
+  SB_TARGET_MEAN = 0,
+  /**
+   * The median.
+   */
+  SB_TARGET_P50 = 1,
+  /**
+   * The 90th percentile (the default).
+   */
+  SB_TARGET_P90 = 2,
+  /**
+   * The 99th percentile.
+   */
+  SB_TARGET_P99 = 3,
+  /**
+   * Enough for the scenarios up to cumulative probability `scenario_probability`.
+   */
+  SB_TARGET_SCENARIO = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum sb_target sb_target;
+#else
+typedef uint32_t sb_target;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -348,6 +423,112 @@ typedef struct sb_tick_report {
    */
   bool cut_back;
 } sb_tick_report;
+
+/**
+ * How forecasts become reservations: `rho = target * headroom / interval`,
+ * `sigma = rho * interval * capacity_intervals`, each capped at the customer's contract.
+ * Fill with `sb_policy_default`.
+ */
+typedef struct sb_policy {
+  /**
+   * Index into the predictor's horizons (0: the next interval).
+   */
+  uint32_t horizon;
+  /**
+   * One of `sb_target`.
+   */
+  uint32_t target;
+  /**
+   * With `SB_TARGET_SCENARIO`: the cumulative probability to cover, in (0, 1].
+   */
+  double scenario_probability;
+  /**
+   * Multiplier on the target (at least 0).
+   */
+  double headroom;
+  /**
+   * Shadow capacity in intervals of the reserved rate (at least 0).
+   */
+  double capacity_intervals;
+} sb_policy;
+
+/**
+ * An event the forecaster is told about (a campaign, a launch, a season).
+ */
+typedef struct sb_event {
+  /**
+   * The customer it concerns (ignored when `global` is 1).
+   */
+  uint64_t customer;
+  /**
+   * 1: a global event; 0: an event of `customer`.
+   */
+  uint32_t global;
+  /**
+   * A caller-defined kind, kept for the caller's bookkeeping.
+   */
+  uint32_t kind;
+  /**
+   * How strong (finite; 1.0 is "a typical campaign").
+   */
+  float intensity;
+  /**
+   * Start, ns on the engine's clock (inclusive).
+   */
+  uint64_t start_ns;
+  /**
+   * End, ns (exclusive); after `start_ns`.
+   */
+  uint64_t end_ns;
+} sb_event;
+
+/**
+ * Forecast use over one interval, tokens.
+ */
+typedef struct sb_quantiles {
+  /**
+   * Expected use.
+   */
+  double mean;
+  /**
+   * Median.
+   */
+  double p50;
+  /**
+   * 90th percentile.
+   */
+  double p90;
+  /**
+   * 99th percentile.
+   */
+  double p99;
+} sb_quantiles;
+
+/**
+ * A customer's forecast, as the last tick left it.
+ */
+typedef struct sb_forecast {
+  /**
+   * Horizons used (the first `horizons_len` entries of the two arrays below).
+   */
+  uint32_t horizons_len;
+  /**
+   * The horizons, in intervals after the last tick.
+   */
+  uint32_t horizons[SB_FORECAST_MAX_HORIZONS];
+  /**
+   * Per horizon: the forecast use in that interval.
+   */
+  struct sb_quantiles values[SB_FORECAST_MAX_HORIZONS];
+  /**
+   * Probabilities of the low, medium, high and spike scenarios for the next interval.
+   */
+  float scenario[4];
+  /**
+   * The customer's token scale (recent use per interval) the scenarios are defined against.
+   */
+  float scale;
+} sb_forecast;
 
 /**
  * An exact signed 128-bit count of femto-tokens (10^-15 token): the value is
@@ -971,7 +1152,7 @@ sb_result sb_engine_settle(struct sb_engine *engine,
                            uint64_t now_ns);
 
 /**
- * The tick with reservations given by the caller: brings every customer and the pool to
+ * The tick with reservations given by the caller instead of the predictor: brings every customer and the pool to
  * `now_ns`, closes each customer's interval counters, updates contention flags, releases the
  * old reservations and sets these (customers not listed get none), cut back to the reservable
  * budget by weight, then proportionally. Writes what it did to `*report_out`.
@@ -990,6 +1171,166 @@ sb_result sb_engine_tick_with_reservations(struct sb_engine *engine,
                                            const struct sb_reservation *reservations,
                                            size_t reservations_len,
                                            struct sb_tick_report *report_out);
+
+/**
+ * The predictive tick at `now_ns`: closes every customer's interval, runs one step of the
+ * predictor (`sb_engine_set_predictor_baseline`, `sb_engine_load_model`; an EWMA with alpha 0.5
+ * until one is set) for every customer, writes the forecasts into the store, turns them into
+ * reservations with the policy (`sb_engine_set_policy`) and sets them within the reservable
+ * budget. Writes what it did to `*report_out`.
+ *
+ * The predictor, policy, events and signals live in the handle, not the store: after opening a
+ * store again, set them again (the forecaster's state in the store is kept).
+ *
+ * Errors: `SB_RESULT_READ_ONLY`; `SB_RESULT_INVALID_ARGUMENT` for a store created without
+ * forecaster columns.
+ *
+ * Thread safety: write lock; parallel inside.
+ *
+ * # Safety
+ * `engine` is NULL or a live handle; `report_out` is NULL or valid for writing an
+ * `sb_tick_report`.
+ */
+sb_result sb_engine_tick(struct sb_engine *engine,
+                         uint64_t now_ns,
+                         struct sb_tick_report *report_out);
+
+/**
+ * Sets a baseline forecaster as the predictor: `kind` is one of `sb_baseline`, `param` its
+ * parameter (EWMA: alpha in (0, 1]; seasonal naive: the period in intervals, a whole number;
+ * Autopilot: the half-life in intervals; last value: ignored).
+ *
+ * Errors: `SB_RESULT_INVALID_ARGUMENT` for an unknown kind or a bad parameter, or a store without
+ * forecaster columns.
+ *
+ * Thread safety: write lock.
+ *
+ * # Safety
+ * `engine` is NULL or a live handle.
+ */
+sb_result sb_engine_set_predictor_baseline(struct sb_engine *engine, uint32_t kind, double param);
+
+/**
+ * Loads an LSTM model saved in the safetensors format from `path` and sets it as the
+ * predictor. The store's forecaster columns must fit the model.
+ *
+ * Errors: `SB_RESULT_NOT_FOUND`, `SB_RESULT_IO`, `SB_RESULT_INVALID_ARGUMENT` (not a model,
+ * or one the store's columns do not fit).
+ *
+ * Thread safety: write lock (the file is read while it is held).
+ *
+ * # Safety
+ * `engine` is NULL or a live handle; `path` is NULL or a NUL-terminated string.
+ */
+sb_result sb_engine_load_model(struct sb_engine *engine, const char *path);
+
+/**
+ * Copies a short description of the predictor in use (e.g. `"ewma(0.5)"`) to `buf`,
+ * NUL-terminated, and its length without the NUL to `*out_n`.
+ *
+ * Errors: `SB_RESULT_INSUFFICIENT_SIZE` when it does not fit with its NUL (nothing written).
+ *
+ * Thread safety: read lock.
+ *
+ * # Safety
+ * `buf` is NULL or valid for writing `len` bytes; `out_n` NULL or valid for writing a `size_t`;
+ * `engine` is NULL or a live handle.
+ */
+sb_result sb_engine_predictor_name(const struct sb_engine *engine,
+                                   char *buf,
+                                   size_t len,
+                                   size_t *out_n);
+
+/**
+ * Fills `*out` with the default reservation policy: the p90 of the next interval, headroom 1,
+ * one interval of shadow capacity.
+ *
+ * Thread safety: any thread.
+ *
+ * # Safety
+ * `out` is NULL or valid for writing an `sb_policy`.
+ */
+sb_result sb_policy_default(struct sb_policy *out);
+
+/**
+ * Sets how forecasts become reservations at the predictive tick.
+ *
+ * Errors: `SB_RESULT_INVALID_ARGUMENT` for an unknown target, a negative or non-finite
+ * multiplier, a scenario probability outside (0, 1], or a horizon the predictor does not have.
+ *
+ * Thread safety: write lock.
+ *
+ * # Safety
+ * `engine` is NULL or a live handle; `policy` is NULL or points to an `sb_policy`.
+ */
+sb_result sb_engine_set_policy(struct sb_engine *engine, const struct sb_policy *policy);
+
+/**
+ * Writes the reservation policy in use to `*out`.
+ *
+ * Thread safety: read lock.
+ *
+ * # Safety
+ * `engine` is NULL or a live handle; `out` is NULL or valid for writing an `sb_policy`.
+ */
+sb_result sb_engine_policy(const struct sb_engine *engine, struct sb_policy *out);
+
+/**
+ * Tells the forecaster about an event (a campaign, a launch); writes its id to `*id_out`.
+ * Events that have ended are dropped at the next tick.
+ *
+ * Errors: `SB_RESULT_INVALID_ARGUMENT` for an empty span, a non-finite intensity, a `global`
+ * other than 0 or 1, or too many events.
+ *
+ * Thread safety: write lock.
+ *
+ * # Safety
+ * `engine` is NULL or a live handle; `event` is NULL or points to an `sb_event`; `id_out` is
+ * NULL or valid for writing a `uint64_t`.
+ */
+sb_result sb_engine_add_event(struct sb_engine *engine,
+                              const struct sb_event *event,
+                              uint64_t *id_out);
+
+/**
+ * Removes event `id`.
+ *
+ * Errors: `SB_RESULT_INVALID_ARGUMENT` for an unknown id.
+ *
+ * Thread safety: write lock.
+ *
+ * # Safety
+ * `engine` is NULL or a live handle.
+ */
+sb_result sb_engine_remove_event(struct sb_engine *engine, uint64_t id);
+
+/**
+ * Sets the external feed `name` (a global signal a model reads, e.g. a news-volume index) to
+ * `value`. A feed never set reads as 0.
+ *
+ * Errors: `SB_RESULT_INVALID_ARGUMENT` for a name that is empty, longer than 256 bytes, not
+ * UTF-8 or has a comma, or a non-finite value.
+ *
+ * Thread safety: write lock.
+ *
+ * # Safety
+ * `engine` is NULL or a live handle; `name` is NULL or a NUL-terminated string.
+ */
+sb_result sb_engine_set_signal(struct sb_engine *engine, const char *name, float value);
+
+/**
+ * Writes customer `id`'s forecast, as the last tick left it (zeros before the first), to
+ * `*out`.
+ *
+ * Errors: `SB_RESULT_UNKNOWN_CUSTOMER`; `SB_RESULT_INSUFFICIENT_SIZE` for a predictor with more
+ * than `SB_FORECAST_MAX_HORIZONS` horizons.
+ *
+ * Thread safety: read lock.
+ *
+ * # Safety
+ * `engine` is NULL or a live handle; `out` is NULL or valid for writing an `sb_forecast`.
+ */
+sb_result sb_engine_forecast(const struct sb_engine *engine, uint64_t id, struct sb_forecast *out);
 
 /**
  * Writes customer `id` as of the last time the engine touched it to `*out`.

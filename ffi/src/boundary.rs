@@ -357,6 +357,19 @@ pub(crate) unsafe fn try_path(p: *const c_char, what: &str) -> FfiResult<std::pa
     }
 }
 
+/// A UTF-8 string from a NUL-terminated C string.
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string readable for `'a`.
+pub(crate) unsafe fn try_str<'a>(p: *const c_char, what: &str) -> FfiResult<&'a str> {
+    if p.is_null() {
+        return Err(null(what));
+    }
+    // SAFETY: non-NULL; NUL-terminated and readable by the caller's contract.
+    let bytes = unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes();
+    std::str::from_utf8(bytes).map_err(|_| Fail::invalid(format!("{what} is not UTF-8")))
+}
+
 /// Copies `msg` into `buf` (`len` bytes) NUL-terminated, truncated at a character boundary if
 /// needed. Returns the bytes written, not counting the NUL.
 ///

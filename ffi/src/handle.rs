@@ -7,11 +7,14 @@
 use std::ffi::c_char;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use engine::{CreateOptions, Engine, EngineConfig, GrantPath, Keys, Outcome, Rate, Reservation};
+use engine::{
+    CreateOptions, Engine, EngineConfig, GrantPath, Keys, Outcome, Predictor, Rate, Reservation,
+    ReservationPolicy,
+};
 
 use crate::boundary::{
     Fail, FfiResult, boundary, boundary_void, disjoint, sb_result, span, try_out, try_out_slice,
-    try_path, try_ref, try_slice, try_slice_mut,
+    try_path, try_ref, try_slice, try_slice_mut, try_str,
 };
 use crate::types::*;
 
@@ -729,7 +732,7 @@ pub unsafe extern "C" fn sb_engine_settle(
     })
 }
 
-/// The tick with reservations given by the caller: brings every customer and the pool to
+/// The tick with reservations given by the caller instead of the predictor: brings every customer and the pool to
 /// `now_ns`, closes each customer's interval counters, updates contention flags, releases the
 /// old reservations and sets these (customers not listed get none), cut back to the reservable
 /// budget by weight, then proportionally. Writes what it did to `*report_out`.
@@ -767,8 +770,303 @@ pub unsafe extern "C" fn sb_engine_tick_with_reservations(
                 capacity: r.capacity,
             })
             .collect();
-        let report = write(h)?.tick(now_ns, &res)?;
+        let report = write(h)?.tick_with(now_ns, &res)?;
         out.write(report.into());
+        Ok(())
+    })
+}
+
+// ---- the predictive tick -------------------------------------------------------------------
+
+/// The predictive tick at `now_ns`: closes every customer's interval, runs one step of the
+/// predictor (`sb_engine_set_predictor_baseline`, `sb_engine_load_model`; an EWMA with alpha 0.5
+/// until one is set) for every customer, writes the forecasts into the store, turns them into
+/// reservations with the policy (`sb_engine_set_policy`) and sets them within the reservable
+/// budget. Writes what it did to `*report_out`.
+///
+/// The predictor, policy, events and signals live in the handle, not the store: after opening a
+/// store again, set them again (the forecaster's state in the store is kept).
+///
+/// Errors: `SB_RESULT_READ_ONLY`; `SB_RESULT_INVALID_ARGUMENT` for a store created without
+/// forecaster columns.
+///
+/// Thread safety: write lock; parallel inside.
+///
+/// # Safety
+/// `engine` is NULL or a live handle; `report_out` is NULL or valid for writing an
+/// `sb_tick_report`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_engine_tick(
+    engine: *mut sb_engine,
+    now_ns: u64,
+    report_out: *mut sb_tick_report,
+) -> sb_result {
+    boundary("sb_engine_tick", || {
+        // SAFETY: the caller's contract (# Safety).
+        let (h, out) = unsafe { (handle(engine)?, try_out(report_out, "report_out")?) };
+        let report = write(h)?.tick(now_ns)?;
+        out.write(report.into());
+        Ok(())
+    })
+}
+
+/// Sets a baseline forecaster as the predictor: `kind` is one of `sb_baseline`, `param` its
+/// parameter (EWMA: alpha in (0, 1]; seasonal naive: the period in intervals, a whole number;
+/// Autopilot: the half-life in intervals; last value: ignored).
+///
+/// Errors: `SB_RESULT_INVALID_ARGUMENT` for an unknown kind or a bad parameter, or a store without
+/// forecaster columns.
+///
+/// Thread safety: write lock.
+///
+/// # Safety
+/// `engine` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_engine_set_predictor_baseline(
+    engine: *mut sb_engine,
+    kind: u32,
+    param: f64,
+) -> sb_result {
+    boundary("sb_engine_set_predictor_baseline", || {
+        let p = baseline_predictor(kind, param)?;
+        // SAFETY: the caller's contract (# Safety).
+        let h = unsafe { handle(engine) }?;
+        Ok(write(h)?.set_predictor(p)?)
+    })
+}
+
+fn baseline_predictor(kind: u32, param: f64) -> FfiResult<Predictor> {
+    Ok(match kind {
+        x if x == sb_baseline::LastValue as u32 => Predictor::LastValue,
+        x if x == sb_baseline::Ewma as u32 => Predictor::Ewma { alpha: param },
+        x if x == sb_baseline::SeasonalNaive as u32 => {
+            if !(param >= 1.0 && param.fract() == 0.0 && param <= u32::MAX as f64) {
+                return Err(Fail::invalid(format!(
+                    "seasonal naive: the period must be a whole number of intervals >= 1, got {param}"
+                )));
+            }
+            Predictor::SeasonalNaive {
+                period: param as usize,
+            }
+        }
+        x if x == sb_baseline::Autopilot as u32 => Predictor::Autopilot { half_life: param },
+        x => return Err(Fail::invalid(format!("unknown baseline kind {x}"))),
+    })
+}
+
+/// Loads an LSTM model saved in the safetensors format from `path` and sets it as the
+/// predictor. The store's forecaster columns must fit the model.
+///
+/// Errors: `SB_RESULT_NOT_FOUND`, `SB_RESULT_IO`, `SB_RESULT_INVALID_ARGUMENT` (not a model,
+/// or one the store's columns do not fit).
+///
+/// Thread safety: write lock (the file is read while it is held).
+///
+/// # Safety
+/// `engine` is NULL or a live handle; `path` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_engine_load_model(
+    engine: *mut sb_engine,
+    path: *const c_char,
+) -> sb_result {
+    boundary("sb_engine_load_model", || {
+        // SAFETY: the caller's contract (# Safety).
+        let (h, path) = unsafe { (handle(engine)?, try_path(path, "path")?) };
+        Ok(write(h)?.load_model(path)?)
+    })
+}
+
+/// Copies a short description of the predictor in use (e.g. `"ewma(0.5)"`) to `buf`,
+/// NUL-terminated, and its length without the NUL to `*out_n`.
+///
+/// Errors: `SB_RESULT_INSUFFICIENT_SIZE` when it does not fit with its NUL (nothing written).
+///
+/// Thread safety: read lock.
+///
+/// # Safety
+/// `buf` is NULL or valid for writing `len` bytes; `out_n` NULL or valid for writing a `size_t`;
+/// `engine` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_engine_predictor_name(
+    engine: *const sb_engine,
+    buf: *mut c_char,
+    len: usize,
+    out_n: *mut usize,
+) -> sb_result {
+    boundary("sb_engine_predictor_name", || {
+        disjoint(&[span(buf, len, "buf"), span(out_n, 1, "out_n")], &[])?;
+        // SAFETY: the caller's contract (# Safety); no overlap (checked).
+        let (h, n_out) = unsafe { (handle(engine)?, try_out(out_n, "out_n")?) };
+        let name = read(h)?.predictor_name();
+        if name.len() >= len {
+            return Err(Fail::new(
+                sb_result::InsufficientSize,
+                format!(
+                    "the name needs {} bytes with its NUL, got {len}",
+                    name.len() + 1
+                ),
+            ));
+        }
+        // SAFETY: `buf` is valid for `len` bytes (caller's contract), non-NULL because
+        // `len > name.len() >= 0` and `write_message` checks NULL anyway.
+        let n = unsafe { crate::boundary::write_message(&name, buf, len) };
+        n_out.write(n);
+        Ok(())
+    })
+}
+
+/// Fills `*out` with the default reservation policy: the p90 of the next interval, headroom 1,
+/// one interval of shadow capacity.
+///
+/// Thread safety: any thread.
+///
+/// # Safety
+/// `out` is NULL or valid for writing an `sb_policy`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_policy_default(out: *mut sb_policy) -> sb_result {
+    boundary("sb_policy_default", || {
+        // SAFETY: the caller's contract (# Safety).
+        let out = unsafe { try_out(out, "out") }?;
+        out.write(ReservationPolicy::default().into());
+        Ok(())
+    })
+}
+
+/// Sets how forecasts become reservations at the predictive tick.
+///
+/// Errors: `SB_RESULT_INVALID_ARGUMENT` for an unknown target, a negative or non-finite
+/// multiplier, a scenario probability outside (0, 1], or a horizon the predictor does not have.
+///
+/// Thread safety: write lock.
+///
+/// # Safety
+/// `engine` is NULL or a live handle; `policy` is NULL or points to an `sb_policy`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_engine_set_policy(
+    engine: *mut sb_engine,
+    policy: *const sb_policy,
+) -> sb_result {
+    boundary("sb_engine_set_policy", || {
+        // SAFETY: the caller's contract (# Safety).
+        let (h, p) = unsafe { (handle(engine)?, try_ref(policy, "policy")?) };
+        let p = p.to_engine()?;
+        Ok(write(h)?.set_policy(p)?)
+    })
+}
+
+/// Writes the reservation policy in use to `*out`.
+///
+/// Thread safety: read lock.
+///
+/// # Safety
+/// `engine` is NULL or a live handle; `out` is NULL or valid for writing an `sb_policy`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_engine_policy(
+    engine: *const sb_engine,
+    out: *mut sb_policy,
+) -> sb_result {
+    boundary("sb_engine_policy", || {
+        // SAFETY: the caller's contract (# Safety).
+        let (h, out) = unsafe { (handle(engine)?, try_out(out, "out")?) };
+        out.write(read(h)?.policy().into());
+        Ok(())
+    })
+}
+
+/// Tells the forecaster about an event (a campaign, a launch); writes its id to `*id_out`.
+/// Events that have ended are dropped at the next tick.
+///
+/// Errors: `SB_RESULT_INVALID_ARGUMENT` for an empty span, a non-finite intensity, a `global`
+/// other than 0 or 1, or too many events.
+///
+/// Thread safety: write lock.
+///
+/// # Safety
+/// `engine` is NULL or a live handle; `event` is NULL or points to an `sb_event`; `id_out` is
+/// NULL or valid for writing a `uint64_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_engine_add_event(
+    engine: *mut sb_engine,
+    event: *const sb_event,
+    id_out: *mut u64,
+) -> sb_result {
+    boundary("sb_engine_add_event", || {
+        // SAFETY: the caller's contract (# Safety).
+        let (h, e, out) = unsafe {
+            (
+                handle(engine)?,
+                try_ref(event, "event")?,
+                try_out(id_out, "id_out")?,
+            )
+        };
+        let e = e.to_engine()?;
+        let id = write(h)?.add_event(e)?;
+        out.write(id);
+        Ok(())
+    })
+}
+
+/// Removes event `id`.
+///
+/// Errors: `SB_RESULT_INVALID_ARGUMENT` for an unknown id.
+///
+/// Thread safety: write lock.
+///
+/// # Safety
+/// `engine` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_engine_remove_event(engine: *mut sb_engine, id: u64) -> sb_result {
+    boundary("sb_engine_remove_event", || {
+        // SAFETY: the caller's contract (# Safety).
+        let h = unsafe { handle(engine) }?;
+        Ok(write(h)?.remove_event(id)?)
+    })
+}
+
+/// Sets the external feed `name` (a global signal a model reads, e.g. a news-volume index) to
+/// `value`. A feed never set reads as 0.
+///
+/// Errors: `SB_RESULT_INVALID_ARGUMENT` for a name that is empty, longer than 256 bytes, not
+/// UTF-8 or has a comma, or a non-finite value.
+///
+/// Thread safety: write lock.
+///
+/// # Safety
+/// `engine` is NULL or a live handle; `name` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_engine_set_signal(
+    engine: *mut sb_engine,
+    name: *const c_char,
+    value: f32,
+) -> sb_result {
+    boundary("sb_engine_set_signal", || {
+        // SAFETY: the caller's contract (# Safety).
+        let (h, name) = unsafe { (handle(engine)?, try_str(name, "name")?) };
+        Ok(write(h)?.set_signal(name, value)?)
+    })
+}
+
+/// Writes customer `id`'s forecast, as the last tick left it (zeros before the first), to
+/// `*out`.
+///
+/// Errors: `SB_RESULT_UNKNOWN_CUSTOMER`; `SB_RESULT_INSUFFICIENT_SIZE` for a predictor with more
+/// than `SB_FORECAST_MAX_HORIZONS` horizons.
+///
+/// Thread safety: read lock.
+///
+/// # Safety
+/// `engine` is NULL or a live handle; `out` is NULL or valid for writing an `sb_forecast`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_engine_forecast(
+    engine: *const sb_engine,
+    id: u64,
+    out: *mut sb_forecast,
+) -> sb_result {
+    boundary("sb_engine_forecast", || {
+        // SAFETY: the caller's contract (# Safety).
+        let (h, out) = unsafe { (handle(engine)?, try_out(out, "out")?) };
+        let f = read(h)?.forecast(id)?;
+        out.write(sb_forecast::from_engine(&f)?);
         Ok(())
     })
 }

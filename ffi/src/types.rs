@@ -6,8 +6,12 @@
 //! whole tokens (`int64_t`, rounded toward negative infinity, saturating) and exactly as an
 //! [`sb_femto`].
 
+use engine::forecast::QuantileLevel;
 use engine::layout::Closed;
-use engine::{Contract, EngineConfig, Outcome, Rate, Stats, TickReport};
+use engine::{
+    Contract, EngineConfig, Event, Forecast, Outcome, Rate, ReservationPolicy, Stats, Target,
+    TickReport,
+};
 
 use crate::boundary::{Fail, FfiResult};
 
@@ -467,6 +471,198 @@ impl From<engine::Ledger> for sb_ledger {
     }
 }
 
+/// The baseline forecasters `sb_engine_set_predictor_baseline` can set.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum sb_baseline {
+    /// The last interval's use (no parameter).
+    LastValue = 0,
+    /// An exponentially weighted mean; the parameter is alpha, in (0, 1].
+    Ewma = 1,
+    /// The use one period earlier; the parameter is the period in intervals.
+    SeasonalNaive = 2,
+    /// An Autopilot-style decaying histogram; the parameter is the half-life in intervals.
+    Autopilot = 3,
+}
+
+/// What part of a forecast becomes the reservation (`sb_policy.target`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum sb_target {
+    /// The expected use.
+    Mean = 0,
+    /// The median.
+    P50 = 1,
+    /// The 90th percentile (the default).
+    P90 = 2,
+    /// The 99th percentile.
+    P99 = 3,
+    /// Enough for the scenarios up to cumulative probability `scenario_probability`.
+    Scenario = 4,
+}
+
+/// How forecasts become reservations: `rho = target * headroom / interval`,
+/// `sigma = rho * interval * capacity_intervals`, each capped at the customer's contract.
+/// Fill with `sb_policy_default`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct sb_policy {
+    /// Index into the predictor's horizons (0: the next interval).
+    pub horizon: u32,
+    /// One of `sb_target`.
+    pub target: u32,
+    /// With `SB_TARGET_SCENARIO`: the cumulative probability to cover, in (0, 1].
+    pub scenario_probability: f64,
+    /// Multiplier on the target (at least 0).
+    pub headroom: f64,
+    /// Shadow capacity in intervals of the reserved rate (at least 0).
+    pub capacity_intervals: f64,
+}
+
+impl sb_policy {
+    pub(crate) fn to_engine(self) -> FfiResult<ReservationPolicy> {
+        let target = match self.target {
+            x if x == sb_target::Mean as u32 => Target::Mean,
+            x if x == sb_target::P50 as u32 => Target::Quantile(QuantileLevel::P50),
+            x if x == sb_target::P90 as u32 => Target::Quantile(QuantileLevel::P90),
+            x if x == sb_target::P99 as u32 => Target::Quantile(QuantileLevel::P99),
+            x if x == sb_target::Scenario as u32 => Target::Scenario {
+                probability: self.scenario_probability,
+            },
+            x => return Err(Fail::invalid(format!("unknown policy target {x}"))),
+        };
+        Ok(ReservationPolicy {
+            horizon: self.horizon as usize,
+            target,
+            headroom: self.headroom,
+            capacity_intervals: self.capacity_intervals,
+        })
+    }
+}
+
+impl From<ReservationPolicy> for sb_policy {
+    fn from(p: ReservationPolicy) -> Self {
+        let (target, probability) = match p.target {
+            Target::Mean => (sb_target::Mean, 0.0),
+            Target::Quantile(QuantileLevel::P50) => (sb_target::P50, 0.0),
+            Target::Quantile(QuantileLevel::P90) => (sb_target::P90, 0.0),
+            Target::Quantile(QuantileLevel::P99) => (sb_target::P99, 0.0),
+            Target::Scenario { probability } => (sb_target::Scenario, probability),
+        };
+        sb_policy {
+            horizon: u32::try_from(p.horizon).unwrap_or(u32::MAX),
+            target: target as u32,
+            scenario_probability: probability,
+            headroom: p.headroom,
+            capacity_intervals: p.capacity_intervals,
+        }
+    }
+}
+
+/// An event the forecaster is told about (a campaign, a launch, a season).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct sb_event {
+    /// The customer it concerns (ignored when `global` is 1).
+    pub customer: u64,
+    /// 1: a global event; 0: an event of `customer`.
+    pub global: u32,
+    /// A caller-defined kind, kept for the caller's bookkeeping.
+    pub kind: u32,
+    /// How strong (finite; 1.0 is "a typical campaign").
+    pub intensity: f32,
+    /// Start, ns on the engine's clock (inclusive).
+    pub start_ns: u64,
+    /// End, ns (exclusive); after `start_ns`.
+    pub end_ns: u64,
+}
+
+impl sb_event {
+    pub(crate) fn to_engine(self) -> FfiResult<Event> {
+        let customer = match self.global {
+            0 => Some(self.customer),
+            1 => None,
+            x => {
+                return Err(Fail::invalid(format!(
+                    "event: global must be 0 or 1, got {x}"
+                )));
+            }
+        };
+        Ok(Event {
+            customer,
+            kind: self.kind,
+            intensity: self.intensity,
+            start_ns: self.start_ns,
+            end_ns: self.end_ns,
+        })
+    }
+}
+
+/// The most horizons an `sb_forecast` holds.
+pub const SB_FORECAST_MAX_HORIZONS: usize = 16;
+
+/// Forecast use over one interval, tokens.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct sb_quantiles {
+    /// Expected use.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// A customer's forecast, as the last tick left it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct sb_forecast {
+    /// Horizons used (the first `horizons_len` entries of the two arrays below).
+    pub horizons_len: u32,
+    /// The horizons, in intervals after the last tick.
+    pub horizons: [u32; SB_FORECAST_MAX_HORIZONS],
+    /// Per horizon: the forecast use in that interval.
+    pub values: [sb_quantiles; SB_FORECAST_MAX_HORIZONS],
+    /// Probabilities of the low, medium, high and spike scenarios for the next interval.
+    pub scenario: [f32; 4],
+    /// The customer's token scale (recent use per interval) the scenarios are defined against.
+    pub scale: f32,
+}
+
+impl sb_forecast {
+    pub(crate) fn from_engine(f: &Forecast) -> FfiResult<Self> {
+        let n = f.horizons.len().min(f.values.len());
+        if n > SB_FORECAST_MAX_HORIZONS {
+            return Err(Fail::new(
+                crate::boundary::sb_result::InsufficientSize,
+                format!(
+                    "the predictor has {n} horizons; sb_forecast holds {SB_FORECAST_MAX_HORIZONS}"
+                ),
+            ));
+        }
+        let mut out = sb_forecast {
+            horizons_len: n as u32,
+            horizons: [0; SB_FORECAST_MAX_HORIZONS],
+            values: [sb_quantiles::default(); SB_FORECAST_MAX_HORIZONS],
+            scenario: f.scenario,
+            scale: f.scale,
+        };
+        for j in 0..n {
+            out.horizons[j] = f.horizons[j];
+            let q = &f.values[j];
+            out.values[j] = sb_quantiles {
+                mean: q.mean,
+                p50: q.p50,
+                p90: q.p90,
+                p99: q.p99,
+            };
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,6 +699,27 @@ mod tests {
             assert_eq!(sb_outcome::from(o) as u32, code as u32);
         }
         assert!(Outcome::from_code(7).is_none());
+    }
+
+    #[test]
+    fn policies_round_trip() {
+        for t in [
+            Target::Mean,
+            Target::Quantile(QuantileLevel::P50),
+            Target::Quantile(QuantileLevel::P90),
+            Target::Quantile(QuantileLevel::P99),
+            Target::Scenario { probability: 0.7 },
+        ] {
+            let p = ReservationPolicy {
+                target: t,
+                horizon: 2,
+                ..ReservationPolicy::default()
+            };
+            assert_eq!(sb_policy::from(p).to_engine().unwrap(), p);
+        }
+        let mut bad = sb_policy::from(ReservationPolicy::default());
+        bad.target = 5;
+        assert!(bad.to_engine().is_err());
     }
 
     #[test]

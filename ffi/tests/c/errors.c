@@ -39,7 +39,7 @@ static void test_null_handles(void) {
   uint32_t slot;
   uint64_t id = 1, tok = 1, retry, list[4];
   sb_outcome out;
-  float f[12];
+  float f[16];
   size_t n;
   EXPECT_RC(sb_engine_flush(NULL), SB_RESULT_NULL_PARAMETER);
   CHECK_LAST_ERROR_HAS("sb_engine_flush: engine is NULL");
@@ -61,12 +61,27 @@ static void test_null_handles(void) {
   EXPECT_RC(sb_engine_tick_with_reservations(NULL, 0, NULL, 0, &rep), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_customer(NULL, 1, &v), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_customer_at(NULL, 1, 0, &v), SB_RESULT_NULL_PARAMETER);
-  EXPECT_RC(sb_engine_customer_forecast(NULL, 1, f, 12, f + 8, 0), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_engine_customer_forecast(NULL, 1, f, 16, f + 8, 0), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_stats(NULL, &st), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_ledger(NULL, 0, &l), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_check(NULL), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_flagged(NULL, list, 4, &n), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_customer_ids(NULL, list, 4, &n), SB_RESULT_NULL_PARAMETER);
+  sb_policy pol;
+  sb_event ev = {.customer = 1, .global = 0, .kind = 0, .intensity = 1.0f, .start_ns = 0, .end_ns = 10};
+  sb_forecast fc;
+  char name[64];
+  EXPECT_RC(sb_engine_tick(NULL, 0, &rep), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_engine_set_predictor_baseline(NULL, SB_BASELINE_EWMA, 0.5), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_engine_load_model(NULL, "model.safetensors"), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_engine_predictor_name(NULL, name, sizeof name, &n), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_engine_set_policy(NULL, &pol), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_engine_policy(NULL, &pol), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_engine_add_event(NULL, &ev, &id), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_engine_remove_event(NULL, 0), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_engine_set_signal(NULL, "news", 1.0f), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_engine_forecast(NULL, 1, &fc), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_policy_default(NULL), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_config_default(1, 1, NULL), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_create_options_default(1, 1, 1, NULL), SB_RESULT_NULL_PARAMETER);
   sb_engine_free(NULL);
@@ -186,8 +201,8 @@ static void test_engine_errors(const char *dir) {
   EXPECT_RC(sb_engine_remove_customer(e, 999, 0), SB_RESULT_UNKNOWN_CUSTOMER);
   EXPECT_RC(sb_engine_settle(e, 999, 1, 1, SB_OUTCOME_GRANTED_POOL, 0), SB_RESULT_UNKNOWN_CUSTOMER);
   EXPECT_RC(sb_engine_slot_of(e, 999, &slot), SB_RESULT_UNKNOWN_CUSTOMER);
-  float f[12], s4[4];
-  EXPECT_RC(sb_engine_customer_forecast(e, 999, f, 12, s4, 4), SB_RESULT_UNKNOWN_CUSTOMER);
+  float f[16], s4[4];
+  EXPECT_RC(sb_engine_customer_forecast(e, 999, f, 16, s4, 4), SB_RESULT_UNKNOWN_CUSTOMER);
   EXPECT_RC(sb_engine_update_customer(e, 1, &zero, 0), SB_RESULT_INVALID_ARGUMENT);
 
   /* allocation: NULL output, wrong lengths, overlapping outputs; nothing written or counted */
@@ -261,9 +276,9 @@ static void test_engine_errors(const char *dir) {
   CHECK(st1.ticks == 0);
 
   /* forecast lengths */
-  EXPECT_RC(sb_engine_customer_forecast(e, 1, f, 11, s4, 4), SB_RESULT_LENGTH_MISMATCH);
-  EXPECT_RC(sb_engine_customer_forecast(e, 1, f, 12, s4, 5), SB_RESULT_LENGTH_MISMATCH);
-  EXPECT_RC(sb_engine_customer_forecast(e, 1, f, 12, f + 4, 4), SB_RESULT_INVALID_ARGUMENT);
+  EXPECT_RC(sb_engine_customer_forecast(e, 1, f, 15, s4, 4), SB_RESULT_LENGTH_MISMATCH);
+  EXPECT_RC(sb_engine_customer_forecast(e, 1, f, 16, s4, 5), SB_RESULT_LENGTH_MISMATCH);
+  EXPECT_RC(sb_engine_customer_forecast(e, 1, f, 16, f + 4, 4), SB_RESULT_INVALID_ARGUMENT);
 
   /* id lists: too small a buffer writes nothing */
   uint64_t list[8] = {0};

@@ -24,7 +24,7 @@ int main(int argc, char **argv) {
   sb_create_options opts;
   CHECK_OK(sb_create_options_default(16, 1000000, TOKENS_PER_SEC(100000), &opts));
   CHECK(opts.config.alpha_ppm == 800000 && opts.config.interval_ns == 60 * SECOND);
-  CHECK(opts.forecast_dim == 12 && opts.scenario_dim == 4);
+  CHECK(opts.forecast_dim >= 4 && opts.forecast_dim <= 64 && opts.scenario_dim == 4);
   sb_engine *eng = NULL;
   CHECK_OK(sb_engine_create(path, &opts, &eng));
   CHECK(eng != NULL);
@@ -34,7 +34,7 @@ int main(int argc, char **argv) {
   CHECK(cfg.pool_burst == 1000000 && cfg.pool_rate_micros == TOKENS_PER_SEC(100000));
   sb_dims dims;
   CHECK_OK(sb_engine_dims(eng, &dims));
-  CHECK(dims.capacity == 16 && dims.forecast_dim == 12 && dims.scenario_dim == 4);
+  CHECK(dims.capacity == 16 && dims.forecast_dim == opts.forecast_dim && dims.scenario_dim == 4);
 
   /* customers: one, then two in one transaction */
   sb_contract c = {.burst = 5000, .rate_micros = TOKENS_PER_SEC(100), .weight = 1};
@@ -126,10 +126,13 @@ int main(int argc, char **argv) {
   CHECK(later.std_tokens == (v.std_tokens + 1000 < 5000 ? v.std_tokens + 1000 : 5000));
   CHECK(femto(later.shadow_femto) <= (__int128)1000 * FEMTO_PER_TOKEN);
 
-  float forecast[12], scen[4];
+  float forecast[64], scen[4];
   memset(forecast, 0xff, sizeof forecast);
-  CHECK_OK(sb_engine_customer_forecast(eng, 42, forecast, 12, scen, 4));
-  for (int i = 0; i < 12; i++) CHECK(forecast[i] == 0.0f); /* no forecaster has run */
+  CHECK_OK(sb_engine_customer_forecast(eng, 42, forecast, dims.forecast_dim, scen, 4));
+  for (uint32_t i = 0; i < dims.forecast_dim; i++) CHECK(forecast[i] == 0.0f); /* no forecaster ran */
+  sb_forecast fc;
+  CHECK_OK(sb_engine_forecast(eng, 42, &fc));
+  CHECK(fc.horizons_len * 4 == dims.forecast_dim && fc.values[0].p90 == 0.0);
 
   /* stats and the ledger */
   sb_stats st;
