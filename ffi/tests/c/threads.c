@@ -143,7 +143,8 @@ int main(int argc, char **argv) {
   CHECK_OK(sb_engine_stats(eng, &st));
   CHECK(st.requests == atomic_load(&requests_sent));
   CHECK(st.unknown == 0 && st.invalid == 0 && st.ticks >= 1);
-  CHECK(st.shadow_grants > 0 && st.pool_grants > 0 && st.denied_customer > 0);
+  /* the run went through both grant paths and denials (which denial depends on the interleaving) */
+  CHECK(st.shadow_grants > 0 && st.pool_grants > 0 && st.denied_customer + st.denied_pool > 0);
   uint64_t total = 0;
   for (int i = 0; i < WRITERS * PER_WRITER; i++) {
     /* I1: at most the burst plus the refill over the whole run (no refunds were made) */
