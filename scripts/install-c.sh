@@ -18,7 +18,7 @@ cargo build --release -p shadowbucket-ffi
 install -d "$prefix/lib/pkgconfig" "$prefix/include"
 install -m 0755 "$target_dir/release/libshadowbucket.so" "$prefix/lib/"
 install -m 0644 "$target_dir/release/libshadowbucket.a" "$prefix/lib/"
-install -m 0644 ffi/include/shadowbucket.h "$prefix/include/"
+install -m 0644 include/shadowbucket.h "$prefix/include/"
 sed -e "s|@PREFIX@|$prefix|g" -e "s|@VERSION@|$version|g" ffi/shadowbucket.pc.in \
   > "$prefix/lib/pkgconfig/shadowbucket.pc"
 echo "installed libshadowbucket $version under $prefix"

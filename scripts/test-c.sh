@@ -47,7 +47,7 @@ for src in ffi/tests/c/*.c ffi/tests/c/*.cpp; do
   for kind in static shared; do
     bin="$work/$name-$kind"
     if [ "$kind" = static ]; then libs=("${static_libs[@]}"); else libs=("${shared_libs[@]}"); fi
-    "${compiler[@]}" "${warn[@]}" "${sanitize[@]}" -Iffi/include -Iffi/tests/c "$src" -o "$bin" "${libs[@]}"
+    "${compiler[@]}" "${warn[@]}" "${sanitize[@]}" -Iinclude -Iffi/tests/c "$src" -o "$bin" "${libs[@]}"
     run "$name ($kind)" "$bin"
   done
 done

@@ -1,7 +1,7 @@
 //! # libshadowbucket: the C ABI of the shadowbucket engine
 //!
 //! A shared (`libshadowbucket.so`) and a static (`libshadowbucket.a`) library with the header
-//! `ffi/include/shadowbucket.h`, generated from this crate by cbindgen. The conventions are
+//! `include/shadowbucket.h`, generated from this crate by cbindgen. The conventions are
 //! rustls-ffi's:
 //!
 //! - Opaque handles (`sb_engine`), functions named `sb_<noun>_<verb>`. Read-only calls take

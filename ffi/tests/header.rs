@@ -1,4 +1,4 @@
-//! The committed header `ffi/include/shadowbucket.h` must be what cbindgen generates from the
+//! The committed header `include/shadowbucket.h` must be what cbindgen generates from the
 //! crate today. Regenerate it with `SB_UPDATE_HEADER=1 cargo test -p shadowbucket-ffi --test
 //! header` and commit it.
 
@@ -16,9 +16,9 @@ fn header_is_up_to_date() {
         .expect("cbindgen could not generate the header")
         .write(&mut generated);
     let generated = String::from_utf8(generated).expect("cbindgen wrote UTF-8");
-    let path = dir.join("include/shadowbucket.h");
+    let path = dir.join("../include/shadowbucket.h");
     if std::env::var_os("SB_UPDATE_HEADER").is_some() {
-        std::fs::write(&path, &generated).expect("write ffi/include/shadowbucket.h");
+        std::fs::write(&path, &generated).expect("write include/shadowbucket.h");
         return;
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
@@ -29,7 +29,7 @@ fn header_is_up_to_date() {
             .position(|(a, b)| a != b)
             .unwrap_or(committed.lines().count().min(generated.lines().count()));
         panic!(
-            "ffi/include/shadowbucket.h is stale: it differs from what cbindgen generates from \
+            "include/shadowbucket.h is stale: it differs from what cbindgen generates from \
              ffi/src, first at line {}.\n  committed: {:?}\n  generated: {:?}\nRegenerate it with \
              `SB_UPDATE_HEADER=1 cargo test -p shadowbucket-ffi --test header` and commit it.",
             line + 1,
