@@ -20,6 +20,7 @@ use crate::kernel::{
     refill_bucket,
 };
 use crate::layout::*;
+use crate::predict::tick::Predictive;
 use crate::reserve::cut_back;
 use crate::store::{self, Store, Txn, journal_bucket, journal_full};
 
@@ -35,7 +36,7 @@ pub struct CreateOptions {
     /// Floats of recurrent state per customer, for the forecaster (default 64: one LSTM layer of
     /// hidden size 32, hidden and cell state).
     pub state_dim: u32,
-    /// Floats of forecast per customer (default 12: three horizons of mean, p50, p90, p99).
+    /// Floats of forecast per customer (default 16: four horizons of mean, p50, p90, p99).
     pub forecast_dim: u32,
     /// Scenario probabilities per customer (default 4: low, medium, high, spike).
     pub scenario_dim: u32,
@@ -51,7 +52,7 @@ impl CreateOptions {
             config,
             now_ns: 0,
             state_dim: 64,
-            forecast_dim: 12,
+            forecast_dim: 16,
             scenario_dim: 4,
             scale_dim: 2,
         }
@@ -60,6 +61,16 @@ impl CreateOptions {
     /// The same options with the creation time set.
     pub fn at(mut self, now_ns: u64) -> Self {
         self.now_ns = now_ns;
+        self
+    }
+
+    /// The same options with forecaster columns sized for `spec` (recurrent state, forecast
+    /// horizons).
+    pub fn for_model(mut self, spec: &crate::model::ModelSpec) -> Self {
+        self.state_dim = spec.state_dim() as u32;
+        self.forecast_dim = spec.forecast_dim() as u32;
+        self.scenario_dim = crate::model::SCENARIOS.len() as u32;
+        self.scale_dim = 2;
         self
     }
 
@@ -211,7 +222,7 @@ pub struct TickReport {
 ///
 /// // reserve 50 tokens/s with room for 1,000 tokens, then a request a second later
 /// let res = [Reservation { slot, rate: Rate::tokens_per_sec(50), capacity: 1_000 }];
-/// eng.tick(2_000, &res)?;
+/// eng.tick_with(2_000, &res)?;
 /// let d = eng.allocate(42, 40, 1_000_002_000)?;
 /// assert_eq!(d.outcome, Outcome::GrantedShadow);
 ///
@@ -223,9 +234,10 @@ pub struct TickReport {
 /// # Ok::<(), shadowbucket::Error>(())
 /// ```
 pub struct Engine {
-    store: Store,
+    pub(crate) store: Store,
     recovered: Option<u64>,
     scratch: batch::Scratch,
+    pub(crate) predictive: Predictive,
 }
 
 /// Outcomes of a batch, one per request.
@@ -294,6 +306,7 @@ impl Engine {
             store,
             recovered: None,
             scratch: batch::Scratch::default(),
+            predictive: Predictive::default(),
         })
     }
 
@@ -309,6 +322,7 @@ impl Engine {
             store,
             recovered,
             scratch: batch::Scratch::default(),
+            predictive: Predictive::default(),
         })
     }
 
@@ -323,6 +337,7 @@ impl Engine {
             store,
             recovered: None,
             scratch: batch::Scratch::default(),
+            predictive: Predictive::default(),
         })
     }
 
@@ -435,6 +450,7 @@ impl Engine {
     /// As [`Engine::add_customer`], for the first customer that fails (nothing is added), and
     /// [`Error::DuplicateCustomer`] for an id listed twice.
     pub fn add_customers(&mut self, customers: &[(u64, Contract)], now: u64) -> Result<Vec<u32>> {
+        self.predictive.customers_changed();
         let mut seen = std::collections::HashSet::with_capacity(customers.len());
         for &(id, contract) in customers {
             if !valid_id(id) {
@@ -551,6 +567,7 @@ impl Engine {
     /// # Errors
     /// [`Error::UnknownCustomer`]; [`Error::ReadOnly`].
     pub fn remove_customer(&mut self, id: u64, now: u64) -> Result<()> {
+        self.predictive.customers_changed();
         let slot = self.slot_of(id).ok_or(Error::UnknownCustomer(id))? as usize;
         let mut c = self.store.cols_mut()?;
         let txn = Txn::begin(c.state, txn_kind::ADMIN);
@@ -585,6 +602,7 @@ impl Engine {
     /// [`Error::InvalidArgument`] when `new_capacity` is not larger; [`Error::Io`];
     /// [`Error::ReadOnly`].
     pub fn grow(&mut self, new_capacity: u64) -> Result<()> {
+        self.predictive.customers_changed();
         let old_cap = self.capacity();
         if self.store.read_only() {
             return Err(Error::ReadOnly);
@@ -839,7 +857,7 @@ impl Engine {
     /// # Errors
     /// [`Error::InvalidArgument`] for a slot that holds no customer, a slot listed twice, or an
     /// absurd rate or capacity (nothing is changed); [`Error::ReadOnly`].
-    pub fn tick(&mut self, now: u64, reservations: &[Reservation]) -> Result<TickReport> {
+    pub fn tick_with(&mut self, now: u64, reservations: &[Reservation]) -> Result<TickReport> {
         let cap = self.capacity();
         let mut res: Vec<Reservation> = reservations.to_vec();
         res.sort_by_key(|r| r.slot);
