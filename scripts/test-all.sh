@@ -12,3 +12,6 @@ cargo test --workspace --doc
 
 echo "== main job on a small built-in workload"
 cargo run --quiet --example replay -- 500 5 3
+
+echo "== Python package: build, stubtest, pytest"
+scripts/test-python.sh -q

@@ -35,14 +35,14 @@ from ._errors import (
     StoreFullError,
     UnknownCustomerError,
 )
-from ._native import NO_SLOT, Engine, History, __version__
+from ._native import NO_SLOT, Engine, History, Model, __version__
 from ._outcome import Outcome
 
 if TYPE_CHECKING:
-    import pandas
+    from ._native import EvaluationReport
 
-HistoryLike = Union[History, "str", "os.PathLike[str]", "np.ndarray[Any, Any]", "pandas.DataFrame"]
-"""What :func:`history` accepts."""
+HistoryLike = Union[History, str, "os.PathLike[str]", "np.ndarray[Any, Any]", Any]
+"""What :func:`history` accepts: a History, a CSV path, a 2-D numpy array or a pandas DataFrame."""
 
 
 def _from_dataframe(df: Any, window_s: int | None, start_s: int | None) -> History:
@@ -140,7 +140,7 @@ def evaluate(
     period: int = 144,
     half_life: float = 144.0,
     window_s: int | None = None,
-) -> dict[str, Any]:
+) -> EvaluationReport:
     """Scores a baseline forecaster (``'last_value'``, ``'ewma'`` (``alpha``),
     ``'seasonal_naive'`` (``period`` windows) or ``'autopilot'`` (``half_life`` windows)) on
     usage data (anything :func:`history` takes): its forecasts of the windows from
@@ -163,6 +163,7 @@ __all__ = [
     "Engine",
     "History",
     "HistoryLike",
+    "Model",
     "Outcome",
     "evaluate",
     "history",

@@ -42,34 +42,46 @@ pub fn array1<'py, T: Dtype>(
     let hint = format!("np.ascontiguousarray({what}, dtype=np.{})", T::NAME);
     if let Ok(a) = obj.cast::<PyArray1<T>>() {
         return a.try_readonly().map_err(|e| {
-            invalid(obj.py(), format!("{what}: the array is in use elsewhere ({e})"))
+            invalid(
+                obj.py(),
+                format!("{what}: the array is in use elsewhere ({e})"),
+            )
         });
     }
     match obj.cast::<PyUntypedArray>() {
-        Ok(a) if a.ndim() != 1 => Err(invalid(obj.py(), format!(
-            "{what} must be a 1-D array, got shape {:?}",
-            a.shape()
-        ))),
-        Ok(a) => Err(wrong_type(obj.py(), format!(
-            "{what} must have dtype {} (native byte order), got {}; convert with {hint}",
-            T::NAME,
-            a.dtype()
-        ))),
-        Err(_) => Err(wrong_type(obj.py(), format!(
-            "{what} must be a numpy array of {}, got {}; convert with {hint}",
-            T::NAME,
-            obj.get_type().name()?
-        ))),
+        Ok(a) if a.ndim() != 1 => Err(invalid(
+            obj.py(),
+            format!("{what} must be a 1-D array, got shape {:?}", a.shape()),
+        )),
+        Ok(a) => Err(wrong_type(
+            obj.py(),
+            format!(
+                "{what} must have dtype {} (native byte order), got {}; convert with {hint}",
+                T::NAME,
+                a.dtype()
+            ),
+        )),
+        Err(_) => Err(wrong_type(
+            obj.py(),
+            format!(
+                "{what} must be a numpy array of {}, got {}; convert with {hint}",
+                T::NAME,
+                obj.get_type().fully_qualified_name()?
+            ),
+        )),
     }
 }
 
 /// The slice behind `a`, or a `ValueError` for a non-contiguous array.
 pub fn slice<'a, T: Dtype>(a: &'a PyReadonlyArray1<'_, T>, what: &str) -> PyResult<&'a [T]> {
     a.as_slice().map_err(|_| {
-        invalid(a.py(), format!(
-            "{what} must be C-contiguous (it is borrowed without copying); convert with \
+        invalid(
+            a.py(),
+            format!(
+                "{what} must be C-contiguous (it is borrowed without copying); convert with \
              np.ascontiguousarray({what})"
-        ))
+            ),
+        )
     })
 }
 
@@ -77,9 +89,12 @@ pub fn slice<'a, T: Dtype>(a: &'a PyReadonlyArray1<'_, T>, what: &str) -> PyResu
 pub fn same_len(py: Python<'_>, n: usize, lens: &[(&str, usize)], first: &str) -> PyResult<()> {
     for &(what, len) in lens {
         if len != n {
-            return Err(invalid(py, format!(
-                "{what} has {len} elements but {first} has {n}; batch arrays must have the same length"
-            )));
+            return Err(invalid(
+                py,
+                format!(
+                    "{what} has {len} elements but {first} has {n}; batch arrays must have the same length"
+                ),
+            ));
         }
     }
     Ok(())

@@ -20,13 +20,15 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyType};
 use shadowbucket::engine::Ledger;
+use shadowbucket::forecast::QuantileLevel;
 use shadowbucket::{
-    Contract, CreateOptions, CustomerView, EngineConfig, GrantPath, Keys, Outcome, Rate,
-    Reservation, Stats, TickReport,
+    Contract, CreateOptions, CustomerView, EngineConfig, Event, Forecast, GrantPath, Keys, Outcome,
+    Predictor, Rate, Reservation, ReservationPolicy, Stats, Target, TickReport,
 };
 
 use crate::arrays::{array1, same_len, slice};
-use crate::errors::{Failure, IntoPyResult, invalid};
+use crate::errors::{Failure, IntoPyResult, invalid, wrong_type};
+use crate::model::Model;
 
 type Core = shadowbucket::Engine;
 
@@ -58,8 +60,14 @@ fn ppm(py: Python<'_>, share: f64, what: &str) -> PyResult<u32> {
 }
 
 /// A contract from Python's numbers.
-fn contract(py: Python<'_>, burst: u64, rate_tps: f64, weight: u16) -> PyResult<Contract> {
-    Ok(Contract::new(burst, rate(py, rate_tps, "rate")?).with_weight(weight))
+fn contract(
+    py: Python<'_>,
+    burst: u64,
+    rate_tps: f64,
+    weight: u16,
+    what: &str,
+) -> PyResult<Contract> {
+    Ok(Contract::new(burst, rate(py, rate_tps, what)?).with_weight(weight))
 }
 
 /// Tokens as a float, from femto-tokens.
@@ -229,6 +237,21 @@ fn tick_dict<'py>(py: Python<'py>, r: &TickReport) -> PyResult<Bound<'py, PyDict
     Ok(d)
 }
 
+fn forecast_dict<'py>(py: Python<'py>, f: &Forecast) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("horizons", PyArray1::from_slice(py, &f.horizons))?;
+    let col = |g: fn(&shadowbucket::forecast::Quantiles) -> f64| -> Vec<f64> {
+        f.values.iter().map(g).collect()
+    };
+    d.set_item("mean", PyArray1::from_vec(py, col(|q| q.mean)))?;
+    d.set_item("p50", PyArray1::from_vec(py, col(|q| q.p50)))?;
+    d.set_item("p90", PyArray1::from_vec(py, col(|q| q.p90)))?;
+    d.set_item("p99", PyArray1::from_vec(py, col(|q| q.p99)))?;
+    d.set_item("scenarios", PyArray1::from_slice(py, &f.scenario))?;
+    d.set_item("scale", f.scale)?;
+    Ok(d)
+}
+
 fn ledger_dict<'py>(py: Python<'py>, l: &Ledger) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("supplied", l.supplied)?;
@@ -253,9 +276,12 @@ impl Engine {
     #[pyo3(signature = (
         path, *, capacity, pool_burst, pool_rate, alpha = 0.8, interval_ns = 60_000_000_000,
         contention_high = 0.5, contention_low = 0.2, contention_ticks = 3,
-        contention_min_requests = 1, now_ns = 0, forecaster_columns = true
+        contention_min_requests = 1, now_ns = 0, model = None, forecaster_columns = true
     ))]
-    #[expect(clippy::too_many_arguments, reason = "keyword arguments of a Python constructor")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "keyword arguments of a Python constructor"
+    )]
     fn create(
         py: Python<'_>,
         path: PathBuf,
@@ -269,6 +295,7 @@ impl Engine {
         contention_ticks: u8,
         contention_min_requests: u32,
         now_ns: u64,
+        model: Option<&Bound<'_, Model>>,
         forecaster_columns: bool,
     ) -> PyResult<Engine> {
         let mut cfg = EngineConfig::new(pool_burst, rate(py, pool_rate, "pool_rate")?);
@@ -279,6 +306,9 @@ impl Engine {
         cfg.contention_ticks = contention_ticks;
         cfg.contention_min_requests = contention_min_requests;
         let mut opts = CreateOptions::new(capacity, cfg).at(now_ns);
+        if let Some(m) = model {
+            opts = opts.for_model(&m.get().inner.spec);
+        }
         if !forecaster_columns {
             opts = opts.without_model();
         }
@@ -319,7 +349,10 @@ impl Engine {
     /// Whether `close()` has been called.
     #[getter]
     fn closed(&self) -> bool {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).is_none()
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -388,7 +421,7 @@ impl Engine {
         weight: u16,
         now_ns: u64,
     ) -> PyResult<u32> {
-        let c = contract(py, burst, rate, weight)?;
+        let c = contract(py, burst, rate, weight, "rate")?;
         self.write(py, |e| Ok(e.add_customer(id, c, now_ns)?))
     }
 
@@ -430,7 +463,8 @@ impl Engine {
         let mut customers = Vec::with_capacity(n);
         for i in 0..n {
             let w = weights_s.map_or(1, |w| w[i]);
-            customers.push((ids_s[i], contract(py, bursts_s[i], rates_s[i], w)?));
+            let what = format!("rates[{i}]");
+            customers.push((ids_s[i], contract(py, bursts_s[i], rates_s[i], w, &what)?));
         }
         let slots = self.write(py, |e| Ok(e.add_customers(&customers, now_ns)?))?;
         Ok(PyArray1::from_vec(py, slots))
@@ -447,7 +481,7 @@ impl Engine {
         weight: u16,
         now_ns: u64,
     ) -> PyResult<()> {
-        let c = contract(py, burst, rate, weight)?;
+        let c = contract(py, burst, rate, weight, "rate")?;
         self.write(py, |e| Ok(e.update_contract(id, c, now_ns)?))
     }
 
@@ -603,7 +637,7 @@ impl Engine {
             let r = if rs[i] == 0.0 {
                 Rate::from_micros_per_sec(0)
             } else {
-                rate(py, rs[i], "rates")?
+                rate(py, rs[i], &format!("rates[{i}]"))?
             };
             res.push(Reservation {
                 slot: ss[i],
@@ -611,8 +645,155 @@ impl Engine {
                 capacity: cs[i],
             });
         }
-        let r = self.write(py, |e| Ok(e.tick(now_ns, &res)?))?;
+        let r = self.write(py, |e| Ok(e.tick_with(now_ns, &res)?))?;
         tick_dict(py, &r)
+    }
+
+    /// The predictive tick: closes every customer's interval, steps the predictor for every
+    /// customer, writes forecasts and scenario probabilities, and sets the reservations the
+    /// policy makes of them.
+    fn tick<'py>(&self, py: Python<'py>, now_ns: u64) -> PyResult<Bound<'py, PyDict>> {
+        let r = self.write(py, |e| Ok(e.tick(now_ns)?))?;
+        tick_dict(py, &r)
+    }
+
+    /// Sets the forecaster of the predictive tick: a `Model` (the LSTM), or a baseline by name:
+    /// `'last_value'`, `'ewma'` (`alpha`), `'seasonal_naive'` (`period`, in intervals) or
+    /// `'autopilot'` (`half_life`, in intervals).
+    #[pyo3(signature = (predictor, *, alpha = 0.5, period = 1440, half_life = 1440.0))]
+    fn set_predictor(
+        &self,
+        py: Python<'_>,
+        predictor: &Bound<'_, PyAny>,
+        alpha: f64,
+        period: usize,
+        half_life: f64,
+    ) -> PyResult<()> {
+        let p = if let Ok(m) = predictor.cast::<Model>() {
+            Predictor::Lstm(Box::new(m.get().inner.clone()))
+        } else if let Ok(name) = predictor.extract::<String>() {
+            match name.as_str() {
+                "last_value" => Predictor::LastValue,
+                "ewma" => Predictor::Ewma { alpha },
+                "seasonal_naive" => Predictor::SeasonalNaive { period },
+                "autopilot" => Predictor::Autopilot { half_life },
+                _ => {
+                    return Err(invalid(
+                        py,
+                        format!(
+                            "unknown predictor {name:?}: expected a Model, 'last_value', \
+                             'ewma', 'seasonal_naive' or 'autopilot'"
+                        ),
+                    ));
+                }
+            }
+        } else {
+            return Err(wrong_type(
+                py,
+                format!(
+                    "predictor must be a shadowbucket.Model or a baseline's name, got {}",
+                    predictor.get_type().name()?
+                ),
+            ));
+        };
+        self.write(py, |e| Ok(e.set_predictor(p)?))
+    }
+
+    /// Loads a model saved in the safetensors format and sets it as the predictor.
+    fn load_model(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        self.write(py, |e| Ok(e.load_model(&path)?))
+    }
+
+    /// The predictor in use, described (e.g. `'ewma(a=0.5)'`, `'lstm(hidden=32, layers=1) on cpu'`).
+    #[getter]
+    fn predictor(&self, py: Python<'_>) -> PyResult<String> {
+        self.read(py, |e| Ok(e.predictor_name()))
+    }
+
+    /// Zeroes every customer's recurrent state (when switching to a different model).
+    fn reset_model_state(&self, py: Python<'_>) -> PyResult<()> {
+        self.write(py, |e| Ok(e.reset_model_state()?))
+    }
+
+    /// Sets how forecasts become reservations: the `target` (`'mean'`, `'p50'`, `'p90'`,
+    /// `'p99'`, or `'scenario'` with `probability`) of the forecast at horizon index `horizon`,
+    /// times `headroom`, is the reserved use per interval; the shadow capacity holds
+    /// `capacity_intervals` intervals of it.
+    #[pyo3(signature = (
+        *, horizon = 0, target = "p90", probability = 0.9, headroom = 1.0,
+        capacity_intervals = 1.0
+    ))]
+    fn set_policy(
+        &self,
+        py: Python<'_>,
+        horizon: usize,
+        target: &str,
+        probability: f64,
+        headroom: f64,
+        capacity_intervals: f64,
+    ) -> PyResult<()> {
+        let target = match target {
+            "mean" => Target::Mean,
+            "p50" => Target::Quantile(QuantileLevel::P50),
+            "p90" => Target::Quantile(QuantileLevel::P90),
+            "p99" => Target::Quantile(QuantileLevel::P99),
+            "scenario" => Target::Scenario { probability },
+            _ => {
+                return Err(invalid(
+                    py,
+                    format!(
+                        "target must be 'mean', 'p50', 'p90', 'p99' or 'scenario', got {target:?}"
+                    ),
+                ));
+            }
+        };
+        let policy = ReservationPolicy {
+            horizon,
+            target,
+            headroom,
+            capacity_intervals,
+        };
+        self.write(py, |e| Ok(e.set_policy(policy)?))
+    }
+
+    /// Tells the forecaster about an event (a campaign, a launch) from `start_ns` to `end_ns`,
+    /// for one customer or (`customer=None`) for all; returns its id.
+    #[pyo3(signature = (*, start_ns, end_ns, intensity = 1.0, kind = 0, customer = None))]
+    fn add_event(
+        &self,
+        py: Python<'_>,
+        start_ns: u64,
+        end_ns: u64,
+        intensity: f32,
+        kind: u32,
+        customer: Option<u64>,
+    ) -> PyResult<u64> {
+        let ev = Event {
+            customer,
+            kind,
+            intensity,
+            start_ns,
+            end_ns,
+        };
+        self.write(py, |e| Ok(e.add_event(ev)?))
+    }
+
+    /// Removes an event by id.
+    fn remove_event(&self, py: Python<'_>, id: u64) -> PyResult<()> {
+        self.write(py, |e| Ok(e.remove_event(id)?))
+    }
+
+    /// Sets an external feed (a named global signal a model may read).
+    fn set_signal(&self, py: Python<'_>, name: &str, value: f32) -> PyResult<()> {
+        self.write(py, |e| Ok(e.set_signal(name, value)?))
+    }
+
+    /// A customer's forecast as the last tick left it: `horizons` (intervals), `mean`, `p50`,
+    /// `p90`, `p99` (arrays, one value per horizon, tokens per interval), `scenarios` (low,
+    /// medium, high, spike probabilities) and `scale`.
+    fn forecast<'py>(&self, py: Python<'py>, id: u64) -> PyResult<Bound<'py, PyDict>> {
+        let f = self.read(py, |e| Ok(e.forecast(id)?))?;
+        forecast_dict(py, &f)
     }
 
     // ---- queries -----------------------------------------------------------------------------

@@ -117,11 +117,12 @@ pub fn to_py(py: Python<'_>, f: Failure) -> PyErr {
             };
             // OSError's (errno, strerror, filename) form, so `e.errno` and `e.filename` are set.
             let errno = source.raw_os_error().unwrap_or(0);
-            raise(
-                py,
-                name,
-                (errno, source.to_string(), path.display().to_string()),
-            )
+            let text = source.to_string();
+            let strerror = match text.rfind(" (os error ") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            };
+            raise(py, name, (errno, strerror, path.display().to_string()))
         }
         _ => raise(py, "Error", (msg,)),
     }

@@ -214,19 +214,22 @@ pub(crate) fn report_dict<'py>(py: Python<'py>, r: &Report) -> PyResult<Bound<'p
 }
 
 /// Replays `history` through a baseline forecaster and scores its forecasts of the windows from
-/// `train_windows` on, at each horizon, with the `reserve` quantile as the reservation.
+/// `train_windows` on, at each horizon (default: 1), with the `reserve` quantile as the reservation.
 #[pyfunction]
 #[pyo3(signature = (
-    history, forecaster, *, train_windows, horizons = vec![1], reserve = "p90", alpha = 0.5,
-    period = forecast::WINDOWS_PER_DAY_10MIN, half_life = 144.0
+    history, forecaster, *, train_windows, horizons = None, reserve = "p90", alpha = 0.5,
+    period = 144, half_life = 144.0
 ))]
-#[expect(clippy::too_many_arguments, reason = "keyword arguments of a Python function")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "keyword arguments of a Python function"
+)]
 pub fn evaluate<'py>(
     py: Python<'py>,
     history: &History,
     forecaster: &str,
     train_windows: usize,
-    horizons: Vec<usize>,
+    horizons: Option<Vec<usize>>,
     reserve: &str,
     alpha: f64,
     period: usize,
@@ -234,6 +237,7 @@ pub fn evaluate<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let mut f = baseline(py, forecaster, alpha, period, half_life)?;
     let lvl = level(py, reserve)?;
+    let horizons = horizons.unwrap_or_else(|| vec![1]);
     let h = &history.inner;
     let r = py
         .detach(|| forecast::evaluate_with(h, f.as_mut(), train_windows, &horizons, lvl))

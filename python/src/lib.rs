@@ -8,6 +8,7 @@
 //!   work; see its thread model).
 //! - [`history`]: `History` (usage histories from numpy arrays or ServeGen CSV files) and
 //!   `evaluate` (scoring a forecaster on one).
+//! - [`model`]: `Model`, the LSTM forecaster's weights.
 //! - [`arrays`]: borrowing numpy arrays as slices, with clear errors.
 //! - [`errors`]: the one conversion from the engine's errors to Python exceptions.
 //!
@@ -19,6 +20,7 @@ mod arrays;
 mod engine;
 mod errors;
 mod history;
+mod model;
 
 use pyo3::prelude::*;
 
@@ -27,6 +29,7 @@ use pyo3::prelude::*;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
     m.add_class::<history::History>()?;
+    m.add_class::<model::Model>()?;
     m.add_function(wrap_pyfunction!(history::evaluate, m)?)?;
     m.add("NO_SLOT", shadowbucket::NO_SLOT)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
