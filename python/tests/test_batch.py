@@ -29,7 +29,7 @@ def _state(eng: sb.Engine) -> list[object]:
     for i in eng.customer_ids().tolist():
         c = eng.customer(i)
         state.append({k: v for k, v in c.items() if k not in ("forecast", "scenarios")})
-    s = eng.stats()
+    s: dict[str, object] = dict(eng.stats())
     s.pop("batches")  # one per batch call, so it differs by design
     s.pop("last_committed")
     state.append(s)

@@ -50,7 +50,7 @@ def test_history_checks() -> None:
     with pytest.raises(sb.InvalidArgumentError, match="rows"):
         sb.History(np.arange(2, dtype=np.uint64), np.zeros((3, 4)), window_s=60)
     with pytest.raises(sb.ArgumentTypeError):
-        sb.history(42)  # type: ignore[arg-type]
+        sb.history(42)
 
 
 def test_history_from_csv_and_pandas_agree(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def test_set_predictor_by_name_and_bad_names(engine: sb.Engine) -> None:
     engine.set_predictor("seasonal_naive", period=10)
     engine.set_predictor("autopilot", half_life=30.0)
     with pytest.raises(sb.InvalidArgumentError, match="unknown predictor"):
-        engine.set_predictor("prophet")
+        engine.set_predictor("prophet")  # type: ignore[arg-type]
     with pytest.raises(sb.InvalidArgumentError):
         engine.set_predictor("ewma", alpha=0.0)
     with pytest.raises(sb.ArgumentTypeError, match="Model or a baseline"):

@@ -51,3 +51,16 @@ def test_stubtest() -> None:
         cwd=PKG.parent,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed")
+def test_package_and_tests_type_check() -> None:
+    """The package and these tests type-check against the stub (calls with the wrong types in
+    the tests carry `type: ignore`, which `warn_unused_ignores` holds to being needed)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "mypy", "shadowbucket", "tests"],
+        capture_output=True,
+        text=True,
+        cwd=PKG.parent,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
