@@ -58,6 +58,14 @@ fn last_value_reserves_last_interval_use() {
     assert_eq!(e.customer(2).unwrap().reserved_rate.micros(), 0);
     // the scale is seeded by the first interval with use
     assert_eq!(f.scale, 12_000.0);
+    // the closed interval, as the predictor saw it
+    let closed = e.closed_usage();
+    assert_eq!(closed.len(), 2);
+    assert_eq!(closed[0].0, 1);
+    assert_eq!(closed[0].1.tokens, 12_000.0);
+    assert_eq!(closed[0].1.requests, 2.0);
+    assert_eq!(closed[0].1.fallbacks, 2.0);
+    assert_eq!(closed[1].1.tokens, 0.0);
     // the next request is served from the reservation
     let d = e.allocate(1, 100, MIN + 10 * SEC).unwrap();
     assert_eq!(d.outcome, Outcome::GrantedShadow);
@@ -360,4 +368,59 @@ fn bad_predictors_signals_and_stores() {
     drop(e);
     let mut ro = Engine::open_read_only(dir.join("a.sb")).unwrap();
     assert!(matches!(ro.tick(2 * MIN), Err(Error::ReadOnly)));
+    assert!(matches!(ro.set_signal("news", 1.0), Err(Error::ReadOnly)));
+}
+
+#[test]
+fn events_and_signals_survive_reopen() {
+    let dir = TempDir::new("pred-sidecar");
+    let mut e = engine(&dir, "a.sb", &ModelSpec::default());
+    e.add_customer(1, contract(), 0).unwrap();
+    let keep = e
+        .add_event(Event {
+            customer: Some(1),
+            kind: 7,
+            intensity: 2.0,
+            start_ns: 0,
+            end_ns: 100 * MIN,
+        })
+        .unwrap();
+    let gone = e
+        .add_event(Event {
+            customer: None,
+            kind: 1,
+            intensity: 1.0,
+            start_ns: 0,
+            end_ns: 30 * SEC,
+        })
+        .unwrap();
+    e.set_signal("news", 4.0).unwrap();
+    // the tick drops the event that ended
+    e.tick(MIN).unwrap();
+    drop(e);
+    let ro = Engine::open_read_only(dir.join("a.sb")).unwrap();
+    let ids: Vec<u64> = ro.events().iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, vec![keep]);
+    assert_eq!(ro.signals().get("news"), Some(&4.0));
+    drop(ro);
+    let mut e = Engine::open(dir.join("a.sb")).unwrap();
+    assert_eq!(e.events().len(), 1);
+    assert!(e.remove_event(gone).is_err());
+    // ids keep counting after a reopen
+    let next = e
+        .add_event(Event {
+            customer: None,
+            kind: 1,
+            intensity: 1.0,
+            start_ns: 0,
+            end_ns: 1,
+        })
+        .unwrap();
+    assert!(next > gone);
+    drop(e);
+    // a new store at the same path starts without them
+    std::fs::remove_file(dir.join("a.sb")).unwrap();
+    let e = engine(&dir, "a.sb", &ModelSpec::default());
+    assert!(e.events().is_empty());
+    assert!(e.signals().is_empty());
 }

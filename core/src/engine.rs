@@ -292,6 +292,13 @@ impl Engine {
             scale_dim: opts.scale_dim,
         };
         let mut store = Store::create(path.as_ref(), dims)?;
+        // A new store starts with no events: drop a stale sidecar left by a deleted one.
+        let sidecar = crate::predict::sidecar::path_for(path.as_ref());
+        if let Err(e) = std::fs::remove_file(&sidecar)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::io(&sidecar, e));
+        }
         let c = store.cols_mut()?;
         let g = &mut c.state.globals;
         g.config = config_raw(&opts.config);
@@ -318,12 +325,14 @@ impl Engine {
     /// is not a valid store (the file is left untouched); [`Error::Io`].
     pub fn open(path: impl AsRef<Path>) -> Result<Engine> {
         let (store, recovered) = Store::open(path.as_ref(), true)?;
-        Ok(Engine {
+        let mut e = Engine {
             store,
             recovered,
             scratch: batch::Scratch::default(),
             predictive: Predictive::default(),
-        })
+        };
+        e.load_sidecar()?;
+        Ok(e)
     }
 
     /// Opens an existing store read-only, without a lock: queries work, changes return
@@ -333,12 +342,14 @@ impl Engine {
     /// [`Error::BadFile`], [`Error::Io`].
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Engine> {
         let (store, _) = Store::open(path.as_ref(), false)?;
-        Ok(Engine {
+        let mut e = Engine {
             store,
             recovered: None,
             scratch: batch::Scratch::default(),
             predictive: Predictive::default(),
-        })
+        };
+        e.load_sidecar()?;
+        Ok(e)
     }
 
     /// The sequence number of the transaction rolled back when this engine opened the store, if

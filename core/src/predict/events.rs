@@ -56,6 +56,28 @@ impl EventBook {
         Ok(self.next_id)
     }
 
+    /// The id the last added event got (0: none yet).
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    pub(crate) fn set_next_id(&mut self, id: u64) {
+        self.next_id = id;
+    }
+
+    /// Puts back an event under its id (loading a saved book).
+    pub(crate) fn insert(&mut self, id: u64, e: Event) -> Result<()> {
+        if e.end_ns <= e.start_ns || !e.intensity.is_finite() {
+            return Err(Error::invalid(format!(
+                "event {id}: empty span or bad intensity"
+            )));
+        }
+        if self.events.insert(id, e).is_some() {
+            return Err(Error::invalid(format!("event {id} listed twice")));
+        }
+        Ok(())
+    }
+
     /// Removes an event.
     ///
     /// # Errors

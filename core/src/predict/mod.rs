@@ -15,14 +15,18 @@
 //! 5. closes the interval and sets the reservations in one transaction (cut back to the
 //!    reservable budget by weight, then proportionally; `docs/engine.md`).
 //!
-//! Predictor, policy, events and signals are the caller's configuration, held in memory: after
-//! reopening a store, set them again (the recurrent state, scales and forecasts are in the
-//! store and survive).
+//! The recurrent state, scales and forecasts are in the store. Events and signals are kept
+//! beside it, in `<store>.events` (rewritten atomically on every change, read when the store is
+//! opened), so they survive restarts too. The predictor (a model file, or a baseline) and the
+//! policy are the caller's configuration: set them again after opening a store (a baseline's
+//! own history is in memory and starts afresh).
 
 mod events;
+pub(crate) mod sidecar;
 pub(crate) mod tick;
 
 pub use events::{Event, EventBook};
+pub use tick::TickTimings;
 
 use crate::forecast::{QuantileLevel, Quantiles};
 use crate::model::LstmModel;

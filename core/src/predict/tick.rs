@@ -48,6 +48,7 @@ pub(crate) struct Predictive {
     backend_failed: Option<String>,
     state_stale: bool,
     ticks_since_sync: u32,
+    timings: TickTimings,
     x: Vec<f32>,
     heads: Vec<f32>,
     old_scale: Vec<f32>,
@@ -92,6 +93,7 @@ impl Default for Predictive {
             backend_failed: None,
             state_stale: true,
             ticks_since_sync: 0,
+            timings: TickTimings::default(),
             x: Vec::new(),
             heads: Vec::new(),
             old_scale: Vec::new(),
@@ -106,6 +108,21 @@ impl Predictive {
     pub(crate) fn customers_changed(&mut self) {
         self.state_stale = true;
     }
+}
+
+/// Where the last predictive tick spent its time, in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickTimings {
+    /// Customers stepped (the slots up to the highest in use).
+    pub customers: u64,
+    /// Reading usage, building features, updating scales.
+    pub features_ns: u64,
+    /// The predictor step (LSTM or baseline), with decoding into the forecast columns.
+    pub step_ns: u64,
+    /// The reservation policy.
+    pub policy_ns: u64,
+    /// The tick's transaction (closing intervals, setting reservations).
+    pub commit_ns: u64,
 }
 
 /// What a customer used in the interval now closing, from its live counters.
@@ -307,12 +324,36 @@ impl Engine {
     }
 
     /// Tells the forecaster about an event; returns its id. Events that ended are dropped at
-    /// the next tick.
+    /// the next tick. Saved beside the store (see [`crate::predict`]).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] (see [`EventBook::add`]).
     pub fn add_event(&mut self, e: Event) -> Result<u64> {
-        self.predictive.events.add(e)
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let id = self.predictive.events.add(e)?;
+        if let Err(err) = self.save_sidecar() {
+            self.predictive.events.remove(id)?;
+            return Err(err);
+        }
+        Ok(id)
+    }
+
+    fn save_sidecar(&self) -> Result<()> {
+        super::sidecar::save(
+            &super::sidecar::path_for(&self.store.path),
+            &self.predictive.events,
+            &self.predictive.signals,
+        )
+    }
+
+    /// Reads the store's events and signals (on open).
+    pub(crate) fn load_sidecar(&mut self) -> Result<()> {
+        let (events, signals) = super::sidecar::load(&super::sidecar::path_for(&self.store.path))?;
+        self.predictive.events = events;
+        self.predictive.signals = signals;
+        Ok(())
     }
 
     /// Removes an event.
@@ -320,7 +361,15 @@ impl Engine {
     /// # Errors
     /// [`Error::InvalidArgument`] for an unknown id.
     pub fn remove_event(&mut self, id: u64) -> Result<()> {
-        self.predictive.events.remove(id).map(|_| ())
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let e = self.predictive.events.remove(id)?;
+        if let Err(err) = self.save_sidecar() {
+            self.predictive.events.insert(id, e)?;
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// The events held.
@@ -344,13 +393,53 @@ impl Engine {
                 "signal {name}: value must be finite"
             )));
         }
-        self.predictive.signals.insert(name.to_string(), value);
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let old = self.predictive.signals.insert(name.to_string(), value);
+        if let Err(err) = self.save_sidecar() {
+            match old {
+                Some(v) => self.predictive.signals.insert(name.to_string(), v),
+                None => self.predictive.signals.remove(name),
+            };
+            return Err(err);
+        }
         Ok(())
     }
 
     /// The external feeds set.
     pub fn signals(&self) -> &BTreeMap<String, f32> {
         &self.predictive.signals
+    }
+
+    /// Every customer's usage in the last closed interval (what the last tick fed the predictor),
+    /// as `(id, usage)` in slot order: the engine's own history, for training (append it after
+    /// every tick).
+    pub fn closed_usage(&self) -> Vec<(u64, IntervalUsage)> {
+        let c = self.store.cols();
+        c.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.active())
+            .map(|(slot, _)| {
+                let cl = &c.closed[slot];
+                let granted = (cl.granted_shadow + cl.granted_pool) as f64;
+                let deviation = cl.debt as f64 - cl.refunded as f64;
+                let u = IntervalUsage {
+                    tokens: (granted + deviation).max(0.0),
+                    requests: cl.requests as f64,
+                    fallbacks: cl.fallbacks as f64,
+                    denied: (cl.denied_customer + cl.denied_pool) as f64,
+                    deviation,
+                };
+                (c.ids[slot], u)
+            })
+            .collect()
+    }
+
+    /// Where the last predictive tick spent its time (zeros before the first).
+    pub fn last_tick_timings(&self) -> TickTimings {
+        self.predictive.timings
     }
 
     /// A customer's forecast, as the last tick left it (zeros before the first).
@@ -412,7 +501,9 @@ impl Engine {
         let cfg = self.config();
         let horizons = self.horizons();
         let pr = &mut self.predictive;
+        let before = pr.events.len();
         pr.events.expire(now);
+        let expired = pr.events.len() != before;
         let (ev_global, ev_customer) = pr.events.active_at(now);
         let feed_names: Vec<String> = match &pr.runner {
             Runner::Lstm { model, .. } => model.spec.feeds.clone(),
@@ -429,6 +520,7 @@ impl Engine {
             Runner::Baseline { .. } => 1.0 - 0.5f32.powf(1.0 / BASELINE_SCALE_HALF_LIFE),
         };
 
+        let t0 = std::time::Instant::now();
         let c = self.store.cols_mut()?;
         let n = c
             .buckets
@@ -483,6 +575,7 @@ impl Engine {
                 });
         }
 
+        let t1 = std::time::Instant::now();
         // 3. the predictor step
         let fd = dims.forecast_dim as usize;
         let sd = dims.scenario_dim as usize;
@@ -571,6 +664,7 @@ impl Engine {
             }
         }
 
+        let t2 = std::time::Instant::now();
         // 4. reservations
         let pol = pr.policy;
         let interval_s = cfg.interval_ns as f64 / 1e9;
@@ -622,7 +716,20 @@ impl Engine {
             })
             .collect();
 
+        let t3 = std::time::Instant::now();
         // 5. close the intervals and set the reservations
-        self.tick_with(now, &res)
+        let report = self.tick_with(now, &res)?;
+        let ns = |a: std::time::Instant, b: std::time::Instant| (b - a).as_nanos() as u64;
+        self.predictive.timings = TickTimings {
+            customers: n as u64,
+            features_ns: ns(t0, t1),
+            step_ns: ns(t1, t2),
+            policy_ns: ns(t2, t3),
+            commit_ns: ns(t3, std::time::Instant::now()),
+        };
+        if expired {
+            self.save_sidecar()?;
+        }
+        Ok(report)
     }
 }
