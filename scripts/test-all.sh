@@ -16,3 +16,6 @@ cargo run --quiet --example replay -- 500 5 3
 
 echo "== C ABI: C and C++ tests under AddressSanitizer (scripts/test-c.sh)"
 scripts/test-c.sh
+
+echo "== Python package: build, stubtest, pytest"
+scripts/test-python.sh -q
