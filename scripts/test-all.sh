@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== GPU: Mesa's software Vulkan (llvmpipe) for the GPU tests, where it can be installed"
+scripts/gpu-setup.sh
+
 echo "== Rust: unit, integration and property tests"
 cargo test --workspace --lib --bins --tests
 
