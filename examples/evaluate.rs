@@ -5,6 +5,10 @@
 //! cargo run --release --example evaluate [-- --hidden 32 --epochs 30 --save model.safetensors]
 //! ```
 //!
+//! Defaults: hidden 16, one layer, horizons `[1, 2]`, 15 epochs, learning rate 1e-2, scale
+//! half-life 144 windows (a day), otherwise [`TrainConfig::default`] (`docs/forecast.md` says
+//! why).
+//!
 //! Options (each `--name value`): `hidden`, `layers`, `epochs`, `bptt`, `batch`, `lr`, `seed`,
 //! `patience`, `val` (validation fraction), `half-life` (scale, windows), `w-mean`, `w-scenario`,
 //! `size-exp` (loss weights), `data` (the CSV), `save` (write the trained model there).
@@ -26,11 +30,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut cfg = TrainConfig {
         spec: ModelSpec {
-            hidden: 32,
+            hidden: 16,
             layers: 1,
             horizons: vec![1, 2],
             feeds: Vec::new(),
         },
+        epochs: 15,
+        learning_rate: 1e-2,
         scale_half_life: WINDOWS_PER_DAY_10MIN as f32,
         ..TrainConfig::default()
     };

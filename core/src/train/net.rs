@@ -170,7 +170,7 @@ fn head_loss(
         let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let sum: f64 = logits.iter().map(|l| (l - m).exp()).sum();
         loss += lw.scenario * (sum.ln() + m - logits[k]);
-        if let Some(dy) = dy.as_deref_mut() {
+        if let Some(dy) = dy {
             for (i, l) in logits.iter().enumerate() {
                 let p = (l - m).exp() / sum;
                 let target = if i == k { 1.0 } else { 0.0 };
