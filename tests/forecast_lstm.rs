@@ -1,8 +1,8 @@
 //! A small LSTM trained on the first 10 days of the ServeGen `m-small` trace and scored on the
 //! last 4 (horizons 1 and 2), next to seasonal naive: a quick version of
 //! `examples/evaluate.rs` (a few epochs of a small model), checking that it learns something
-//! (beats same-time-yesterday and a zero forecast on p50 pinball loss, with sane coverage and a
-//! Brier score better than seasonal naive's one-hot).
+//! (beats same-time-yesterday and a zero forecast on p50 pinball loss, with sane coverage and, at
+//! horizon 1, a Brier score better than seasonal naive's one-hot).
 
 use std::path::PathBuf;
 
@@ -62,9 +62,10 @@ fn small_lstm_on_servegen_m_small() {
     for (i, h) in HORIZONS.iter().enumerate() {
         let l = reports[0].horizons[i].metrics;
         let s = reports[1].horizons[i].metrics;
+        // A forecast of 0 has a p50 pinball loss of half the mean use.
         let zero_forecast = 0.5 * l.mean_used;
         assert!(
-            l.pinball_p50 < s.pinball_p50 && l.pinball_p50 < 0.5 * zero_forecast,
+            l.pinball_p50 < s.pinball_p50 && l.pinball_p50 < zero_forecast,
             "h={h}: LSTM p50 pinball {} vs seasonal naive {} and zero {zero_forecast}",
             l.pinball_p50,
             s.pinball_p50
@@ -75,6 +76,9 @@ fn small_lstm_on_servegen_m_small() {
             l.coverage_p90,
             l.coverage_p99
         );
-        assert!(l.brier < s.brier, "h={h}: Brier {} vs {}", l.brier, s.brier);
+        if *h == 1 {
+            // The scenario head is about the next window (other horizons use a one-hot of p50).
+            assert!(l.brier < s.brier, "h={h}: Brier {} vs {}", l.brier, s.brier);
+        }
     }
 }
