@@ -461,7 +461,7 @@ impl Engine {
     /// As [`Engine::add_customer`], for the first customer that fails (nothing is added), and
     /// [`Error::DuplicateCustomer`] for an id listed twice.
     pub fn add_customers(&mut self, customers: &[(u64, Contract)], now: u64) -> Result<Vec<u32>> {
-        self.predictive.customers_changed();
+        self.device_state_changing()?;
         let mut seen = std::collections::HashSet::with_capacity(customers.len());
         for &(id, contract) in customers {
             if !valid_id(id) {
@@ -578,7 +578,7 @@ impl Engine {
     /// # Errors
     /// [`Error::UnknownCustomer`]; [`Error::ReadOnly`].
     pub fn remove_customer(&mut self, id: u64, now: u64) -> Result<()> {
-        self.predictive.customers_changed();
+        self.device_state_changing()?;
         let slot = self.slot_of(id).ok_or(Error::UnknownCustomer(id))? as usize;
         let mut c = self.store.cols_mut()?;
         let txn = Txn::begin(c.state, txn_kind::ADMIN);
@@ -613,7 +613,7 @@ impl Engine {
     /// [`Error::InvalidArgument`] when `new_capacity` is not larger; [`Error::Io`];
     /// [`Error::ReadOnly`].
     pub fn grow(&mut self, new_capacity: u64) -> Result<()> {
-        self.predictive.customers_changed();
+        self.device_state_changing()?;
         let old_cap = self.capacity();
         if self.store.read_only() {
             return Err(Error::ReadOnly);

@@ -49,6 +49,8 @@ pub(crate) struct Predictive {
     state_stale: bool,
     ticks_since_sync: u32,
     timings: TickTimings,
+    /// Customers (slots from 0) the device stepped at the last tick: its state copy's extent.
+    stepped_customers: usize,
     x: Vec<f32>,
     heads: Vec<f32>,
     old_scale: Vec<f32>,
@@ -94,19 +96,12 @@ impl Default for Predictive {
             state_stale: true,
             ticks_since_sync: 0,
             timings: TickTimings::default(),
+            stepped_customers: 0,
             x: Vec::new(),
             heads: Vec::new(),
             old_scale: Vec::new(),
             usage: Vec::new(),
         }
-    }
-}
-
-impl Predictive {
-    /// The store's customer state changed behind a device backend (customers added, removed,
-    /// a store grown).
-    pub(crate) fn customers_changed(&mut self) {
-        self.state_stale = true;
     }
 }
 
@@ -139,6 +134,48 @@ fn usage_of(b: &Bucket, s: &Settled) -> IntervalUsage {
 }
 
 impl Engine {
+    /// The store's recurrent-state column is about to change behind a device backend
+    /// (customers added or removed, the store grown, a new model): first write the device's
+    /// newer state back into the store (if it has stepped since its last write-back), then mark
+    /// the device's copy stale so that the next step uploads the store's.
+    ///
+    /// With a device backend, adding or removing customers between ticks thus costs one download
+    /// of the state (once per tick at most): batch such changes.
+    pub(crate) fn device_state_changing(&mut self) -> Result<()> {
+        self.write_back_device_state()?;
+        self.predictive.state_stale = true;
+        Ok(())
+    }
+
+    /// Writes a device backend's state copy back into the store if it stepped since its last
+    /// write-back.
+    fn write_back_device_state(&mut self) -> Result<()> {
+        let pr = &mut self.predictive;
+        if let (Some(b), None) = (&pr.backend, &pr.backend_failed)
+            && pr.ticks_since_sync > 0
+            && !self.store.read_only()
+        {
+            let mut b = b
+                .lock()
+                .map_err(|_| Error::invalid("step backend lock poisoned"))?;
+            let c = self.store.cols_mut()?;
+            let n = c.model_state.len();
+            let msd = match &pr.runner {
+                Runner::Lstm { model, .. } => model.spec.state_dim(),
+                Runner::Baseline { .. } => 0,
+            };
+            if msd > 0 {
+                let stepped = pr.stepped_customers.min(n / msd);
+                if let Err(e) = b.sync_state(&mut c.model_state[..stepped * msd]) {
+                    pr.backend_failed = Some(e.to_string());
+                    return Err(e);
+                }
+            }
+            pr.ticks_since_sync = 0;
+        }
+        Ok(())
+    }
+
     fn horizons(&self) -> Vec<u32> {
         match &self.predictive.runner {
             Runner::Lstm { model, .. } => model.spec.horizons.clone(),
@@ -186,6 +223,7 @@ impl Engine {
     pub fn set_predictor(&mut self, p: Predictor) -> Result<()> {
         self.check_columns_for(&p)?;
         let runner = runner_for(&p)?;
+        self.device_state_changing()?;
         if let (Some(b), Predictor::Lstm(m)) = (&self.predictive.backend, &p) {
             let mut b = b
                 .lock()
@@ -263,6 +301,7 @@ impl Engine {
             return Err(Error::ReadOnly);
         }
         self.store.cols_mut()?.model_state.fill(0.0);
+        self.predictive.ticks_since_sync = 0;
         self.predictive.state_stale = true;
         Ok(())
     }
@@ -272,16 +311,7 @@ impl Engine {
     /// # Errors
     /// [`Error::ReadOnly`], a device failure, [`Error::Io`].
     pub fn sync_model_state(&mut self) -> Result<()> {
-        if let Some(b) = &self.predictive.backend
-            && self.predictive.backend_failed.is_none()
-        {
-            let mut b = b
-                .lock()
-                .map_err(|_| Error::invalid("step backend lock poisoned"))?;
-            let c = self.store.cols_mut()?;
-            b.sync_state(c.model_state)?;
-            self.predictive.ticks_since_sync = 0;
-        }
+        self.write_back_device_state()?;
         self.flush()
     }
 
@@ -594,6 +624,7 @@ impl Engine {
                     match b.step(&pr.x, &glob, state, &mut pr.heads) {
                         Ok(()) => {
                             done = true;
+                            pr.stepped_customers = n;
                             pr.ticks_since_sync += 1;
                             if pr.ticks_since_sync >= b.sync_every() {
                                 b.sync_state(state)?;
@@ -728,5 +759,17 @@ impl Engine {
             self.save_sidecar()?;
         }
         Ok(report)
+    }
+}
+
+impl Drop for Engine {
+    /// Best effort: a device backend's newer recurrent state goes back into the store (a crash
+    /// skips this; the state then resumes from the last write-back, see `docs/predictive.md`).
+    fn drop(&mut self) {
+        if self.predictive.backend.is_some()
+            && let Err(e) = self.write_back_device_state()
+        {
+            eprintln!("shadowbucket: could not write the device's model state back: {e}");
+        }
     }
 }
