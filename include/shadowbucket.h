@@ -91,7 +91,8 @@ enum sb_result
    */
   SB_RESULT_READ_ONLY = 10,
   /**
-   * The file is not a valid store (it was not modified).
+   * The file is not a valid store (it was not modified), or, from `sb_engine_load_model`, not
+   * a valid model file.
    */
   SB_RESULT_BAD_FILE = 11,
   /**
@@ -1212,17 +1213,63 @@ sb_result sb_engine_set_predictor_baseline(struct sb_engine *engine, uint32_t ki
 
 /**
  * Loads an LSTM model saved in the safetensors format from `path` and sets it as the
- * predictor. The store's forecaster columns must fit the model.
+ * predictor. The file holds F32 (or F64) tensors named as in a PyTorch `nn.LSTM` state dict
+ * (`weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`, ... per layer) plus the linear
+ * head `head.weight` and `head.bias`, and string metadata (`format` = `shadowbucket-lstm`,
+ * `format_version` = `1`, `hidden`, `layers`, `horizons`, `feeds`, `features`, the feature
+ * scaling): what the engine's `LstmModel::save` and the trainer write (the engine's `model::io`
+ * module documents every field). The store's forecaster columns must fit the model: `state_dim` equal to
+ * `2 * hidden * layers`, `forecast_dim` at least `4 * horizons`. The recurrent state in the
+ * store is kept (reopening a store and loading the same model resumes where it was); call
+ * `sb_engine_reset_model_state` after switching to a different model. On failure the predictor
+ * in use is unchanged.
  *
- * Errors: `SB_RESULT_NOT_FOUND`, `SB_RESULT_IO`, `SB_RESULT_INVALID_ARGUMENT` (not a model,
- * or one the store's columns do not fit).
+ * Errors: `SB_RESULT_NOT_FOUND`, `SB_RESULT_IO`; `SB_RESULT_BAD_FILE` when the file is not a
+ * valid model (the message says why: not a safetensors file or a truncated one, an unknown
+ * format or `format_version`, missing or unparsable metadata, a missing, extra or wrongly shaped
+ * tensor, a non-finite value); `SB_RESULT_INVALID_ARGUMENT` when the store's columns do not fit
+ * the model or the store has none.
  *
  * Thread safety: write lock (the file is read while it is held).
  *
  * # Safety
  * `engine` is NULL or a live handle; `path` is NULL or a NUL-terminated string.
  */
-sb_result sb_engine_load_model(struct sb_engine *engine, const char *path);
+sb_result sb_engine_load_model(struct sb_engine *engine,
+                               const char *path);
+
+/**
+ * Zeroes every customer's recurrent model state (the LSTM's `h` and `c`), as after creating
+ * the store; the customer scales and the forecasts of the last tick are kept. Call it after
+ * switching to a different model, whose state would otherwise start from the old model's.
+ *
+ * Errors: `SB_RESULT_READ_ONLY`.
+ *
+ * Thread safety: write lock.
+ *
+ * # Safety
+ * `engine` is NULL or a live handle.
+ */
+sb_result sb_engine_reset_model_state(struct sb_engine *engine);
+
+/**
+ * Makes the recurrent model state durable: copies it back from a device step backend, if one
+ * runs the LSTM step (a GPU backend keeps the state on the device between ticks and writes it
+ * back only every few ticks), into the store, then flushes the store to disk and waits for it.
+ * Without a device backend (the C ABI sets none) the state is already in the store and this is
+ * `sb_engine_flush` under the write lock. Call it before a planned shutdown.
+ *
+ * On a read-only handle there is nothing to write: it returns `SB_RESULT_OK`.
+ *
+ * Errors: `SB_RESULT_IO` (writing the store, or a device backend failing to copy the state
+ * back).
+ *
+ * Thread safety: write lock (the copy back must not race with a tick).
+ *
+ * # Safety
+ * `engine` is NULL or a live handle.
+ */
+sb_result sb_engine_sync_model_state(struct sb_engine *engine);
 
 /**
  * Copies a short description of the predictor in use (e.g. `"ewma(0.5)"`) to `buf`,

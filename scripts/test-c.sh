@@ -21,7 +21,7 @@ sanitize=(-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanit
 warn=(-Wall -Wextra -Werror)
 # What a Rust static library needs from the system on Linux (rustc --print native-static-libs).
 static_libs=("$lib_dir/libshadowbucket.a" -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc)
-shared_libs=(-L"$lib_dir" -lshadowbucket -Wl,-rpath,"$lib_dir" -lpthread)
+shared_libs=(-L"$lib_dir" -lshadowbucket -Wl,-rpath,"$lib_dir" -lpthread -lm)
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}

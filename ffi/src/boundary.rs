@@ -42,7 +42,8 @@ pub enum sb_result {
     Locked = 9,
     /// A change was asked of an engine opened read-only.
     ReadOnly = 10,
-    /// The file is not a valid store (it was not modified).
+    /// The file is not a valid store (it was not modified), or, from `sb_engine_load_model`, not
+    /// a valid model file.
     BadFile = 11,
     /// An I/O error.
     Io = 12,
@@ -73,7 +74,7 @@ impl sb_result {
             8 => "store is full: grow it with sb_engine_grow",
             9 => "store is locked by another writer",
             10 => "store was opened read-only",
-            11 => "not a valid shadowbucket store",
+            11 => "not a valid shadowbucket store or model file",
             12 => "I/O error",
             13 => "file not found",
             14 => "file already exists",

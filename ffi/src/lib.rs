@@ -18,8 +18,9 @@
 //! An `sb_engine` may be shared between threads. It holds the engine behind a read-write lock:
 //! queries (`sb_engine_customer`, `_stats`, `_slot_of`, `_resolve`, `_ledger`, `_check`,
 //! `_flush`, ...) take the read lock and run concurrently with each other; changes
-//! (`sb_engine_allocate*`, `_settle`, `_tick*`, customer changes, `_grow`) take the write lock and
-//! run one at a time. Batch calls and the tick are parallel inside, on rayon's global pool. A
+//! (`sb_engine_allocate*`, `_settle`, `_tick*`, customer changes, `_grow`, the predictor and
+//! its model state: `_load_model`, `_reset_model_state`, `_sync_model_state`) take the write lock
+//! and run one at a time. Batch calls and the tick are parallel inside, on rayon's global pool. A
 //! panic inside a change poisons the lock: later calls on that handle return
 //! `SB_RESULT_LOCK_POISONED` (free it and reopen the store; opening rolls back the unfinished
 //! transaction). `sb_engine_free` and `sb_engine_close` must not race with any other call on the

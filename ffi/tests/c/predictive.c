@@ -125,16 +125,18 @@ int main(int argc, char **argv) {
   CHECK_OK(sb_engine_ledger(e, now, &l));
   CHECK(l.balanced);
 
-  /* models: missing files and files that are not models are errors, never crashes */
+  /* models: missing files and files that are not models are errors, never crashes (model.c
+   * loads a real one) */
   char model[4096];
   sb_test_path(model, sizeof model, argv[1], "missing.safetensors");
-  CHECK(sb_engine_load_model(e, model) != SB_RESULT_OK);
+  EXPECT_RC(sb_engine_load_model(e, model), SB_RESULT_NOT_FOUND);
   sb_test_path(model, sizeof model, argv[1], "junk.safetensors");
   FILE *fp = fopen(model, "wb");
   CHECK(fp != NULL);
   fputs("not a model", fp);
   fclose(fp);
-  CHECK(sb_engine_load_model(e, model) != SB_RESULT_OK);
+  EXPECT_RC(sb_engine_load_model(e, model), SB_RESULT_BAD_FILE);
+  CHECK_LAST_ERROR_HAS("not a valid model file");
   EXPECT_RC(sb_engine_load_model(e, NULL), SB_RESULT_NULL_PARAMETER);
   CHECK_OK(sb_engine_predictor_name(e, name, sizeof name, &n)); /* the predictor is unchanged */
   CHECK(strstr(name, "lstm") == NULL);
