@@ -896,7 +896,7 @@ fn assert_refused(path: &Path, write: bool, want: Want, ctx: &str) {
                 "{ctx}: {mode}: reason {reason:?} does not mention {word:?}"
             );
             assert!(
-                e.to_string().contains("not a valid shadowbucket store"),
+                e.to_string().contains("not a valid shadowbucket file"),
                 "{e}"
             );
         }

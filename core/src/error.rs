@@ -45,8 +45,9 @@ pub enum Error {
     /// A mutating call on a store opened read-only.
     #[error("store was opened read-only")]
     ReadOnly,
-    /// The file is not a valid store; it was not modified.
-    #[error("{path}: not a valid shadowbucket store: {reason}")]
+    /// The file (a store, its events sidecar, or a model file) is not valid; it was not
+    /// modified.
+    #[error("{path}: not a valid shadowbucket file: {reason}")]
     BadFile {
         /// The file.
         path: PathBuf,

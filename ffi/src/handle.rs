@@ -888,8 +888,8 @@ pub unsafe extern "C" fn sb_engine_load_model(
     })
 }
 
-/// The engine reports a bad model file as `Error::BadFile`, whose text says "not a valid
-/// shadowbucket store"; say "model file" instead.
+/// The engine reports a bad model file as `Error::BadFile` ("not a valid shadowbucket file");
+/// say "model file", the more precise word here.
 fn model_error(e: engine::Error) -> Fail {
     match e {
         engine::Error::BadFile { path, reason } => Fail::new(

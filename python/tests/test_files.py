@@ -35,7 +35,7 @@ def test_create_over_an_existing_file_is_file_exists(store: Path) -> None:
 @pytest.mark.parametrize("content", [b"", b"not a store at all" * 100, b"\0" * 8192])
 def test_not_a_store_is_bad_file(store: Path, content: bytes) -> None:
     store.write_bytes(content)
-    with pytest.raises(sb.BadFileError, match="not a valid shadowbucket store"):
+    with pytest.raises(sb.BadFileError, match="not a valid shadowbucket file"):
         sb.Engine.open(store)
     assert store.read_bytes() == content  # left untouched
 
