@@ -7,10 +7,9 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::{Event, EventBook, Forecast, Predictor, ReservationPolicy, Target};
-use crate::config::Reservation;
 use crate::engine::{Engine, TickReport};
 use crate::error::{Error, Result};
-use crate::fixed::{MAX_BURST_TOKENS, MAX_RATE_MICROS, Rate};
+use crate::fixed::{MAX_BURST_TOKENS, MAX_RATE_MICROS};
 use crate::forecast::{Autopilot, Ewma, Forecaster, LastValue, Quantiles, SeasonalNaive};
 use crate::layout::{Bucket, Settled};
 use crate::model::features::{IntervalUsage, Scale, customer_features, global_features};
@@ -56,6 +55,9 @@ pub(crate) struct Predictive {
     heads: Vec<f32>,
     old_scale: Vec<f32>,
     usage: Vec<f32>,
+    /// The policy's asks per slot (rate in micro-tokens/s, capacity; 0 for none).
+    res_rate: Vec<u64>,
+    res_cap: Vec<u64>,
 }
 
 fn runner_for(p: &Predictor) -> Result<Runner> {
@@ -101,6 +103,8 @@ impl Default for Predictive {
             heads: Vec::new(),
             old_scale: Vec::new(),
             usage: Vec::new(),
+            res_rate: Vec::new(),
+            res_cap: Vec::new(),
         }
     }
 }
@@ -687,52 +691,64 @@ impl Engine {
         let forecast = &*c.forecast;
         let scenario = &*c.scenario;
         let scale = &*c.scale;
-        let res: Vec<Reservation> = (0..n)
-            .into_par_iter()
-            .with_min_len(CHUNK)
-            .filter_map(|slot| {
-                let b = &buckets[slot];
-                if !b.active() {
-                    return None;
-                }
-                let f = &forecast[slot * fd + j * 4..slot * fd + (j + 1) * 4];
-                let q = match pol.target {
-                    Target::Mean => f[0] as f64,
-                    Target::Quantile(l) => f[1 + l as usize] as f64,
-                    Target::Scenario { probability } => {
-                        let p = &scenario[slot * sd..slot * sd + 4];
-                        let s = (scale[slot * scd] as f64).max(1.0);
-                        let mut acc = 0.0;
-                        let mut q = f[3] as f64;
-                        for (k, &pk) in p.iter().enumerate().take(3) {
-                            acc += pk as f64;
-                            if acc >= probability {
-                                q = SCENARIO_EDGES[k] as f64 * s;
-                                break;
-                            }
-                        }
-                        q
+        // Dense, slot-ordered asks (0 for none) into reused buffers: `tick_dense` takes them as
+        // they are, with no list to sort, copy or check.
+        pr.res_rate.clear();
+        pr.res_rate.resize(n, 0);
+        pr.res_cap.clear();
+        pr.res_cap.resize(n, 0);
+        pr.res_rate
+            .par_chunks_mut(CHUNK)
+            .zip(pr.res_cap.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(k, (rates, caps))| {
+                for (i, (rate_out, cap_out)) in rates.iter_mut().zip(caps.iter_mut()).enumerate() {
+                    let slot = k * CHUNK + i;
+                    let b = &buckets[slot];
+                    if !b.active() {
+                        continue;
                     }
-                };
-                let q = if q.is_finite() { q.max(0.0) } else { 0.0 };
-                let rate_tok = q * pol.headroom / interval_s;
-                let rate = ((rate_tok * 1e6).min(MAX_RATE_MICROS as f64) as u64).min(b.rate);
-                if rate == 0 {
-                    return None;
+                    let f = &forecast[slot * fd + j * 4..slot * fd + (j + 1) * 4];
+                    let q = match pol.target {
+                        Target::Mean => f[0] as f64,
+                        Target::Quantile(l) => f[1 + l as usize] as f64,
+                        Target::Scenario { probability } => {
+                            let p = &scenario[slot * sd..slot * sd + 4];
+                            let s = (scale[slot * scd] as f64).max(1.0);
+                            let mut acc = 0.0;
+                            let mut q = f[3] as f64;
+                            for (k, &pk) in p.iter().enumerate().take(3) {
+                                acc += pk as f64;
+                                if acc >= probability {
+                                    q = SCENARIO_EDGES[k] as f64 * s;
+                                    break;
+                                }
+                            }
+                            q
+                        }
+                    };
+                    let q = if q.is_finite() { q.max(0.0) } else { 0.0 };
+                    let rate_tok = q * pol.headroom / interval_s;
+                    let rate = ((rate_tok * 1e6).min(MAX_RATE_MICROS as f64) as u64).min(b.rate);
+                    if rate == 0 {
+                        continue;
+                    }
+                    let cap = (rate as f64 / 1e6 * interval_s * pol.capacity_intervals).ceil();
+                    *cap_out = (cap.min(MAX_BURST_TOKENS as f64) as u64).min(b.burst);
+                    *rate_out = rate;
                 }
-                let cap = (rate as f64 / 1e6 * interval_s * pol.capacity_intervals).ceil();
-                let cap = (cap.min(MAX_BURST_TOKENS as f64) as u64).min(b.burst);
-                Some(Reservation {
-                    slot: slot as u32,
-                    rate: Rate::from_micros_per_sec(rate),
-                    capacity: cap,
-                })
-            })
-            .collect();
+            });
 
         let t3 = std::time::Instant::now();
         // 5. close the intervals and set the reservations
-        let report = self.tick_with(now, &res)?;
+        let (rates, caps) = (
+            std::mem::take(&mut self.predictive.res_rate),
+            std::mem::take(&mut self.predictive.res_cap),
+        );
+        let report = self.tick_dense(now, &rates, &caps);
+        self.predictive.res_rate = rates;
+        self.predictive.res_cap = caps;
+        let report = report?;
         let ns = |a: std::time::Instant, b: std::time::Instant| (b - a).as_nanos() as u64;
         self.predictive.timings = TickTimings {
             customers: n as u64,
