@@ -590,7 +590,7 @@ impl Engine {
             Runner::Lstm { model, cpu } => {
                 let o = model.spec.head_dim();
                 let msd = model.spec.state_dim();
-                pr.heads.clear();
+                // every backend writes all `n * o` head outputs: no need to zero them first
                 pr.heads.resize(n * o, 0.0);
                 let state = &mut c.model_state[..n * msd];
                 let mut done = false;
