@@ -1,6 +1,8 @@
 //! Times the batched LSTM step against the plain GEMM of the same shapes, alternating, on one
 //! run's inputs (a profiling aid; criterion's `tick` bench is the measurement of record).
-//! Usage: `step_profile [customers] [tick]` (default 1,000,000; `tick`: time only the tick).
+//! Usage: `step_profile [customers] [tick]` (default 1,000,000; `tick`: time only the tick);
+//! `STEP_CHUNK=rows` sets the customers per parallel chunk of both (default
+//! `StepScratch::DEFAULT_CHUNK`).
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -85,7 +87,11 @@ fn main() {
     let (hd, o, cf) = (spec.hidden, spec.head_dim(), CUSTOMER_FEATURES);
     let g4 = 4 * hd;
     let model = LstmModel::random(spec.clone(), 1).expect("model");
-    let prep = StepScratch::new(&model);
+    let ch: usize = std::env::var("STEP_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(StepScratch::DEFAULT_CHUNK);
+    let prep = StepScratch::new(&model).with_chunk(ch);
     let x = vec![0.5f32; n * cf];
     let glob = vec![0.1f32; spec.global_dim()];
     let mut st = vec![0.1f32; n * spec.state_dim()];
@@ -96,7 +102,6 @@ fn main() {
         vec![0.1f32; hd * g4],
         vec![0.1f32; hd * o],
     );
-    let ch = StepScratch::DEFAULT_CHUNK;
     let (mut best_g, mut best_s) = (f64::MAX, f64::MAX);
     for _ in 0..5 {
         let t = Instant::now();

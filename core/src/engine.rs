@@ -900,15 +900,8 @@ impl Engine {
         if self.store.read_only() {
             return Err(Error::ReadOnly);
         }
-        let c = self.store.cols_mut()?;
-        let txn = Txn::begin(c.state, txn_kind::TICK);
-        let seq = txn.seq;
-        let g = &mut c.state.globals;
-        let now = advance(g, now);
-        let cfg = g.config;
-        let full_at = g.pool.full_at_ns;
-
         // Cut back the asks to the budget.
+        let c = self.store.cols();
         let asks_rate: Vec<(u64, u16)> = res
             .iter()
             .map(|r| (r.rate.micros(), c.buckets[r.slot as usize].weight))
@@ -919,12 +912,79 @@ impl Engine {
             .collect();
         let asked_rate: u128 = asks_rate.iter().map(|a| a.0 as u128).sum();
         let asked_cap: u128 = asks_cap.iter().map(|a| a.0 as u128).sum();
-        let cfg_pub = config_from_raw(&cfg);
+        let cfg_pub = config_from_raw(&c.state.globals.config);
         let rates = cut_back(&asks_rate, cfg_pub.rate_budget());
         let caps = cut_back(&asks_cap, cfg_pub.capacity_budget());
+        let slots_sorted: Vec<u32> = res.iter().map(|r| r.slot).collect();
+        let grants = Grants::Sparse {
+            slots: &slots_sorted,
+            rates: &rates,
+            caps: &caps,
+        };
+        self.commit_tick(now, grants, asked_rate, asked_cap)
+    }
+
+    /// [`Engine::tick_with`] for the predictive tick's own reservations: `rates[slot]` and
+    /// `caps[slot]` for the slots `0..rates.len()` (both 0 for none), which the caller guarantees
+    /// to be for active customers only and within [`MAX_RATE_MICROS`] and [`MAX_BURST_TOKENS`]
+    /// (the checks `tick_with` makes on a caller's list). The same result as `tick_with` with
+    /// the list of the slots whose rate is not 0: cutting back by weight then proportionally
+    /// grants 0 to a 0 ask and leaves the other grants as they are. No sorting, no copies, and
+    /// when the asks fit the budget (the usual case) no per-slot allocation at all.
+    pub(crate) fn tick_dense(
+        &mut self,
+        now: u64,
+        rates: &[u64],
+        caps: &[u64],
+    ) -> Result<TickReport> {
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        assert_eq!(rates.len(), caps.len());
+        assert!(rates.len() as u64 <= self.capacity());
+        let c = self.store.cols();
+        let (asked_rate, asked_cap) = rates
+            .par_iter()
+            .zip(caps.par_iter())
+            .with_min_len(SHARD_SLOTS)
+            .map(|(&r, &k)| (r as u128, k as u128))
+            .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let cfg_pub = config_from_raw(&c.state.globals.config);
+        let with_weights = |asks: &[u64]| -> Vec<(u64, u16)> {
+            asks.iter()
+                .zip(c.buckets.iter())
+                .map(|(&a, b)| (a, b.weight))
+                .collect()
+        };
+        let cut_rates = (asked_rate > cfg_pub.rate_budget() as u128)
+            .then(|| cut_back(&with_weights(rates), cfg_pub.rate_budget()));
+        let cut_caps = (asked_cap > cfg_pub.capacity_budget() as u128)
+            .then(|| cut_back(&with_weights(caps), cfg_pub.capacity_budget()));
+        let grants = Grants::Dense {
+            rates: cut_rates.as_deref().unwrap_or(rates),
+            caps: cut_caps.as_deref().unwrap_or(caps),
+        };
+        self.commit_tick(now, grants, asked_rate, asked_cap)
+    }
+
+    /// The tick's transaction, for grants already cut back to the budget.
+    fn commit_tick(
+        &mut self,
+        now: u64,
+        grants: Grants<'_>,
+        asked_rate: u128,
+        asked_cap: u128,
+    ) -> Result<TickReport> {
+        let c = self.store.cols_mut()?;
+        let cfg_pub = config_from_raw(&c.state.globals.config);
         let cut = asked_rate > cfg_pub.rate_budget() as u128
             || asked_cap > cfg_pub.capacity_budget() as u128;
-        let slots_sorted: Vec<u32> = res.iter().map(|r| r.slot).collect();
+        let txn = Txn::begin(c.state, txn_kind::TICK);
+        let seq = txn.seq;
+        let g = &mut c.state.globals;
+        let now = advance(g, now);
+        let cfg = g.config;
+        let full_at = g.pool.full_at_ns;
 
         // Close intervals, update flags, set reservations: shards in parallel.
         #[derive(Default, Clone, Copy)]
@@ -946,9 +1006,13 @@ impl Engine {
             .enumerate()
             .map(|(s, ((((bk, jn), ja), st), cl))| {
                 let base = (s * SHARD_SLOTS) as u32;
-                let lo = slots_sorted.partition_point(|&x| x < base);
-                let hi = slots_sorted.partition_point(|&x| x < base + bk.len() as u32);
-                let mut k = lo;
+                let (mut k, hi) = match grants {
+                    Grants::Sparse { slots, .. } => (
+                        slots.partition_point(|&x| x < base),
+                        slots.partition_point(|&x| x < base + bk.len() as u32),
+                    ),
+                    Grants::Dense { .. } => (0, 0),
+                };
                 let mut a = Acc::default();
                 for (i, b) in bk.iter_mut().enumerate() {
                     if !b.active() {
@@ -960,11 +1024,20 @@ impl Engine {
                     update_flag(b, &cfg);
                     b.reset_interval();
                     st[i] = Settled::default();
-                    let (rho, sigma) = if k < hi && slots_sorted[k] == base + i as u32 {
-                        k += 1;
-                        (rates[k - 1], caps[k - 1])
-                    } else {
-                        (0, 0)
+                    let slot = base as usize + i;
+                    let (rho, sigma) = match grants {
+                        Grants::Sparse { slots, rates, caps } => {
+                            if k < hi && slots[k] as usize == slot {
+                                k += 1;
+                                (rates[k - 1], caps[k - 1])
+                            } else {
+                                (0, 0)
+                            }
+                        }
+                        Grants::Dense { rates, caps } if slot < rates.len() => {
+                            (rates[slot], caps[slot])
+                        }
+                        Grants::Dense { .. } => (0, 0),
                     };
                     let keep = b.shadow.clamp(0, femto(sigma));
                     a.released += b.shadow - keep;
@@ -1233,6 +1306,19 @@ fn zero_model(col: &mut [f32], slot: usize, dim: u32) {
 }
 
 /// Contention flag with hysteresis, from the interval's counters (before they are reset).
+/// The tick's grants, already cut back to the budget.
+#[derive(Clone, Copy)]
+enum Grants<'a> {
+    /// For the slots listed (ascending), each once.
+    Sparse {
+        slots: &'a [u32],
+        rates: &'a [u64],
+        caps: &'a [u64],
+    },
+    /// Per slot from 0 (0 for none); slots past the end get none.
+    Dense { rates: &'a [u64], caps: &'a [u64] },
+}
+
 fn update_flag(b: &mut Bucket, cfg: &ConfigRaw) {
     let req = b.requests as u64;
     if req < cfg.contention_min_requests as u64 || req == 0 {

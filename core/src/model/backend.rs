@@ -89,7 +89,8 @@ pub trait StepBackend: Send {
     fn set_model(&mut self, model: &LstmModel) -> Result<()>;
 
     /// One step: `x` is `n x CUSTOMER_FEATURES`, `glob` the global features, `state` the durable
-    /// `n x state_dim` copy, `out` receives `n x head_dim` head outputs.
+    /// `n x state_dim` copy, `out` receives `n x head_dim` head outputs (every one of them is
+    /// written: the engine does not clear `out` between ticks).
     ///
     /// # Errors
     /// No model set, or a device failure (the engine then falls back to the CPU).

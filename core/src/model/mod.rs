@@ -33,6 +33,7 @@
 //! scenario logits (softmax).
 
 pub mod backend;
+pub mod fast;
 pub mod features;
 pub mod io;
 pub mod spec;
@@ -41,5 +42,5 @@ pub mod weights;
 
 pub use backend::{CpuBackend, StepBackend};
 pub use spec::{BASE_FEATURES, CUSTOMER_FEATURES, ModelSpec, SCENARIO_EDGES, SCENARIOS};
-pub use step::{Decoded, StepScratch, decode, step_batch, step_one};
+pub use step::{Decoded, StepScratch, decode, decode_block, step_batch, step_one};
 pub use weights::{FeatureScaling, LayerWeights, LstmModel};

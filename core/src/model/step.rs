@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 
+use super::fast::{fast_exp, fast_expm1, fast_softplus};
 use super::spec::{CUSTOMER_FEATURES, FORECAST_PER_HORIZON, HEAD_PER_HORIZON, SCENARIOS};
 use super::weights::LstmModel;
 
@@ -110,6 +111,151 @@ pub fn decode(y: &[f32], s: f32, forecast: &mut [f32], scenario: &mut [f32]) {
     }
     for p in scenario.iter_mut() {
         *p /= sum;
+    }
+}
+
+/// [`decode`] for a block of customers, with [`fast_softplus`], [`fast_expm1`] and [`fast_exp`]
+/// in place of std's `exp`/`ln_1p`/`exp_m1` (vectorized; AVX2+FMA when the CPU has them).
+///
+/// `y` holds `rows x head_dim` head outputs, `scales` the `rows` scales, `forecast` and
+/// `scenario` are `rows x fd` and `rows x sd` (the store's columns, `fd` at least the model's
+/// forecast floats, `sd` at least 4); rows whose `active` flag is false are left as they are.
+/// `scratch` is reused between calls.
+///
+/// Agrees with [`decode`] (tests below): scenario probabilities within a relative `eps`, and
+/// each forecast `v` within `eps·(s + |v|)`, i.e. as if the log-domain `z` of `s·expm1(z)` (or
+/// the softplus of the mean) were off by at most `eps` — with `eps = 2e-6` for head outputs in
+/// `[-5, 5]` and `1e-5` in `[-30, 30]`, where `z` nears the overflow edge 88 and its own float
+/// rounding in the reference (an ulp of 7.6e-6) is of that order. An absolute bound in `z` is
+/// the right measure: `z99 = z90 + softplus(..)` may cancel to near 0 in either version. Both
+/// give `+inf` where the product overflows (but for rounding within 0.1% of `f32::MAX`).
+///
+/// # Panics
+/// If the slices disagree in length (a bug in the caller).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_block(
+    y: &[f32],
+    head_dim: usize,
+    scales: &[f32],
+    active: &[bool],
+    forecast: &mut [f32],
+    fd: usize,
+    scenario: &mut [f32],
+    sd: usize,
+    scratch: &mut Vec<f32>,
+) {
+    let rows = scales.len();
+    let nh = (head_dim - SCENARIOS.len()) / HEAD_PER_HORIZON;
+    assert!(nh * FORECAST_PER_HORIZON <= fd && SCENARIOS.len() <= sd);
+    assert_eq!(y.len(), rows * head_dim);
+    assert_eq!(active.len(), rows);
+    assert_eq!(forecast.len(), rows * fd);
+    assert_eq!(scenario.len(), rows * sd);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above), the only requirement of
+        // a `#[target_feature]` function; `decode_block_avx2` is otherwise safe code.
+        unsafe {
+            decode_block_avx2(
+                y, head_dim, nh, scales, active, forecast, fd, scenario, sd, scratch,
+            )
+        };
+        return;
+    }
+    decode_block_portable(
+        y, head_dim, nh, scales, active, forecast, fd, scenario, sd, scratch,
+    );
+}
+
+/// [`decode_block_portable`] compiled for AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn decode_block_avx2(
+    y: &[f32],
+    o: usize,
+    nh: usize,
+    scales: &[f32],
+    active: &[bool],
+    forecast: &mut [f32],
+    fd: usize,
+    scenario: &mut [f32],
+    sd: usize,
+    scratch: &mut Vec<f32>,
+) {
+    decode_block_portable(
+        y, o, nh, scales, active, forecast, fd, scenario, sd, scratch,
+    );
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn decode_block_portable(
+    y: &[f32],
+    o: usize,
+    nh: usize,
+    scales: &[f32],
+    active: &[bool],
+    forecast: &mut [f32],
+    fd: usize,
+    scenario: &mut [f32],
+    sd: usize,
+    scratch: &mut Vec<f32>,
+) {
+    let rows = scales.len();
+    let nz = 3 * nh;
+    let ns = SCENARIOS.len();
+    scratch.clear();
+    scratch.resize(rows * (o + nz + ns), 0.0);
+    let (sp, rest) = scratch.split_at_mut(rows * o);
+    let (z, e) = rest.split_at_mut(rows * nz);
+    // 1. softplus of every head output (flat, vectorized; the z50 lanes go unused)
+    for (d, &v) in sp.iter_mut().zip(y) {
+        *d = fast_softplus(v);
+    }
+    // 2. per row: the means, the log-domain quantiles, the shifted scenario logits
+    for r in 0..rows {
+        let (yr, spr) = (&y[r * o..(r + 1) * o], &sp[r * o..(r + 1) * o]);
+        let zr = &mut z[r * nz..(r + 1) * nz];
+        for j in 0..nh {
+            let z50 = yr[j * HEAD_PER_HORIZON + 1];
+            let z90 = z50 + spr[j * HEAD_PER_HORIZON + 2];
+            let z99 = z90 + spr[j * HEAD_PER_HORIZON + 3];
+            zr[3 * j] = z50.max(0.0);
+            zr[3 * j + 1] = z90.max(0.0);
+            zr[3 * j + 2] = z99.max(0.0);
+        }
+        let logits = &yr[nh * HEAD_PER_HORIZON..];
+        let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for (d, &l) in e[r * ns..(r + 1) * ns].iter_mut().zip(logits) {
+            *d = l - m;
+        }
+    }
+    // 3. expm1 of the quantiles, exp of the logits (flat, vectorized)
+    for v in z.iter_mut() {
+        *v = fast_expm1(*v);
+    }
+    for v in e.iter_mut() {
+        *v = fast_exp(*v);
+    }
+    // 4. scale and store
+    for r in 0..rows {
+        if !active[r] {
+            continue;
+        }
+        let s = scales[r];
+        let f = &mut forecast[r * fd..r * fd + nh * FORECAST_PER_HORIZON];
+        for (j, f) in f.chunks_exact_mut(FORECAST_PER_HORIZON).enumerate() {
+            f[0] = s * sp[r * o + j * HEAD_PER_HORIZON];
+            f[1] = s * z[r * nz + 3 * j];
+            f[2] = s * z[r * nz + 3 * j + 1];
+            f[3] = s * z[r * nz + 3 * j + 2];
+        }
+        let er = &e[r * ns..(r + 1) * ns];
+        let sum: f32 = er.iter().sum();
+        for (p, &v) in scenario[r * sd..r * sd + ns].iter_mut().zip(er) {
+            *p = v / sum;
+        }
     }
 }
 
@@ -482,6 +628,68 @@ mod tests {
             20,
             2,
         );
+    }
+
+    #[test]
+    fn decode_block_matches_decode() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let (nh, o, fd, sd) = (4, 20, 18, 5);
+        let rows = 300;
+        let mut scratch = Vec::new();
+        for (range, rel_tol) in [(1.0f32, 2e-6), (5.0, 2e-6), (30.0, 1e-5)] {
+            let mut worst = 0f64;
+            let y: Vec<f32> = (0..rows * o)
+                .map(|_| rng.random_range(-range..range))
+                .collect();
+            let scales: Vec<f32> = (0..rows)
+                .map(|_| 10f32.powf(rng.random_range(0.0..7.0)))
+                .collect();
+            let active: Vec<bool> = (0..rows).map(|r| r % 7 != 3).collect();
+            let mut f = vec![-1f32; rows * fd];
+            let mut sc = vec![-1f32; rows * sd];
+            decode_block(
+                &y,
+                o,
+                &scales,
+                &active,
+                &mut f,
+                fd,
+                &mut sc,
+                sd,
+                &mut scratch,
+            );
+            for r in 0..rows {
+                let (fr, sr) = (&f[r * fd..(r + 1) * fd], &sc[r * sd..(r + 1) * sd]);
+                if !active[r] {
+                    assert!(fr.iter().chain(sr).all(|&v| v == -1.0));
+                    continue;
+                }
+                let mut fw = vec![0f32; nh * 4];
+                let mut sw = [0f32; 4];
+                decode(&y[r * o..(r + 1) * o], scales[r], &mut fw, &mut sw);
+                // forecasts: an error of at most `rel_tol` in the log-domain `z` (d(s·expm1(z))
+                // = (s + value)·dz); scenario probabilities: relative
+                let pairs = fr[..nh * 4].iter().zip(&fw).map(|(a, b)| (a, b, scales[r]));
+                let pairs = pairs.chain(sr[..4].iter().zip(&sw).map(|(a, b)| (a, b, 0.0)));
+                for (&a, &b, s) in pairs {
+                    if a == b {
+                        continue;
+                    }
+                    if a.is_infinite() || b.is_infinite() {
+                        // overflow: only where the other is within rounding of f32::MAX
+                        let fin = if a.is_infinite() { b } else { a };
+                        assert!(fin.abs() > f32::MAX * 0.999, "row {r}: {a} vs {b}");
+                        continue;
+                    }
+                    let err = (a as f64 - b as f64).abs();
+                    let scale = b.abs() as f64 + s as f64;
+                    assert!(err <= rel_tol * scale, "row {r}: {a} vs {b}");
+                    worst = worst.max(err / scale);
+                }
+                assert!(fr[nh * 4..].iter().chain(&sr[4..]).all(|&v| v == -1.0));
+            }
+            eprintln!("decode_block, y in +-{range}: worst relative error {worst:e}");
+        }
     }
 
     #[test]

@@ -7,19 +7,21 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::{Event, EventBook, Forecast, Predictor, ReservationPolicy, Target};
-use crate::config::Reservation;
 use crate::engine::{Engine, TickReport};
 use crate::error::{Error, Result};
-use crate::fixed::{MAX_BURST_TOKENS, MAX_RATE_MICROS, Rate};
+use crate::fixed::{MAX_BURST_TOKENS, MAX_RATE_MICROS};
 use crate::forecast::{Autopilot, Ewma, Forecaster, LastValue, Quantiles, SeasonalNaive};
 use crate::layout::{Bucket, Settled};
 use crate::model::features::{IntervalUsage, Scale, customer_features, global_features};
 use crate::model::spec::{CUSTOMER_FEATURES, FORECAST_PER_HORIZON, SCENARIO_EDGES, scenario_of};
-use crate::model::step::decode;
+use crate::model::step::decode_block;
 use crate::model::{CpuBackend, LstmModel, ModelSpec, StepBackend};
 
 /// Slots per parallel chunk of the tick's per-customer work.
 const CHUNK: usize = 4096;
+
+/// Customers per block of the decode (head outputs and scratch stay in L1/L2).
+const DECODE_BLOCK: usize = 256;
 
 /// Weight of the newest interval in a baseline-driven store's customer scale (a half-life of
 /// 1,440 intervals, as the LSTM's default).
@@ -55,6 +57,9 @@ pub(crate) struct Predictive {
     heads: Vec<f32>,
     old_scale: Vec<f32>,
     usage: Vec<f32>,
+    /// The policy's asks per slot (rate in micro-tokens/s, capacity; 0 for none).
+    res_rate: Vec<u64>,
+    res_cap: Vec<u64>,
 }
 
 fn runner_for(p: &Predictor) -> Result<Runner> {
@@ -101,6 +106,8 @@ impl Default for Predictive {
             heads: Vec::new(),
             old_scale: Vec::new(),
             usage: Vec::new(),
+            res_rate: Vec::new(),
+            res_cap: Vec::new(),
         }
     }
 }
@@ -610,7 +617,7 @@ impl Engine {
             Runner::Lstm { model, cpu } => {
                 let o = model.spec.head_dim();
                 let msd = model.spec.state_dim();
-                pr.heads.clear();
+                // every backend writes all `n * o` head outputs: no need to zero them first
                 pr.heads.resize(n * o, 0.0);
                 let state = &mut c.model_state[..n * msd];
                 let mut done = false;
@@ -644,24 +651,35 @@ impl Engine {
                     cpu.step(&pr.x, &glob, state, &mut pr.heads)?;
                 }
                 pr.state_stale = false;
-                let mfd = model.spec.forecast_dim();
                 let heads = &pr.heads;
                 let old = &pr.old_scale;
                 let buckets = &*c.buckets;
+                // `decode_block` is `decode` with vectorized exp/expm1/softplus (within a
+                // relative 1e-5 of it), a block of customers at a time.
                 c.forecast[..n * fd]
-                    .par_chunks_mut(fd)
-                    .zip(c.scenario[..n * sd].par_chunks_mut(sd))
+                    .par_chunks_mut(DECODE_BLOCK * fd)
+                    .zip(c.scenario[..n * sd].par_chunks_mut(DECODE_BLOCK * sd))
                     .enumerate()
-                    .for_each(|(slot, (f, s))| {
-                        if buckets[slot].active() {
-                            decode(
-                                &heads[slot * o..(slot + 1) * o],
-                                old[slot],
-                                &mut f[..mfd],
-                                &mut s[..4],
+                    .for_each_init(
+                        || (Vec::new(), Vec::new()),
+                        |(scratch, active), (k, (f, s))| {
+                            let lo = k * DECODE_BLOCK;
+                            let rows = f.len() / fd;
+                            active.clear();
+                            active.extend(buckets[lo..lo + rows].iter().map(|b| b.active()));
+                            decode_block(
+                                &heads[lo * o..(lo + rows) * o],
+                                o,
+                                &old[lo..lo + rows],
+                                active,
+                                f,
+                                fd,
+                                s,
+                                sd,
+                                scratch,
                             );
-                        }
-                    });
+                        },
+                    );
             }
             Runner::Baseline { f, seen } => {
                 seen.resize(n.max(seen.len()), u64::MAX);
@@ -701,52 +719,64 @@ impl Engine {
         let forecast = &*c.forecast;
         let scenario = &*c.scenario;
         let scale = &*c.scale;
-        let res: Vec<Reservation> = (0..n)
-            .into_par_iter()
-            .with_min_len(CHUNK)
-            .filter_map(|slot| {
-                let b = &buckets[slot];
-                if !b.active() {
-                    return None;
-                }
-                let f = &forecast[slot * fd + j * 4..slot * fd + (j + 1) * 4];
-                let q = match pol.target {
-                    Target::Mean => f[0] as f64,
-                    Target::Quantile(l) => f[1 + l as usize] as f64,
-                    Target::Scenario { probability } => {
-                        let p = &scenario[slot * sd..slot * sd + 4];
-                        let s = (scale[slot * scd] as f64).max(1.0);
-                        let mut acc = 0.0;
-                        let mut q = f[3] as f64;
-                        for (k, &pk) in p.iter().enumerate().take(3) {
-                            acc += pk as f64;
-                            if acc >= probability {
-                                q = SCENARIO_EDGES[k] as f64 * s;
-                                break;
-                            }
-                        }
-                        q
+        // Dense, slot-ordered asks (0 for none) into reused buffers: `tick_dense` takes them as
+        // they are, with no list to sort, copy or check.
+        pr.res_rate.clear();
+        pr.res_rate.resize(n, 0);
+        pr.res_cap.clear();
+        pr.res_cap.resize(n, 0);
+        pr.res_rate
+            .par_chunks_mut(CHUNK)
+            .zip(pr.res_cap.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(k, (rates, caps))| {
+                for (i, (rate_out, cap_out)) in rates.iter_mut().zip(caps.iter_mut()).enumerate() {
+                    let slot = k * CHUNK + i;
+                    let b = &buckets[slot];
+                    if !b.active() {
+                        continue;
                     }
-                };
-                let q = if q.is_finite() { q.max(0.0) } else { 0.0 };
-                let rate_tok = q * pol.headroom / interval_s;
-                let rate = ((rate_tok * 1e6).min(MAX_RATE_MICROS as f64) as u64).min(b.rate);
-                if rate == 0 {
-                    return None;
+                    let f = &forecast[slot * fd + j * 4..slot * fd + (j + 1) * 4];
+                    let q = match pol.target {
+                        Target::Mean => f[0] as f64,
+                        Target::Quantile(l) => f[1 + l as usize] as f64,
+                        Target::Scenario { probability } => {
+                            let p = &scenario[slot * sd..slot * sd + 4];
+                            let s = (scale[slot * scd] as f64).max(1.0);
+                            let mut acc = 0.0;
+                            let mut q = f[3] as f64;
+                            for (k, &pk) in p.iter().enumerate().take(3) {
+                                acc += pk as f64;
+                                if acc >= probability {
+                                    q = SCENARIO_EDGES[k] as f64 * s;
+                                    break;
+                                }
+                            }
+                            q
+                        }
+                    };
+                    let q = if q.is_finite() { q.max(0.0) } else { 0.0 };
+                    let rate_tok = q * pol.headroom / interval_s;
+                    let rate = ((rate_tok * 1e6).min(MAX_RATE_MICROS as f64) as u64).min(b.rate);
+                    if rate == 0 {
+                        continue;
+                    }
+                    let cap = (rate as f64 / 1e6 * interval_s * pol.capacity_intervals).ceil();
+                    *cap_out = (cap.min(MAX_BURST_TOKENS as f64) as u64).min(b.burst);
+                    *rate_out = rate;
                 }
-                let cap = (rate as f64 / 1e6 * interval_s * pol.capacity_intervals).ceil();
-                let cap = (cap.min(MAX_BURST_TOKENS as f64) as u64).min(b.burst);
-                Some(Reservation {
-                    slot: slot as u32,
-                    rate: Rate::from_micros_per_sec(rate),
-                    capacity: cap,
-                })
-            })
-            .collect();
+            });
 
         let t3 = std::time::Instant::now();
         // 5. close the intervals and set the reservations
-        let report = self.tick_with(now, &res)?;
+        let (rates, caps) = (
+            std::mem::take(&mut self.predictive.res_rate),
+            std::mem::take(&mut self.predictive.res_cap),
+        );
+        let report = self.tick_dense(now, &rates, &caps);
+        self.predictive.res_rate = rates;
+        self.predictive.res_cap = caps;
+        let report = report?;
         let ns = |a: std::time::Instant, b: std::time::Instant| (b - a).as_nanos() as u64;
         self.predictive.timings = TickTimings {
             customers: n as u64,
