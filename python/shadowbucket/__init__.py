@@ -13,7 +13,7 @@ turn numpy arrays, pandas DataFrames or CSV paths into a :class:`History`.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -35,11 +35,11 @@ from ._errors import (
     StoreFullError,
     UnknownCustomerError,
 )
-from ._native import NO_SLOT, Engine, History, Model, __version__
+from ._native import NO_SLOT, Engine, History, Model, TrainResult, __version__
 from ._outcome import Outcome
 
 if TYPE_CHECKING:
-    from ._native import EvaluationReport
+    from ._native import EvaluationReport, ProgressInfo
 
 HistoryLike = Union[History, str, "os.PathLike[str]", "np.ndarray[Any, Any]", Any]
 """What :func:`history` accepts: a History, a CSV path, a 2-D numpy array or a pandas DataFrame."""
@@ -131,7 +131,7 @@ def history(
 
 def evaluate(
     data: HistoryLike,
-    forecaster: str = "ewma",
+    forecaster: Union[str, Model] = "ewma",
     *,
     train_windows: int,
     horizons: Sequence[int] = (1,),
@@ -139,13 +139,20 @@ def evaluate(
     alpha: float = 0.5,
     period: int = 144,
     half_life: float = 144.0,
+    scenario_half_life: float | None = None,
     window_s: int | None = None,
 ) -> EvaluationReport:
-    """Scores a baseline forecaster (``'last_value'``, ``'ewma'`` (``alpha``),
-    ``'seasonal_naive'`` (``period`` windows) or ``'autopilot'`` (``half_life`` windows)) on
-    usage data (anything :func:`history` takes): its forecasts of the windows from
-    ``train_windows`` on, at each horizon. Returns a dict whose ``"horizons"`` list has one dict of
-    metrics per horizon (``pandas.DataFrame(report["horizons"])`` makes a table)."""
+    """Scores a forecaster on usage data (anything :func:`history` takes): its forecasts of the
+    windows from ``train_windows`` on, at each horizon.
+
+    ``forecaster`` is a baseline's name (``'last_value'``, ``'ewma'`` (``alpha``),
+    ``'seasonal_naive'`` (``period`` windows) or ``'autopilot'`` (``half_life`` windows)) or an
+    LSTM :class:`Model`, fed one window at a time as the engine's tick feeds it (its horizons
+    not in the model's spec use the nearest one). The Brier score (``'brier'``) scores the
+    scenario probabilities against scenarios defined by a reference scale with
+    ``scenario_half_life`` windows (default: the model's ``scale_half_life`` for a Model, 144
+    otherwise). Returns a dict whose ``"horizons"`` list has one dict of metrics per horizon
+    (``pandas.DataFrame(report["horizons"])`` makes a table)."""
     return _native.evaluate(
         history(data, window_s=window_s),
         forecaster,
@@ -155,6 +162,61 @@ def evaluate(
         alpha=alpha,
         period=period,
         half_life=half_life,
+        scenario_half_life=scenario_half_life,
+    )
+
+
+def train(
+    data: HistoryLike,
+    *,
+    hidden: int | None = None,
+    layers: int | None = None,
+    horizons: Sequence[int] | None = None,
+    feeds: Sequence[str] | None = None,
+    epochs: int = 30,
+    batch_customers: int = 16,
+    bptt: int = 48,
+    learning_rate: float = 3e-3,
+    seed: int = 0,
+    validation_fraction: float = 0.1,
+    patience: int = 5,
+    scale_half_life: float = 1440.0,
+    loss: Mapping[str, float] | None = None,
+    progress: Callable[[ProgressInfo], object] | None = None,
+    window_s: int | None = None,
+) -> TrainResult:
+    """Trains an LSTM forecaster on usage data (anything :func:`history` takes) with the
+    engine's CPU trainer, and returns a :class:`TrainResult` (``model``, ``epochs_run``,
+    ``best_epoch``, ``train_losses``, ``val_losses``).
+
+    The model's shape is ``hidden``, ``layers``, ``horizons`` (windows ahead) and ``feeds``
+    (``None`` takes the defaults: 32, 1, ``[1, 5, 10, 15]``, none). The last
+    ``validation_fraction`` of the windows are held out for early stopping (after ``patience``
+    epochs without improvement; the best epoch's weights are kept). ``scale_half_life`` is the
+    customer scale's half-life in windows (1440: a day of one-minute windows; use 144 for
+    10-minute windows). ``loss`` overrides loss weights (``quantile``, ``mean``,
+    ``huber_delta``, ``scenario``, ``size_exponent``). A given ``seed`` gives the same model.
+
+    The GIL is released while training. After every mini-batch, ``progress`` (if given) is
+    called with a dict (``epoch`` and ``batch`` from 1, ``epochs``, ``batches``, ``train_loss``,
+    ``val_loss``); an exception it raises stops training and propagates, and so does
+    ``KeyboardInterrupt`` (Ctrl-C)."""
+    return _native.train(
+        history(data, window_s=window_s),
+        hidden=hidden,
+        layers=layers,
+        horizons=None if horizons is None else list(horizons),
+        feeds=None if feeds is None else list(feeds),
+        epochs=epochs,
+        batch_customers=batch_customers,
+        bptt=bptt,
+        learning_rate=learning_rate,
+        seed=seed,
+        validation_fraction=validation_fraction,
+        patience=patience,
+        scale_half_life=scale_half_life,
+        loss=None if loss is None else dict(loss),
+        progress=progress,
     )
 
 
@@ -165,8 +227,10 @@ __all__ = [
     "HistoryLike",
     "Model",
     "Outcome",
+    "TrainResult",
     "evaluate",
     "history",
+    "train",
     "__version__",
     "Error",
     "InvalidArgumentError",

@@ -13,7 +13,8 @@ class                      also a                          raised for
 ``StoreFullError``                                         no free slot (``Engine.grow``)
 ``LockedError``                                            another process writes the store
 ``ReadOnlyError``                                          a change on a read-only engine
-``BadFileError``                                           the file is not a valid store
+``BadFileError``                                           the file is not a valid store or
+                                                           model file (the message says why)
 ``StorageError``           ``OSError``                     any other I/O error (``errno``,
                                                            ``filename`` set)
 ``NotFoundError``          ``FileNotFoundError``           a missing file
@@ -60,7 +61,8 @@ class ReadOnlyError(Error):
 
 
 class BadFileError(Error):
-    """The file is not a valid store (it was not modified)."""
+    """The file is not a valid store (it was not modified) or model file (the message says
+    what is wrong: a tensor of the wrong shape, missing metadata, ...)."""
 
 
 class StorageError(Error, OSError):

@@ -2,14 +2,33 @@
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, TypedDict, Union, final, type_check_only
+from typing import (
+    Any,
+    Callable,
+    Literal,
+    Optional,
+    Sequence,
+    TypedDict,
+    Union,
+    final,
+    type_check_only,
+)
 
 import numpy as np
 import numpy.typing as npt
 
 _Path = Union[str, "os.PathLike[str]"]
 
-__all__ = ["Engine", "History", "Model", "evaluate", "NO_SLOT", "__version__"]
+__all__ = [
+    "Engine",
+    "History",
+    "Model",
+    "TrainResult",
+    "evaluate",
+    "train",
+    "NO_SLOT",
+    "__version__",
+]
 
 NO_SLOT: int
 __version__: str
@@ -137,6 +156,16 @@ class HorizonMetrics(TypedDict):
     slack: float
     over_reserved: float
     exceed_rate: float
+    brier: float
+
+@type_check_only
+class ProgressInfo(TypedDict):
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    train_loss: float
+    val_loss: Optional[float]
 
 @type_check_only
 class EvaluationReport(TypedDict):
@@ -299,13 +328,41 @@ class Model:
         feeds: Optional[Sequence[str]] = None,
         seed: int = 0,
     ) -> Model: ...
+    @staticmethod
+    def load(path: _Path) -> Model: ...
+    def save(self, path: _Path) -> None: ...
     @property
     def spec(self) -> ModelSpecInfo: ...
+    @property
+    def feature_names(self) -> list[str]: ...
+    @property
+    def feature_mean(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def feature_std(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def scale_half_life(self) -> float: ...
+    def tensors(self) -> dict[str, npt.NDArray[np.float32]]: ...
+    def metadata(self) -> dict[str, str]: ...
     def __eq__(self, value: object, /) -> bool: ...
+
+@final
+class TrainResult:
+    """The result of `train`: the model and its learning curves."""
+
+    @property
+    def model(self) -> Model: ...
+    @property
+    def epochs_run(self) -> int: ...
+    @property
+    def best_epoch(self) -> int: ...
+    @property
+    def train_losses(self) -> list[float]: ...
+    @property
+    def val_losses(self) -> list[float]: ...
 
 def evaluate(
     history: History,
-    forecaster: str,
+    forecaster: Union[str, Model],
     *,
     train_windows: int,
     horizons: Optional[Sequence[int]] = None,
@@ -313,4 +370,23 @@ def evaluate(
     alpha: float = 0.5,
     period: int = 144,
     half_life: float = 144.0,
+    scenario_half_life: Optional[float] = None,
 ) -> EvaluationReport: ...
+def train(
+    history: History,
+    *,
+    hidden: Optional[int] = None,
+    layers: Optional[int] = None,
+    horizons: Optional[Sequence[int]] = None,
+    feeds: Optional[Sequence[str]] = None,
+    epochs: int = 30,
+    batch_customers: int = 16,
+    bptt: int = 48,
+    learning_rate: float = 0.003,
+    seed: int = 0,
+    validation_fraction: float = 0.1,
+    patience: int = 5,
+    scale_half_life: float = 1440.0,
+    loss: Optional[dict[str, float]] = None,
+    progress: Optional[Callable[[ProgressInfo], object]] = None,
+) -> TrainResult: ...

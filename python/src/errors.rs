@@ -79,6 +79,11 @@ pub fn wrong_type(py: Python<'_>, msg: impl Into<String>) -> PyErr {
     raise(py, "ArgumentTypeError", (msg.into(),))
 }
 
+/// `shadowbucket.InternalError` (a `RuntimeError`) with this message.
+pub fn internal(py: Python<'_>, msg: String) -> PyErr {
+    raise(py, "InternalError", (msg,))
+}
+
 /// The Python exception for a failure.
 pub fn to_py(py: Python<'_>, f: Failure) -> PyErr {
     let e = match f {

@@ -2,8 +2,9 @@
 //!
 //! `History` wraps the engine's `UsageHistory`: a dense series of token counts per customer in
 //! fixed windows, made from a 2-D numpy array (copied: the history owns its data) or loaded from a
-//! ServeGen CSV file. `evaluate` replays one through a baseline forecaster and scores it, with the
-//! GIL released.
+//! ServeGen CSV file. `evaluate` replays one through a forecaster (a baseline, or an LSTM `Model`
+//! through `LstmForecaster`, fed exactly as the engine's tick feeds it) and scores it, with the GIL
+//! released.
 
 use std::path::PathBuf;
 
@@ -13,12 +14,13 @@ use numpy::{PyArray1, PyArray2, PyReadonlyArray2};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use shadowbucket::forecast::{
-    self, Autopilot, Ewma, Forecaster, LastValue, QuantileLevel, Report, SeasonalNaive,
-    UsageHistory,
+    self, Autopilot, Ewma, Forecaster, LastValue, LstmForecaster, QuantileLevel, Report,
+    SCENARIO_SCALE_HALF_LIFE, SeasonalNaive, UsageHistory,
 };
 
 use crate::arrays::{array1, slice};
 use crate::errors::{IntoPyResult, invalid, wrong_type};
+use crate::model::Model;
 
 /// Per-customer usage (tokens) over the same consecutive windows.
 #[pyclass(frozen, module = "shadowbucket._native")]
@@ -204,6 +206,7 @@ pub(crate) fn report_dict<'py>(py: Python<'py>, r: &Report) -> PyResult<Bound<'p
             ("slack", m.slack),
             ("over_reserved", m.over_reserved),
             ("exceed_rate", m.exceed_rate),
+            ("brier", m.brier),
         ] {
             row.set_item(k, v)?;
         }
@@ -213,12 +216,15 @@ pub(crate) fn report_dict<'py>(py: Python<'py>, r: &Report) -> PyResult<Bound<'p
     Ok(d)
 }
 
-/// Replays `history` through a baseline forecaster and scores its forecasts of the windows from
-/// `train_windows` on, at each horizon (default: 1), with the `reserve` quantile as the reservation.
+/// Replays `history` through a forecaster (a baseline's name or an LSTM `Model`) and scores its
+/// forecasts of the windows from `train_windows` on, at each horizon (default: 1), with the
+/// `reserve` quantile as the reservation. The scenarios of the Brier score are defined against a
+/// reference scale with `scenario_half_life` windows (default: the model's own half-life for a
+/// `Model`, 144 otherwise).
 #[pyfunction]
 #[pyo3(signature = (
     history, forecaster, *, train_windows, horizons = None, reserve = "p90", alpha = 0.5,
-    period = 144, half_life = 144.0
+    period = 144, half_life = 144.0, scenario_half_life = None
 ))]
 #[expect(
     clippy::too_many_arguments,
@@ -227,20 +233,40 @@ pub(crate) fn report_dict<'py>(py: Python<'py>, r: &Report) -> PyResult<Bound<'p
 pub fn evaluate<'py>(
     py: Python<'py>,
     history: &History,
-    forecaster: &str,
+    forecaster: &Bound<'py, PyAny>,
     train_windows: usize,
     horizons: Option<Vec<usize>>,
     reserve: &str,
     alpha: f64,
     period: usize,
     half_life: f64,
+    scenario_half_life: Option<f64>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let mut f = baseline(py, forecaster, alpha, period, half_life)?;
+    let h = &history.inner;
+    let (mut f, default_half_life): (Box<dyn Forecaster + Send>, f64) =
+        if let Ok(m) = forecaster.cast::<Model>() {
+            let model = m.get().inner.clone();
+            let hl = f64::from(model.scaling.scale_half_life);
+            (Box::new(LstmForecaster::for_history(model, h).py(py)?), hl)
+        } else if let Ok(name) = forecaster.extract::<String>() {
+            (
+                baseline(py, &name, alpha, period, half_life)?,
+                SCENARIO_SCALE_HALF_LIFE,
+            )
+        } else {
+            return Err(wrong_type(
+                py,
+                format!(
+                    "forecaster must be a shadowbucket.Model or a baseline's name, got {}",
+                    forecaster.get_type().name()?
+                ),
+            ));
+        };
     let lvl = level(py, reserve)?;
     let horizons = horizons.unwrap_or_else(|| vec![1]);
-    let h = &history.inner;
+    let shl = scenario_half_life.unwrap_or(default_half_life);
     let r = py
-        .detach(|| forecast::evaluate_with(h, f.as_mut(), train_windows, &horizons, lvl))
+        .detach(|| forecast::evaluate_with_scale(h, f.as_mut(), train_windows, &horizons, lvl, shl))
         .py(py)?;
     report_dict(py, &r)
 }

@@ -5,11 +5,15 @@
 //! The tensor names and layout are the engine's (`core/src/model/weights.rs`): PyTorch's
 //! `nn.LSTM` names, so the file opens with `safetensors.numpy.load_file` as a dict of arrays.
 
+use std::path::PathBuf;
+
+use numpy::PyArray1;
+use numpy::prelude::*;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use shadowbucket::model::{LstmModel, ModelSpec};
 
-use crate::errors::IntoPyResult;
+use crate::errors::{IntoPyResult, invalid};
 
 /// The weights of a streaming LSTM forecaster.
 #[pyclass(frozen, module = "shadowbucket._native")]
@@ -61,10 +65,71 @@ impl Model {
         Ok(Model { inner })
     }
 
+    /// Reads a model file (safetensors, as `save` or PyTorch writes it; see
+    /// `core/src/model/io.rs`). A missing file raises `NotFoundError` (a `FileNotFoundError`), a
+    /// file that is not a valid model `BadFileError` saying what is wrong (a tensor of the wrong
+    /// shape, missing metadata, ...).
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Model> {
+        let inner = py.detach(|| LstmModel::load(&path)).py(py)?;
+        Ok(Model { inner })
+    }
+
+    /// Writes the model as a safetensors file, atomically (a temporary file next to `path`,
+    /// renamed over it): PyTorch `nn.LSTM` tensor names (`weight_ih_l0`, ...) plus `head.weight`
+    /// and `head.bias`, with the spec and the feature scaling in the metadata.
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let m = &self.inner;
+        py.detach(|| m.save(&path)).py(py)
+    }
+
     /// The model's shape: hidden, layers, horizons, feeds.
     #[getter]
     fn spec<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         spec_dict(py, &self.inner.spec)
+    }
+
+    /// The names of the input features, in order (the `features` metadata of a model file).
+    #[getter]
+    fn feature_names(&self) -> Vec<String> {
+        self.inner.spec.feature_names()
+    }
+
+    /// The per-feature mean subtracted from the inputs (float32, one per feature).
+    #[getter]
+    fn feature_mean<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
+        PyArray1::from_slice(py, &self.inner.scaling.mean)
+    }
+
+    /// The per-feature standard deviation the inputs are divided by (float32).
+    #[getter]
+    fn feature_std<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
+        PyArray1::from_slice(py, &self.inner.scaling.std)
+    }
+
+    /// Half-life of the customer scale, in intervals.
+    #[getter]
+    fn scale_half_life(&self) -> f32 {
+        self.inner.scaling.scale_half_life
+    }
+
+    /// The weights as float32 numpy arrays (copies) under PyTorch's names and shapes:
+    /// `weight_ih_l{k}` `[4H, in]`, `weight_hh_l{k}` `[4H, H]`, `bias_ih_l{k}`, `bias_hh_l{k}`
+    /// `[4H]`, `head.weight` `[head, H]`, `head.bias` `[head]`.
+    fn tensors<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, shape, values) in self.inner.named_tensors() {
+            let a = PyArray1::from_slice(py, values)
+                .reshape(shape)
+                .map_err(|e| invalid(py, e.to_string()))?;
+            d.set_item(name, a)?;
+        }
+        Ok(d)
+    }
+
+    /// The metadata a model file is written with (all strings, as safetensors requires).
+    fn metadata(&self) -> std::collections::HashMap<String, String> {
+        self.inner.safetensors_metadata()
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {

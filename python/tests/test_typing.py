@@ -27,7 +27,7 @@ def test_stub_names_match_the_module() -> None:
     stub = (PKG / "_native.pyi").read_text()
     for name in _native.__all__:
         assert f"{name}" in stub, name
-    for cls in (_native.Engine, _native.History, _native.Model):
+    for cls in (_native.Engine, _native.History, _native.Model, _native.TrainResult):
         for attr, value in vars(cls).items():
             if attr.startswith("_"):
                 continue
