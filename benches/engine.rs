@@ -341,7 +341,7 @@ impl Bed {
                 }
             })
             .collect();
-        let report = engine.tick(0, &res).expect("tick");
+        let report = engine.tick_with(0, &res).expect("tick");
         assert!(!report.cut_back, "reservations should fit the budget");
         drop(res);
         drop(share);

@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             capacity: 40,
         })
         .collect();
-    eng.tick(0, &res)?;
+    eng.tick_with(0, &res)?;
     let mut rng = StdRng::seed_from_u64(1);
     let slots: Vec<u32> = (0..batch).map(|_| rng.random_range(0..n as u32)).collect();
     let tokens: Vec<u64> = (0..batch).map(|_| rng.random_range(1..8)).collect();

@@ -162,7 +162,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if sec % INTERVAL_S == 0 {
             // Plain buckets: the tick only closes the intervals.
             let t = Instant::now();
-            plain.tick(now, &[])?;
+            plain.tick_with(now, &[])?;
             tally[0].tick_ns += t.elapsed().as_nanos();
             tally[0].ticks += 1;
             // Shadow buckets: reserve 1.1x a robust EWMA of each customer's granted tokens per
@@ -185,7 +185,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     capacity: (ewma[i] * 1.1 * 5.0).ceil() as u64,
                 });
             }
-            shadow.tick(now, &res)?;
+            shadow.tick_with(now, &res)?;
             tally[1].tick_ns += t.elapsed().as_nanos();
             tally[1].ticks += 1;
         }

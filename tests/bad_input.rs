@@ -67,7 +67,7 @@ fn store(dir: &TempDir, name: &str, capacity: u64) -> (Engine, PathBuf) {
             capacity: 500,
         })
         .collect();
-    eng.tick(2_000_000_000, &res).unwrap();
+    eng.tick_with(2_000_000_000, &res).unwrap();
     eng.allocate_batch(Keys::Ids(&ids), &toks, NOW).unwrap();
     eng.settle(10, 20, 5, GrantPath::Pool, NOW).unwrap();
     for &id in &IDS {
@@ -682,11 +682,11 @@ fn bad_ticks_are_refused() {
     ];
     for (i, (res, word)) in cases.into_iter().enumerate() {
         let ctx = format!("tick case {i}: {res:?}");
-        assert_invalid(eng.tick(NOW + 1_000, &res), &[word], &ctx);
+        assert_invalid(eng.tick_with(NOW + 1_000, &res), &[word], &ctx);
         assert_unchanged(&eng, &before, &ctx);
     }
     // a good tick still works afterwards
-    let rep = eng.tick(NOW + 1_000, &[ok(s10), ok(s20)]).unwrap();
+    let rep = eng.tick_with(NOW + 1_000, &[ok(s10), ok(s20)]).unwrap();
     assert_eq!(rep.customers, 5);
     assert_eq!(eng.stats().counters.ticks, before.stats.counters.ticks + 1);
     eng.check().unwrap();
@@ -797,7 +797,7 @@ fn read_only_refuses_every_change() {
             ("settle", ro.settle(20, 1, 0, GrantPath::Pool, NOW + 1)),
             (
                 "tick",
-                ro.tick(
+                ro.tick_with(
                     NOW + 1,
                     &[Reservation {
                         slot,

@@ -958,8 +958,8 @@ impl Harness {
                         capacity: c,
                     })
                     .collect();
-                let ra = self.a.tick(now, &rs).expect("tick A");
-                let rb = self.b.tick(now, &rs).expect("tick B");
+                let ra = self.a.tick_with(now, &rs).expect("tick A");
+                let rb = self.b.tick_with(now, &rs).expect("tick B");
                 let rm = self.m.tick(now, &list);
                 prop_assert_eq!(ra, rm, "tick A vs model");
                 prop_assert_eq!(rb, rm, "tick B vs model");
@@ -1229,7 +1229,7 @@ proptest! {
             prop_assert_eq!(b.add_customer(id, *c, T0).expect("add"), sa);
             rs.push(Reservation { slot: sa, rate: Rate::from_micros_per_sec(res[i].0), capacity: res[i].1 });
         }
-        prop_assert_eq!(a.tick(T0, &rs).expect("tick"), b.tick(T0, &rs).expect("tick"));
+        prop_assert_eq!(a.tick_with(T0, &rs).expect("tick"), b.tick_with(T0, &rs).expect("tick"));
         let t1 = T0 + d0;
         let ids: Vec<u64> = first.iter().map(|r| 100 + (r.0 % n) as u64).collect();
         let toks: Vec<u64> = first.iter().map(|r| r.1).collect();
@@ -1264,7 +1264,7 @@ proptest! {
         // The tick at the end of the span touches everyone (B's shadow overflow, which A's
         // touches already credited, goes to the pool now): from here the two are identical,
         // and so is what the same batch does to them.
-        prop_assert_eq!(a.tick(t2, &rs).expect("tick"), b.tick(t2, &rs).expect("tick"));
+        prop_assert_eq!(a.tick_with(t2, &rs).expect("tick"), b.tick_with(t2, &rs).expect("tick"));
         let same = |a: &Engine, b: &Engine| -> Result<(), TestCaseError> {
             for i in 0..n {
                 let id = 100 + i as u64;
@@ -1418,7 +1418,7 @@ impl Neighbourhood {
         for id in FILLER_BASE..filler {
             e.remove_customer(id, T0).unwrap();
         }
-        e.tick(T0, &res).unwrap();
+        e.tick_with(T0, &res).unwrap();
         Neighbourhood { e, res, _dir: dir }
     }
 }
@@ -1439,7 +1439,7 @@ fn run_neighbourhood(
     for k in 1..=seconds {
         let t = T0 + k * SEC;
         if k % 60 == 0 {
-            nb.e.tick(t, &nb.res).unwrap();
+            nb.e.tick_with(t, &nb.res).unwrap();
         }
         let mut reqs: Vec<(u64, u64)> = noise(k);
         for (i, &s) in STEADY.iter().enumerate() {
@@ -1599,7 +1599,7 @@ fn grants_at_one_instant_never_exceed_pool_burst() {
         rate: Rate::tokens_per_sec(80),
         capacity: 800,
     }];
-    e.tick(T0, &res).unwrap();
+    e.tick_with(T0, &res).unwrap();
     let t = T0 + 100 * SEC;
     let out = e
         .allocate_batch(Keys::Ids(&[1, 2, 1, 2]), &[200, 1, 200, 799], t)
@@ -1641,7 +1641,7 @@ fn idle_intervals_keep_and_calm_intervals_reset_the_contention_streak() {
             assert_eq!(e.allocate(1, 10, t).unwrap().outcome, Outcome::GrantedPool);
         }
         t += SEC;
-        e.tick(t, &[]).unwrap();
+        e.tick_with(t, &[]).unwrap();
     }
     assert!(
         e.customer(1).unwrap().flagged,
@@ -1661,19 +1661,19 @@ fn idle_intervals_keep_and_calm_intervals_reset_the_contention_streak() {
         }];
         if calm {
             // a reservation that covers the request: a shadow grant, share 0%
-            e.tick(t, &res).unwrap();
+            e.tick_with(t, &res).unwrap();
             t += SEC;
             assert_eq!(
                 e.allocate(2, 10, t).unwrap().outcome,
                 Outcome::GrantedShadow
             );
         } else {
-            e.tick(t, &[]).unwrap();
+            e.tick_with(t, &[]).unwrap();
             t += SEC;
             assert_eq!(e.allocate(2, 10, t).unwrap().outcome, Outcome::GrantedPool);
         }
         t += SEC;
-        e.tick(t, &[]).unwrap();
+        e.tick_with(t, &[]).unwrap();
     }
     assert!(
         !e.customer(2).unwrap().flagged,

@@ -20,6 +20,7 @@ use crate::kernel::{
     refill_bucket,
 };
 use crate::layout::*;
+use crate::predict::tick::Predictive;
 use crate::reserve::cut_back;
 use crate::store::{self, Store, Txn, journal_bucket, journal_full};
 
@@ -35,7 +36,7 @@ pub struct CreateOptions {
     /// Floats of recurrent state per customer, for the forecaster (default 64: one LSTM layer of
     /// hidden size 32, hidden and cell state).
     pub state_dim: u32,
-    /// Floats of forecast per customer (default 12: three horizons of mean, p50, p90, p99).
+    /// Floats of forecast per customer (default 16: four horizons of mean, p50, p90, p99).
     pub forecast_dim: u32,
     /// Scenario probabilities per customer (default 4: low, medium, high, spike).
     pub scenario_dim: u32,
@@ -51,7 +52,7 @@ impl CreateOptions {
             config,
             now_ns: 0,
             state_dim: 64,
-            forecast_dim: 12,
+            forecast_dim: 16,
             scenario_dim: 4,
             scale_dim: 2,
         }
@@ -60,6 +61,16 @@ impl CreateOptions {
     /// The same options with the creation time set.
     pub fn at(mut self, now_ns: u64) -> Self {
         self.now_ns = now_ns;
+        self
+    }
+
+    /// The same options with forecaster columns sized for `spec` (recurrent state, forecast
+    /// horizons).
+    pub fn for_model(mut self, spec: &crate::model::ModelSpec) -> Self {
+        self.state_dim = spec.state_dim() as u32;
+        self.forecast_dim = spec.forecast_dim() as u32;
+        self.scenario_dim = crate::model::SCENARIOS.len() as u32;
+        self.scale_dim = 2;
         self
     }
 
@@ -211,7 +222,7 @@ pub struct TickReport {
 ///
 /// // reserve 50 tokens/s with room for 1,000 tokens, then a request a second later
 /// let res = [Reservation { slot, rate: Rate::tokens_per_sec(50), capacity: 1_000 }];
-/// eng.tick(2_000, &res)?;
+/// eng.tick_with(2_000, &res)?;
 /// let d = eng.allocate(42, 40, 1_000_002_000)?;
 /// assert_eq!(d.outcome, Outcome::GrantedShadow);
 ///
@@ -223,9 +234,10 @@ pub struct TickReport {
 /// # Ok::<(), shadowbucket::Error>(())
 /// ```
 pub struct Engine {
-    store: Store,
+    pub(crate) store: Store,
     recovered: Option<u64>,
     scratch: batch::Scratch,
+    pub(crate) predictive: Predictive,
 }
 
 /// Outcomes of a batch, one per request.
@@ -280,6 +292,13 @@ impl Engine {
             scale_dim: opts.scale_dim,
         };
         let mut store = Store::create(path.as_ref(), dims)?;
+        // A new store starts with no events: drop a stale sidecar left by a deleted one.
+        let sidecar = crate::predict::sidecar::path_for(path.as_ref());
+        if let Err(e) = std::fs::remove_file(&sidecar)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::io(&sidecar, e));
+        }
         let c = store.cols_mut()?;
         let g = &mut c.state.globals;
         g.config = config_raw(&opts.config);
@@ -294,6 +313,7 @@ impl Engine {
             store,
             recovered: None,
             scratch: batch::Scratch::default(),
+            predictive: Predictive::default(),
         })
     }
 
@@ -305,11 +325,14 @@ impl Engine {
     /// is not a valid store (the file is left untouched); [`Error::Io`].
     pub fn open(path: impl AsRef<Path>) -> Result<Engine> {
         let (store, recovered) = Store::open(path.as_ref(), true)?;
-        Ok(Engine {
+        let mut e = Engine {
             store,
             recovered,
             scratch: batch::Scratch::default(),
-        })
+            predictive: Predictive::default(),
+        };
+        e.load_sidecar()?;
+        Ok(e)
     }
 
     /// Opens an existing store read-only, without a lock: queries work, changes return
@@ -319,11 +342,14 @@ impl Engine {
     /// [`Error::BadFile`], [`Error::Io`].
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Engine> {
         let (store, _) = Store::open(path.as_ref(), false)?;
-        Ok(Engine {
+        let mut e = Engine {
             store,
             recovered: None,
             scratch: batch::Scratch::default(),
-        })
+            predictive: Predictive::default(),
+        };
+        e.load_sidecar()?;
+        Ok(e)
     }
 
     /// The sequence number of the transaction rolled back when this engine opened the store, if
@@ -435,6 +461,7 @@ impl Engine {
     /// As [`Engine::add_customer`], for the first customer that fails (nothing is added), and
     /// [`Error::DuplicateCustomer`] for an id listed twice.
     pub fn add_customers(&mut self, customers: &[(u64, Contract)], now: u64) -> Result<Vec<u32>> {
+        self.predictive.customers_changed();
         let mut seen = std::collections::HashSet::with_capacity(customers.len());
         for &(id, contract) in customers {
             if !valid_id(id) {
@@ -551,6 +578,7 @@ impl Engine {
     /// # Errors
     /// [`Error::UnknownCustomer`]; [`Error::ReadOnly`].
     pub fn remove_customer(&mut self, id: u64, now: u64) -> Result<()> {
+        self.predictive.customers_changed();
         let slot = self.slot_of(id).ok_or(Error::UnknownCustomer(id))? as usize;
         let mut c = self.store.cols_mut()?;
         let txn = Txn::begin(c.state, txn_kind::ADMIN);
@@ -585,6 +613,7 @@ impl Engine {
     /// [`Error::InvalidArgument`] when `new_capacity` is not larger; [`Error::Io`];
     /// [`Error::ReadOnly`].
     pub fn grow(&mut self, new_capacity: u64) -> Result<()> {
+        self.predictive.customers_changed();
         let old_cap = self.capacity();
         if self.store.read_only() {
             return Err(Error::ReadOnly);
@@ -839,7 +868,7 @@ impl Engine {
     /// # Errors
     /// [`Error::InvalidArgument`] for a slot that holds no customer, a slot listed twice, or an
     /// absurd rate or capacity (nothing is changed); [`Error::ReadOnly`].
-    pub fn tick(&mut self, now: u64, reservations: &[Reservation]) -> Result<TickReport> {
+    pub fn tick_with(&mut self, now: u64, reservations: &[Reservation]) -> Result<TickReport> {
         let cap = self.capacity();
         let mut res: Vec<Reservation> = reservations.to_vec();
         res.sort_by_key(|r| r.slot);

@@ -31,6 +31,7 @@ pub mod kernel;
 pub mod layout;
 mod mmap;
 pub mod model;
+pub mod predict;
 pub mod reserve;
 mod store;
 
@@ -42,3 +43,4 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use fixed::Rate;
 pub use kernel::{Decision, Outcome};
+pub use predict::{Event, Forecast, Predictor, ReservationPolicy, Target};

@@ -87,6 +87,12 @@ pub trait Forecaster {
     /// Forgets everything observed (parameters are kept).
     fn reset(&mut self);
 
+    /// Forgets what was observed for one customer (its index is about to be reused). The
+    /// default does nothing: forecasters with per-customer state override it.
+    fn forget(&mut self, customer: usize) {
+        let _ = customer;
+    }
+
     /// Feeds the usage of `customer` in its next window. Non-finite or negative values are taken
     /// as 0 (usage cannot be negative); callers should not send them.
     fn observe(&mut self, customer: usize, value: f64);
@@ -129,6 +135,12 @@ impl Forecaster for LastValue {
 
     fn reset(&mut self) {
         self.last.clear();
+    }
+
+    fn forget(&mut self, customer: usize) {
+        if let Some(v) = self.last.get_mut(customer) {
+            *v = 0.0;
+        }
     }
 
     fn observe(&mut self, customer: usize, value: f64) {
@@ -201,6 +213,14 @@ impl Forecaster for Ewma {
         self.level.clear();
         self.mad.clear();
         self.seen.clear();
+    }
+
+    fn forget(&mut self, customer: usize) {
+        if customer < self.seen.len() {
+            self.level[customer] = 0.0;
+            self.mad[customer] = 0.0;
+            self.seen[customer] = false;
+        }
     }
 
     fn observe(&mut self, customer: usize, value: f64) {
@@ -277,6 +297,13 @@ impl Forecaster for SeasonalNaive {
     fn reset(&mut self) {
         self.ring.clear();
         self.count.clear();
+    }
+
+    fn forget(&mut self, customer: usize) {
+        if customer < self.count.len() {
+            self.ring[customer].clear();
+            self.count[customer] = 0;
+        }
     }
 
     fn observe(&mut self, customer: usize, value: f64) {
@@ -407,6 +434,12 @@ impl Forecaster for Autopilot {
 
     fn reset(&mut self) {
         self.hists.clear();
+    }
+
+    fn forget(&mut self, customer: usize) {
+        if let Some(h) = self.hists.get_mut(customer) {
+            *h = Hist::default();
+        }
     }
 
     fn observe(&mut self, customer: usize, value: f64) {

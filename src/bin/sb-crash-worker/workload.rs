@@ -296,7 +296,7 @@ pub fn apply(eng: &mut Engine, op: &Op, now: u64) -> Option<BatchOutcome> {
                 .expect("batch"),
         ),
         Op::Tick(res) => {
-            eng.tick(now, res).expect("tick");
+            eng.tick_with(now, res).expect("tick");
             None
         }
         Op::Settle {

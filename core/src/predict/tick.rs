@@ -1,0 +1,701 @@
+//! The predictive tick and the engine's forecaster settings.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use super::{Event, EventBook, Forecast, Predictor, ReservationPolicy, Target};
+use crate::config::Reservation;
+use crate::engine::{Engine, TickReport};
+use crate::error::{Error, Result};
+use crate::fixed::{MAX_BURST_TOKENS, MAX_RATE_MICROS, Rate};
+use crate::forecast::{Autopilot, Ewma, Forecaster, LastValue, Quantiles, SeasonalNaive};
+use crate::layout::{Bucket, Settled};
+use crate::model::features::{IntervalUsage, Scale, customer_features, global_features};
+use crate::model::spec::{CUSTOMER_FEATURES, FORECAST_PER_HORIZON, SCENARIO_EDGES, scenario_of};
+use crate::model::step::decode;
+use crate::model::{CpuBackend, LstmModel, ModelSpec, StepBackend};
+
+/// Slots per parallel chunk of the tick's per-customer work.
+const CHUNK: usize = 4096;
+
+/// Weight of the newest interval in a baseline-driven store's customer scale (a half-life of
+/// 1,440 intervals, as the LSTM's default).
+const BASELINE_SCALE_HALF_LIFE: f32 = 1440.0;
+
+enum Runner {
+    Lstm {
+        model: Box<LstmModel>,
+        cpu: CpuBackend,
+    },
+    Baseline {
+        f: Box<dyn Forecaster + Send + Sync>,
+        /// The customer id each slot held when the forecaster last observed it.
+        seen: Vec<u64>,
+    },
+}
+
+/// The forecaster side of an engine: predictor, policy, events, signals and scratch buffers.
+pub(crate) struct Predictive {
+    predictor: Predictor,
+    runner: Runner,
+    policy: ReservationPolicy,
+    events: EventBook,
+    signals: BTreeMap<String, f32>,
+    backend: Option<Mutex<Box<dyn StepBackend>>>,
+    backend_failed: Option<String>,
+    state_stale: bool,
+    ticks_since_sync: u32,
+    x: Vec<f32>,
+    heads: Vec<f32>,
+    old_scale: Vec<f32>,
+    usage: Vec<f32>,
+}
+
+fn runner_for(p: &Predictor) -> Result<Runner> {
+    Ok(match p {
+        Predictor::Lstm(m) => {
+            let mut cpu = CpuBackend::new();
+            cpu.set_model(m)?;
+            Runner::Lstm {
+                model: m.clone(),
+                cpu,
+            }
+        }
+        Predictor::LastValue => baseline(LastValue::new()),
+        Predictor::Ewma { alpha } => baseline(Ewma::new(*alpha)?),
+        Predictor::SeasonalNaive { period } => baseline(SeasonalNaive::new(*period)?),
+        Predictor::Autopilot { half_life } => baseline(Autopilot::new(*half_life)?),
+    })
+}
+
+fn baseline(f: impl Forecaster + Send + Sync + 'static) -> Runner {
+    Runner::Baseline {
+        f: Box::new(f),
+        seen: Vec::new(),
+    }
+}
+
+impl Default for Predictive {
+    fn default() -> Self {
+        let predictor = Predictor::default();
+        let runner = runner_for(&predictor).expect("the default predictor is valid");
+        Predictive {
+            predictor,
+            runner,
+            policy: ReservationPolicy::default(),
+            events: EventBook::default(),
+            signals: BTreeMap::new(),
+            backend: None,
+            backend_failed: None,
+            state_stale: true,
+            ticks_since_sync: 0,
+            x: Vec::new(),
+            heads: Vec::new(),
+            old_scale: Vec::new(),
+            usage: Vec::new(),
+        }
+    }
+}
+
+impl Predictive {
+    /// The store's customer state changed behind a device backend (customers added, removed,
+    /// a store grown).
+    pub(crate) fn customers_changed(&mut self) {
+        self.state_stale = true;
+    }
+}
+
+/// What a customer used in the interval now closing, from its live counters.
+fn usage_of(b: &Bucket, s: &Settled) -> IntervalUsage {
+    let granted = (b.granted_shadow + b.granted_pool) as f64;
+    let deviation = s.debt as f64 - s.refunded as f64;
+    IntervalUsage {
+        tokens: (granted + deviation).max(0.0),
+        requests: b.requests as f64,
+        fallbacks: b.fallbacks as f64,
+        denied: (b.denied_customer + b.denied_pool) as f64,
+        deviation,
+    }
+}
+
+impl Engine {
+    fn horizons(&self) -> Vec<u32> {
+        match &self.predictive.runner {
+            Runner::Lstm { model, .. } => model.spec.horizons.clone(),
+            Runner::Baseline { .. } => {
+                let n = self.dims().forecast_dim as usize / FORECAST_PER_HORIZON;
+                ModelSpec::default().horizons.into_iter().take(n).collect()
+            }
+        }
+    }
+
+    fn check_columns_for(&self, p: &Predictor) -> Result<()> {
+        let d = self.dims();
+        if d.scale_dim < 2 || d.scenario_dim < 4 || d.forecast_dim < FORECAST_PER_HORIZON as u32 {
+            return Err(Error::invalid(
+                "this store was created without forecaster columns (CreateOptions::without_model); \
+                 use tick_with and explicit reservations",
+            ));
+        }
+        if let Predictor::Lstm(m) = p {
+            m.validate()?;
+            if m.spec.state_dim() != d.state_dim as usize
+                || m.spec.forecast_dim() > d.forecast_dim as usize
+            {
+                return Err(Error::invalid(format!(
+                    "model needs {} floats of recurrent state and {} of forecast per customer; \
+                     the store has {} and {} (create it with CreateOptions::for_model)",
+                    m.spec.state_dim(),
+                    m.spec.forecast_dim(),
+                    d.state_dim,
+                    d.forecast_dim
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the forecaster the predictive [`tick`](Engine::tick) runs. The recurrent state, scales
+    /// and forecasts in the store are kept, so reopening a store and setting the same model
+    /// resumes where it was; call [`reset_model_state`](Engine::reset_model_state) when
+    /// switching to a different model.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`]: an invalid model or baseline parameter, or a store whose
+    /// forecaster columns do not fit the model.
+    pub fn set_predictor(&mut self, p: Predictor) -> Result<()> {
+        self.check_columns_for(&p)?;
+        let runner = runner_for(&p)?;
+        if let (Some(b), Predictor::Lstm(m)) = (&self.predictive.backend, &p) {
+            let mut b = b
+                .lock()
+                .map_err(|_| Error::invalid("step backend lock poisoned"))?;
+            if let Err(e) = b.set_model(m) {
+                self.predictive.backend_failed = Some(e.to_string());
+            }
+            b.invalidate();
+        }
+        self.predictive.predictor = p;
+        self.predictive.runner = runner;
+        self.predictive.state_stale = true;
+        Ok(())
+    }
+
+    /// Loads a model saved in the safetensors format ([`LstmModel::load`]) and sets it as the
+    /// predictor.
+    ///
+    /// # Errors
+    /// Those of [`LstmModel::load`] and [`Engine::set_predictor`].
+    pub fn load_model(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        // TODO(merge): LstmModel::load from model/io.rs.
+        Err(Error::invalid(format!(
+            "loading {} needs the safetensors reader, not merged yet",
+            path.as_ref().display()
+        )))
+    }
+
+    /// The predictor in use.
+    pub fn predictor(&self) -> &Predictor {
+        &self.predictive.predictor
+    }
+
+    /// A short description of the predictor and where its step runs.
+    pub fn predictor_name(&self) -> String {
+        match &self.predictive.runner {
+            Runner::Lstm { model, .. } => format!(
+                "lstm(hidden={}, layers={}) on {}",
+                model.spec.hidden,
+                model.spec.layers,
+                self.step_backend_name()
+            ),
+            Runner::Baseline { f, .. } => f.name(),
+        }
+    }
+
+    /// Where the LSTM step runs: `"cpu"`, or the device backend's name.
+    pub fn step_backend_name(&self) -> String {
+        match (&self.predictive.backend, &self.predictive.backend_failed) {
+            (Some(_), Some(why)) => format!("cpu (device backend failed: {why})"),
+            (Some(b), None) => b.lock().map(|b| b.name()).unwrap_or_else(|_| "cpu".into()),
+            (None, _) => "cpu".into(),
+        }
+    }
+
+    /// Runs the LSTM step on `backend` (a GPU) instead of the CPU. If the backend fails, the
+    /// tick falls back to the CPU and [`step_backend_name`](Engine::step_backend_name) says why.
+    ///
+    /// # Errors
+    /// The backend refuses the current model.
+    pub fn set_step_backend(&mut self, mut backend: Box<dyn StepBackend>) -> Result<()> {
+        if let Runner::Lstm { model, .. } = &self.predictive.runner {
+            backend.set_model(model)?;
+        }
+        backend.invalidate();
+        self.predictive.backend = Some(Mutex::new(backend));
+        self.predictive.backend_failed = None;
+        self.predictive.state_stale = true;
+        Ok(())
+    }
+
+    /// Zeroes every customer's recurrent state (for a new model).
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`].
+    pub fn reset_model_state(&mut self) -> Result<()> {
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        self.store.cols_mut()?.model_state.fill(0.0);
+        self.predictive.state_stale = true;
+        Ok(())
+    }
+
+    /// Writes a device backend's recurrent state back into the store and flushes the store.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`], a device failure, [`Error::Io`].
+    pub fn sync_model_state(&mut self) -> Result<()> {
+        if let Some(b) = &self.predictive.backend
+            && self.predictive.backend_failed.is_none()
+        {
+            let mut b = b
+                .lock()
+                .map_err(|_| Error::invalid("step backend lock poisoned"))?;
+            let c = self.store.cols_mut()?;
+            b.sync_state(c.model_state)?;
+            self.predictive.ticks_since_sync = 0;
+        }
+        self.flush()
+    }
+
+    /// Sets how forecasts become reservations.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a negative or non-finite multiplier, a scenario probability
+    /// outside `(0, 1]`, or a horizon index the predictor does not have.
+    pub fn set_policy(&mut self, policy: ReservationPolicy) -> Result<()> {
+        let ok = |v: f64| v.is_finite() && v >= 0.0;
+        if !ok(policy.headroom) || !ok(policy.capacity_intervals) {
+            return Err(Error::invalid(
+                "policy: headroom and capacity_intervals must be finite and >= 0",
+            ));
+        }
+        if let Target::Scenario { probability } = policy.target
+            && !(probability > 0.0 && probability <= 1.0)
+        {
+            return Err(Error::invalid(format!(
+                "policy: scenario probability must be in (0, 1], got {probability}"
+            )));
+        }
+        let n = self.horizons().len();
+        if policy.horizon >= n {
+            return Err(Error::invalid(format!(
+                "policy: horizon index {} but the predictor has {n} horizons",
+                policy.horizon
+            )));
+        }
+        self.predictive.policy = policy;
+        Ok(())
+    }
+
+    /// The reservation policy.
+    pub fn policy(&self) -> ReservationPolicy {
+        self.predictive.policy
+    }
+
+    /// Tells the forecaster about an event; returns its id. Events that ended are dropped at
+    /// the next tick. Saved beside the store (see [`crate::predict`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (see [`EventBook::add`]).
+    pub fn add_event(&mut self, e: Event) -> Result<u64> {
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let id = self.predictive.events.add(e)?;
+        if let Err(err) = self.save_sidecar() {
+            self.predictive.events.remove(id)?;
+            return Err(err);
+        }
+        Ok(id)
+    }
+
+    fn save_sidecar(&self) -> Result<()> {
+        super::sidecar::save(
+            &super::sidecar::path_for(&self.store.path),
+            &self.predictive.events,
+            &self.predictive.signals,
+        )
+    }
+
+    /// Reads the store's events and signals (on open).
+    pub(crate) fn load_sidecar(&mut self) -> Result<()> {
+        let (events, signals) = super::sidecar::load(&super::sidecar::path_for(&self.store.path))?;
+        self.predictive.events = events;
+        self.predictive.signals = signals;
+        Ok(())
+    }
+
+    /// Removes an event.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an unknown id.
+    pub fn remove_event(&mut self, id: u64) -> Result<()> {
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let e = self.predictive.events.remove(id)?;
+        if let Err(err) = self.save_sidecar() {
+            self.predictive.events.insert(id, e)?;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// The events held.
+    pub fn events(&self) -> &EventBook {
+        &self.predictive.events
+    }
+
+    /// Sets an external feed (a named global signal, e.g. a news-volume index). A model reads
+    /// the feeds named in its spec; a feed never set reads as 0.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty name, a name with a comma, or a non-finite value.
+    pub fn set_signal(&mut self, name: &str, value: f32) -> Result<()> {
+        if name.is_empty() || name.contains(',') || name.len() > 256 {
+            return Err(Error::invalid(format!(
+                "signal name must be 1..=256 bytes without commas, got {name:?}"
+            )));
+        }
+        if !value.is_finite() {
+            return Err(Error::invalid(format!(
+                "signal {name}: value must be finite"
+            )));
+        }
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let old = self.predictive.signals.insert(name.to_string(), value);
+        if let Err(err) = self.save_sidecar() {
+            match old {
+                Some(v) => self.predictive.signals.insert(name.to_string(), v),
+                None => self.predictive.signals.remove(name),
+            };
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// The external feeds set.
+    pub fn signals(&self) -> &BTreeMap<String, f32> {
+        &self.predictive.signals
+    }
+
+    /// Every customer's usage in the last closed interval (what the last tick fed the predictor),
+    /// as `(id, usage)` in slot order: the engine's own history, for training (append it after
+    /// every tick).
+    pub fn closed_usage(&self) -> Vec<(u64, IntervalUsage)> {
+        let c = self.store.cols();
+        c.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.active())
+            .map(|(slot, _)| {
+                let cl = &c.closed[slot];
+                let granted = (cl.granted_shadow + cl.granted_pool) as f64;
+                let deviation = cl.debt as f64 - cl.refunded as f64;
+                let u = IntervalUsage {
+                    tokens: (granted + deviation).max(0.0),
+                    requests: cl.requests as f64,
+                    fallbacks: cl.fallbacks as f64,
+                    denied: (cl.denied_customer + cl.denied_pool) as f64,
+                    deviation,
+                };
+                (c.ids[slot], u)
+            })
+            .collect()
+    }
+
+    /// A customer's forecast, as the last tick left it (zeros before the first).
+    ///
+    /// # Errors
+    /// [`Error::UnknownCustomer`].
+    pub fn forecast(&self, id: u64) -> Result<Forecast> {
+        let slot = self.slot_of(id).ok_or(Error::UnknownCustomer(id))? as usize;
+        let horizons = self.horizons();
+        let d = self.dims();
+        let c = self.store.cols();
+        let fd = d.forecast_dim as usize;
+        let f = &c.forecast[slot * fd..(slot + 1) * fd];
+        let values = horizons
+            .iter()
+            .enumerate()
+            .map(|(j, _)| {
+                let q = &f[j * FORECAST_PER_HORIZON..(j + 1) * FORECAST_PER_HORIZON];
+                Quantiles {
+                    mean: q[0] as f64,
+                    p50: q[1] as f64,
+                    p90: q[2] as f64,
+                    p99: q[3] as f64,
+                }
+            })
+            .collect();
+        let sd = d.scenario_dim as usize;
+        let mut scenario = [0f32; 4];
+        scenario.copy_from_slice(&c.scenario[slot * sd..slot * sd + 4]);
+        let scale = c.scale[slot * d.scale_dim as usize];
+        Ok(Forecast {
+            horizons,
+            values,
+            scenario,
+            scale,
+        })
+    }
+
+    /// The predictive tick at `now`: closes every customer's interval, builds the features,
+    /// runs one predictor step for every customer (forecasts and scenario probabilities go into
+    /// the store), turns the forecasts into reservations with the [`ReservationPolicy`] and sets
+    /// them within the reservable budget (see [`crate::predict`]).
+    ///
+    /// Durability: the forecaster's columns (recurrent state, scales, forecasts) are written
+    /// before the tick's transaction, which closes the intervals and sets the reservations, so a
+    /// crash in between leaves the store as before the tick except that the forecaster has seen
+    /// the interval once already (it sees it again at the next tick). Bucket records, the pool
+    /// and the reservations are all-or-nothing as for every transaction.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; [`Error::InvalidArgument`] for a store without forecaster columns.
+    pub fn tick(&mut self, now: u64) -> Result<TickReport> {
+        if self.store.read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let p = self.predictive.predictor.clone();
+        self.check_columns_for(&p)?;
+        let dims = self.dims();
+        let cfg = self.config();
+        let horizons = self.horizons();
+        let pr = &mut self.predictive;
+        let before = pr.events.len();
+        pr.events.expire(now);
+        let expired = pr.events.len() != before;
+        let (ev_global, ev_customer) = pr.events.active_at(now);
+        let feed_names: Vec<String> = match &pr.runner {
+            Runner::Lstm { model, .. } => model.spec.feeds.clone(),
+            Runner::Baseline { .. } => Vec::new(),
+        };
+        let feeds: Vec<f32> = feed_names
+            .iter()
+            .map(|n| pr.signals.get(n).copied().unwrap_or(0.0))
+            .collect();
+        let mut glob = vec![0f32; 5 + feeds.len()];
+        global_features(now, ev_global, &feeds, &mut glob);
+        let beta = match &pr.runner {
+            Runner::Lstm { model, .. } => model.scaling.scale_beta(),
+            Runner::Baseline { .. } => 1.0 - 0.5f32.powf(1.0 / BASELINE_SCALE_HALF_LIFE),
+        };
+
+        let c = self.store.cols_mut()?;
+        let n = c
+            .buckets
+            .iter()
+            .rposition(|b| b.active())
+            .map_or(0, |i| i + 1);
+        let scd = dims.scale_dim as usize;
+        let cf = CUSTOMER_FEATURES;
+        pr.x.clear();
+        pr.x.resize(n * cf, 0.0);
+        pr.old_scale.clear();
+        pr.old_scale.resize(n, 1.0);
+        pr.usage.clear();
+        pr.usage.resize(n, 0.0);
+
+        // 1-2. usage, features, scales
+        {
+            let ids = &*c.ids;
+            let buckets = &*c.buckets;
+            let settled = &*c.settled;
+            let evc = &ev_customer;
+            pr.x.par_chunks_mut(CHUNK * cf)
+                .zip(c.scale[..n * scd].par_chunks_mut(CHUNK * scd))
+                .zip(pr.old_scale.par_chunks_mut(CHUNK))
+                .zip(pr.usage.par_chunks_mut(CHUNK))
+                .enumerate()
+                .for_each(|(k, (((x, sc), old), us))| {
+                    let base = k * CHUNK;
+                    for i in 0..old.len() {
+                        let slot = base + i;
+                        let b = &buckets[slot];
+                        if !b.active() {
+                            continue;
+                        }
+                        let u = usage_of(b, &settled[slot]);
+                        let mut s = Scale {
+                            tokens: sc[i * scd],
+                            requests: sc[i * scd + 1],
+                        };
+                        let ev = if evc.is_empty() {
+                            0.0
+                        } else {
+                            evc.get(&ids[slot]).copied().unwrap_or(0.0)
+                        };
+                        x[i * cf..(i + 1) * cf].copy_from_slice(&customer_features(&u, &s, ev));
+                        old[i] = s.s();
+                        us[i] = u.tokens as f32;
+                        s.update(&u, beta);
+                        sc[i * scd] = s.tokens;
+                        sc[i * scd + 1] = s.requests;
+                    }
+                });
+        }
+
+        // 3. the predictor step
+        let fd = dims.forecast_dim as usize;
+        let sd = dims.scenario_dim as usize;
+        match &mut pr.runner {
+            Runner::Lstm { model, cpu } => {
+                let o = model.spec.head_dim();
+                let msd = model.spec.state_dim();
+                pr.heads.clear();
+                pr.heads.resize(n * o, 0.0);
+                let state = &mut c.model_state[..n * msd];
+                let mut done = false;
+                if let (Some(b), None) = (&pr.backend, &pr.backend_failed) {
+                    let mut b = b
+                        .lock()
+                        .map_err(|_| Error::invalid("step backend lock poisoned"))?;
+                    if pr.state_stale {
+                        b.invalidate();
+                    }
+                    match b.step(&pr.x, &glob, state, &mut pr.heads) {
+                        Ok(()) => {
+                            done = true;
+                            pr.ticks_since_sync += 1;
+                            if pr.ticks_since_sync >= b.sync_every() {
+                                b.sync_state(state)?;
+                                pr.ticks_since_sync = 0;
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "shadowbucket: device step failed ({e}); running the CPU step from now on"
+                            );
+                            // The device may have advanced nothing; the durable copy is the truth.
+                            pr.backend_failed = Some(e.to_string());
+                        }
+                    }
+                }
+                if !done {
+                    cpu.step(&pr.x, &glob, state, &mut pr.heads)?;
+                }
+                pr.state_stale = false;
+                let mfd = model.spec.forecast_dim();
+                let heads = &pr.heads;
+                let old = &pr.old_scale;
+                let buckets = &*c.buckets;
+                c.forecast[..n * fd]
+                    .par_chunks_mut(fd)
+                    .zip(c.scenario[..n * sd].par_chunks_mut(sd))
+                    .enumerate()
+                    .for_each(|(slot, (f, s))| {
+                        if buckets[slot].active() {
+                            decode(
+                                &heads[slot * o..(slot + 1) * o],
+                                old[slot],
+                                &mut f[..mfd],
+                                &mut s[..4],
+                            );
+                        }
+                    });
+            }
+            Runner::Baseline { f, seen } => {
+                seen.resize(n.max(seen.len()), u64::MAX);
+                for slot in 0..n {
+                    if !c.buckets[slot].active() {
+                        continue;
+                    }
+                    let id = c.ids[slot];
+                    if seen[slot] != id {
+                        f.forget(slot);
+                        seen[slot] = id;
+                    }
+                    f.observe(slot, pr.usage[slot] as f64);
+                    let out = &mut c.forecast[slot * fd..(slot + 1) * fd];
+                    for (j, &h) in horizons.iter().enumerate() {
+                        let q = f.forecast(slot, h as usize);
+                        out[j * 4..(j + 1) * 4].copy_from_slice(&[
+                            q.mean as f32,
+                            q.p50 as f32,
+                            q.p90 as f32,
+                            q.p99 as f32,
+                        ]);
+                    }
+                    let sc = &mut c.scenario[slot * sd..slot * sd + 4];
+                    sc.fill(0.0);
+                    sc[scenario_of(out[1], pr.old_scale[slot])] = 1.0;
+                }
+            }
+        }
+
+        // 4. reservations
+        let pol = pr.policy;
+        let interval_s = cfg.interval_ns as f64 / 1e9;
+        let j = pol.horizon.min(horizons.len() - 1);
+        let buckets = &*c.buckets;
+        let forecast = &*c.forecast;
+        let scenario = &*c.scenario;
+        let scale = &*c.scale;
+        let res: Vec<Reservation> = (0..n)
+            .into_par_iter()
+            .with_min_len(CHUNK)
+            .filter_map(|slot| {
+                let b = &buckets[slot];
+                if !b.active() {
+                    return None;
+                }
+                let f = &forecast[slot * fd + j * 4..slot * fd + (j + 1) * 4];
+                let q = match pol.target {
+                    Target::Mean => f[0] as f64,
+                    Target::Quantile(l) => f[1 + l as usize] as f64,
+                    Target::Scenario { probability } => {
+                        let p = &scenario[slot * sd..slot * sd + 4];
+                        let s = (scale[slot * scd] as f64).max(1.0);
+                        let mut acc = 0.0;
+                        let mut q = f[3] as f64;
+                        for (k, &pk) in p.iter().enumerate().take(3) {
+                            acc += pk as f64;
+                            if acc >= probability {
+                                q = SCENARIO_EDGES[k] as f64 * s;
+                                break;
+                            }
+                        }
+                        q
+                    }
+                };
+                let q = if q.is_finite() { q.max(0.0) } else { 0.0 };
+                let rate_tok = q * pol.headroom / interval_s;
+                let rate = ((rate_tok * 1e6).min(MAX_RATE_MICROS as f64) as u64).min(b.rate);
+                if rate == 0 {
+                    return None;
+                }
+                let cap = (rate as f64 / 1e6 * interval_s * pol.capacity_intervals).ceil();
+                let cap = (cap.min(MAX_BURST_TOKENS as f64) as u64).min(b.burst);
+                Some(Reservation {
+                    slot: slot as u32,
+                    rate: Rate::from_micros_per_sec(rate),
+                    capacity: cap,
+                })
+            })
+            .collect();
+
+        // 5. close the intervals and set the reservations
+        let report = self.tick_with(now, &res)?;
+        if expired {
+            self.save_sidecar()?;
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,114 @@
+//! Times the batched LSTM step against the plain GEMM of the same shapes, alternating, on one
+//! run's inputs (a profiling aid; criterion's `tick` bench is the measurement of record).
+//! Usage: `step_profile [customers]` (default 1,000,000).
+use std::time::Instant;
+
+use rayon::prelude::*;
+use shadowbucket::model::{CUSTOMER_FEATURES, LstmModel, ModelSpec, StepScratch, step_batch};
+
+fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    // SAFETY: the assertion bounds every access; all three are row-major and contiguous, and `c`
+    // is exclusively borrowed.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            n as isize,
+            1,
+            1.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+/// Best of five `Engine::tick(now)` on a store of `n` customers that all used tokens, in ms.
+fn time_tick(n: usize, model: &LstmModel) -> f64 {
+    use shadowbucket::{Contract, CreateOptions, Engine, EngineConfig, Keys, Predictor, Rate};
+    let dir = std::env::temp_dir().join(format!("sb-step-profile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = EngineConfig::new(1 << 40, Rate::tokens_per_sec(1 << 30));
+    let opts = CreateOptions::new(n as u64, cfg).for_model(&model.spec);
+    let mut e = Engine::create(dir.join("t.sb"), opts).expect("create");
+    let c = Contract::new(1 << 20, Rate::tokens_per_sec(1 << 16));
+    let all: Vec<(u64, Contract)> = (0..n as u64).map(|id| (id, c)).collect();
+    e.add_customers(&all, 0).expect("add");
+    e.set_predictor(Predictor::Lstm(Box::new(model.clone())))
+        .expect("model");
+    let slots: Vec<u32> = (0..n as u32).collect();
+    let tokens: Vec<u64> = (0..n as u64).map(|i| 1 + i % 5000).collect();
+    let iv = e.config().interval_ns;
+    let mut best = f64::MAX;
+    for k in 1..=5u64 {
+        e.allocate_batch(Keys::Slots(&slots), &tokens, k * iv - iv / 2)
+            .expect("batch");
+        let t = Instant::now();
+        e.tick(k * iv).expect("tick");
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    drop(e);
+    let _ = std::fs::remove_dir_all(&dir);
+    best * 1e3
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let spec = ModelSpec::default();
+    let (hd, o, cf) = (spec.hidden, spec.head_dim(), CUSTOMER_FEATURES);
+    let g4 = 4 * hd;
+    let model = LstmModel::random(spec.clone(), 1).expect("model");
+    let prep = StepScratch::new(&model);
+    let x = vec![0.5f32; n * cf];
+    let glob = vec![0.1f32; spec.global_dim()];
+    let mut st = vec![0.1f32; n * spec.state_dim()];
+    let h = vec![0.1f32; n * hd];
+    let mut out = vec![0f32; n * o];
+    let (w_x, w_h, w_o) = (
+        vec![0.1f32; cf * g4],
+        vec![0.1f32; hd * g4],
+        vec![0.1f32; hd * o],
+    );
+    let ch = StepScratch::DEFAULT_CHUNK;
+    let (mut best_g, mut best_s) = (f64::MAX, f64::MAX);
+    for _ in 0..5 {
+        let t = Instant::now();
+        x.par_chunks(ch * cf)
+            .zip(h.par_chunks(ch * hd))
+            .zip(out.par_chunks_mut(ch * o))
+            .for_each_init(
+                || vec![0f32; ch * g4],
+                |gates, ((x, h), out)| {
+                    let rows = x.len() / cf;
+                    let gates = &mut gates[..rows * g4];
+                    sgemm(rows, cf, g4, x, &w_x, gates);
+                    sgemm(rows, hd, g4, h, &w_h, gates);
+                    sgemm(rows, hd, o, h, &w_o, out);
+                },
+            );
+        best_g = best_g.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        step_batch(&prep, &x, &glob, &mut st, &mut out);
+        best_s = best_s.min(t.elapsed().as_secs_f64());
+    }
+    drop((st, out, h, x));
+    let tick_ms = time_tick(n, &model);
+    println!(
+        "{n} customers, {} threads: engine tick (LSTM) {tick_ms:.1} ms; gemm only {:.1} ms, step {:.1} ms, step at {:.0}% of the GEMM limit",
+        rayon::current_num_threads(),
+        best_g * 1e3,
+        best_s * 1e3,
+        100.0 * best_g / best_s
+    );
+}
