@@ -93,7 +93,7 @@ pub struct SimulateArgs {
     /// The shadow engine's forecaster: lstm (the model shipped with the command), lstm:FILE
     /// (a model saved by `shadowbucket train`), last, ewma[:ALPHA], seasonal[:PERIOD_INTERVALS],
     /// autopilot[:HALF_LIFE_INTERVALS].
-    #[arg(long, default_value = "lstm", value_name = "PREDICTOR")]
+    #[arg(long, default_value = "ewma", value_name = "PREDICTOR")]
     pub predictor: String,
     /// Customers to spread a per-request trace over when it has no customer column (Zipf 1.1).
     #[arg(long, default_value_t = 50, value_name = "N")]

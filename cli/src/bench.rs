@@ -82,7 +82,7 @@ pub fn run(a: BenchArgs) -> CmdResult {
             capacity: 2_000,
         })
         .collect();
-    e.tick(SEC, &res).map_err(|e| e.to_string())?;
+    e.tick_with(SEC, &res).map_err(|e| e.to_string())?;
 
     // The request stream: slots and tokens, seeded.
     let cdf: Option<Vec<f64>> = (!a.uniform).then(|| {
@@ -129,7 +129,7 @@ pub fn run(a: BenchArgs) -> CmdResult {
     let mut tick_ms = Vec::new();
     for k in 0..3u64 {
         let t = Instant::now();
-        e.tick((10 + a.iterations as u64 + k) * 60 * SEC, &res)
+        e.tick_with((10 + a.iterations as u64 + k) * 60 * SEC, &res)
             .map_err(|e| e.to_string())?;
         tick_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }

@@ -13,6 +13,7 @@ mod args;
 mod bench;
 mod inspect;
 mod learn;
+mod model;
 mod predictor;
 mod report;
 mod sim;

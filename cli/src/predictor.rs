@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use shadowbucket::forecast::{
-    Autopilot, Ewma, Forecaster, LastValue, QuantileLevel, Quantiles, SeasonalNaive,
-};
-use shadowbucket::{Engine, Rate, Reservation, TickReport};
+use shadowbucket::forecast::Quantiles;
+use shadowbucket::model::LstmModel;
+use shadowbucket::predict::{Event, Predictor, ReservationPolicy, Target};
+use shadowbucket::{Engine, TickReport};
 
 use crate::workload::{Announced, SEC};
 
@@ -68,32 +68,39 @@ impl Choice {
     }
 }
 
-/// What of the forecast becomes the reservation.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Target {
-    /// The expected use.
-    Mean,
-    /// A quantile of the use.
-    Quantile(QuantileLevel),
+/// Event kind given to announced campaigns.
+pub const CAMPAIGN: u32 = 1;
+
+/// Reads a model saved by `shadowbucket train`.
+///
+/// # Errors
+/// A message naming the file.
+pub fn load_model(path: &std::path::Path) -> Result<LstmModel, String> {
+    Err(format!(
+        "cannot load {}: the model reader (LstmModel::load) is not in this build yet",
+        path.display()
+    ))
 }
 
-/// Drives the shadow engine's reservations at every tick and answers for its forecasts.
+/// Drives the shadow engine's predictive tick and answers for its forecasts.
 pub struct Shadow {
-    forecaster: Box<dyn Forecaster + Send>,
     ids: Vec<u64>,
-    slots: Vec<u32>,
-    announced: Vec<Announced>,
-    interval_s: u64,
-    headroom: f64,
-    target: Target,
+    /// Events not yet announced, latest first.
+    pending: Vec<Announced>,
 }
+
+/// How long before its start a campaign is announced to the engine, seconds.
+pub const ANNOUNCE_AHEAD_S: u64 = 3600;
 
 impl Shadow {
-    /// Sets the predictor up for `engine`, whose customers are `ids` (in workload order), and
-    /// tells it about `announced` events (workload seconds).
+    /// Sets the predictor and the reservation policy on `engine`, whose customers are `ids`
+    /// (in workload order). The `announced` events (workload seconds) are told to the engine
+    /// [`ANNOUNCE_AHEAD_S`] before they start, at the tick before (an event's intensity is its
+    /// multiple of the customer's usual use over 4.5, the middle of the synthetic campaigns'
+    /// range, so a typical campaign is 1.0).
     ///
     /// # Errors
-    /// A message when the predictor cannot be set (a model that cannot be read).
+    /// A message when the predictor or policy is refused, or a model cannot be read.
     pub fn install(
         engine: &mut Engine,
         choice: &Choice,
@@ -102,74 +109,71 @@ impl Shadow {
         ids: &[u64],
         announced: &[Announced],
     ) -> Result<Shadow, String> {
-        let forecaster: Box<dyn Forecaster + Send> = match choice {
-            Choice::Lstm(_) => {
-                return Err("the LSTM predictor needs the predictive engine (not merged yet)".into());
-            }
-            Choice::LastValue => Box::new(LastValue::new()),
-            Choice::Ewma(a) => Box::new(Ewma::new(*a).map_err(|e| e.to_string())?),
-            Choice::SeasonalNaive(p) => Box::new(SeasonalNaive::new(*p).map_err(|e| e.to_string())?),
-            Choice::Autopilot(h) => Box::new(Autopilot::new(*h).map_err(|e| e.to_string())?),
+        let p = match choice {
+            Choice::Lstm(Some(path)) => Predictor::Lstm(Box::new(load_model(path)?)),
+            Choice::Lstm(None) => Predictor::Lstm(Box::new(crate::model::shipped()?)),
+            Choice::LastValue => Predictor::LastValue,
+            Choice::Ewma(a) => Predictor::Ewma { alpha: *a },
+            Choice::SeasonalNaive(p) => Predictor::SeasonalNaive { period: *p },
+            Choice::Autopilot(h) => Predictor::Autopilot { half_life: *h },
         };
-        let mut slots = vec![0u32; ids.len()];
-        engine.resolve(ids, &mut slots).map_err(|e| e.to_string())?;
+        engine.set_predictor(p).map_err(|e| e.to_string())?;
+        engine
+            .set_policy(ReservationPolicy {
+                target,
+                headroom,
+                ..ReservationPolicy::default()
+            })
+            .map_err(|e| e.to_string())?;
+        let mut pending = announced.to_vec();
+        pending.sort_by(|a, b| b.start_s.cmp(&a.start_s));
         Ok(Shadow {
-            forecaster,
             ids: ids.to_vec(),
-            slots,
-            announced: announced.to_vec(),
-            interval_s: engine.config().interval_ns / SEC,
-            headroom,
-            target,
+            pending,
         })
     }
 
-    /// The predictor's name, for reports.
-    pub fn name(&self) -> String {
-        self.forecaster.name()
+    /// Tells the engine about the events that start within [`ANNOUNCE_AHEAD_S`] of `now` (ns).
+    ///
+    /// # Errors
+    /// The engine's.
+    pub fn announce(&mut self, engine: &mut Engine, now: u64) -> Result<(), String> {
+        while let Some(a) = self.pending.last()
+            && a.start_s * SEC <= now + ANNOUNCE_AHEAD_S * SEC
+        {
+            if a.end_s * SEC > now {
+                engine
+                    .add_event(Event {
+                        customer: Some(self.ids[a.customer]),
+                        kind: CAMPAIGN,
+                        intensity: a.intensity / 4.5,
+                        start_ns: a.start_s * SEC,
+                        end_ns: a.end_s * SEC,
+                    })
+                    .map_err(|e| e.to_string())?;
+            }
+            self.pending.pop();
+        }
+        Ok(())
+
     }
 
-    /// The tick at `now` (ns): closes the intervals and sets the next reservations.
+    /// The predictive tick at `now` (ns): closes the intervals, forecasts, sets the next
+    /// reservations.
     ///
     /// # Errors
     /// The engine's.
     pub fn tick(&mut self, engine: &mut Engine, now: u64) -> Result<TickReport, String> {
-        let mut res = Vec::with_capacity(self.ids.len());
-        for (i, &id) in self.ids.iter().enumerate() {
-            let u = engine
-                .customer(id)
-                .map_err(|e| e.to_string())?
-                .this_interval;
-            self.forecaster
-                .observe(i, (u.granted_shadow + u.granted_pool) as f64);
-            let f = self.forecaster.forecast(i, 1);
-            let mut q = match self.target {
-                Target::Mean => f.mean,
-                Target::Quantile(l) => f.get(l),
-            } * self.headroom;
-            let t = now / SEC;
-            for a in self.announced.iter().filter(|a| a.customer == i) {
-                if a.start_s <= t + self.interval_s && t < a.end_s {
-                    q *= a.intensity as f64;
-                }
-            }
-            let rate = q / self.interval_s as f64;
-            res.push(Reservation {
-                slot: self.slots[i],
-                rate: Rate::from_micros_per_sec((rate * 1e6) as u64),
-                capacity: q.ceil() as u64,
-            });
-        }
-        let r = engine.tick(now, &res).map_err(|e| e.to_string())?;
-        if std::env::var("SB_DEBUG").is_ok() && (now / SEC) % 3600 == 0 {
-            let v = engine.customer(self.ids[0]).unwrap();
-            eprintln!("t={}h asked={} set={} budget={} cut={} c0 f={:?} rho={} sigma={} last={:?}", now/SEC/3600, r.asked_rate_micros/1_000_000, r.reserved_rate_micros/1_000_000, engine.config().rate_budget()/1_000_000, r.cut_back, self.forecaster.forecast(0,1), v.reserved_rate.as_tokens_per_sec_f64()*60.0, v.shadow_capacity, v.last_interval);
-        }
+        let r = engine.tick(now).map_err(|e| e.to_string())?;
+        self.announce(engine, now)?;
         Ok(r)
     }
 
     /// Customer `i`'s forecast of its use in the next interval, tokens.
-    pub fn forecast(&self, _engine: &Engine, i: usize) -> Option<Quantiles> {
-        Some(self.forecaster.forecast(i, 1))
+    pub fn forecast(&self, engine: &Engine, i: usize) -> Option<Quantiles> {
+        engine
+            .forecast(self.ids[i])
+            .ok()
+            .and_then(|f| f.values.first().copied())
     }
 }

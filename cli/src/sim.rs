@@ -21,7 +21,9 @@ use shadowbucket::{
     Contract, CreateOptions, Engine, EngineConfig, Keys, NO_SLOT, Outcome, Rate,
 };
 
-use crate::predictor::{Choice, Shadow, Target};
+use shadowbucket::predict::Target;
+
+use crate::predictor::{Choice, Shadow};
 use crate::workload::{Batch, Class, SEC, Workload};
 
 /// How to run a simulation.
@@ -62,6 +64,8 @@ pub struct Tally {
     pub tick_ns: u128,
     /// Ticks run.
     pub ticks: u64,
+    /// Ticks whose reservation asks were cut back to the reservable budget.
+    pub cut_back: u64,
     /// Contention flags up at the end, and at most at any tick.
     pub flagged_now: u64,
     /// Most customers flagged at once.
@@ -270,6 +274,7 @@ pub fn run(
         &ids,
         workload.announced(),
     )?;
+    shadow.announce(&mut engines[1], start_ns)?;
     let steady: Vec<bool> = customers.iter().map(|c| c.class == Class::Steady).collect();
 
     let mut res = SimResult {
@@ -277,7 +282,7 @@ pub fn run(
         customers: n,
         steady_customers: steady.iter().filter(|&&s| s).count(),
         pool_rate: pool.rate,
-        predictor: shadow.name(),
+        predictor: engines[1].predictor_name(),
         steps_total: workload.steps(),
         ..SimResult::default()
     };
@@ -393,12 +398,13 @@ pub fn run(
             }
             for (k, e) in engines.iter_mut().enumerate() {
                 let t = Instant::now();
-                if k == 0 {
-                    e.tick(now, &[]).map_err(|e| e.to_string())?;
+                let report = if k == 0 {
+                    e.tick_with(now, &[]).map_err(|e| e.to_string())?
                 } else {
-                    shadow.tick(e, now)?;
-                }
+                    shadow.tick(e, now)?
+                };
                 let tl = &mut res.tally[k];
+                tl.cut_back += report.cut_back as u64;
                 tl.tick_ns += t.elapsed().as_nanos();
                 tl.ticks += 1;
                 let f = e.stats().counters.flagged;
@@ -488,6 +494,12 @@ pub fn table(r: &SimResult) -> String {
     row(&mut s, "pool utilization", pct(r.utilization(0)), pct(r.utilization(1)));
     row(&mut s, "reservation slack", "-".into(), pct(r.slack));
     row(&mut s, "reservation exceed-rate", "-".into(), pct(r.exceed_rate));
+    row(
+        &mut s,
+        "ticks that cut reservations back",
+        "-".into(),
+        pct(h.cut_back as f64 / h.ticks.max(1) as f64),
+    );
     row(
         &mut s,
         "contention flags (end / peak)",

@@ -9,7 +9,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shadowbucket::forecast::QuantileLevel;
 
 use crate::args::{ReserveTarget, SimulateArgs};
-use crate::predictor::{Choice, Target};
+use shadowbucket::predict::Target;
+
+use crate::predictor::Choice;
 use crate::sim::{self, SimOptions, SimResult};
 use crate::trace::{Trace, TraceOptions};
 use crate::workload::Workload;
@@ -198,6 +200,7 @@ pub fn json(r: &SimResult) -> serde_json::Value {
             "steady_denied_pool": t.steady[1],
             "steady_denied": t.steady[2],
             "pool_utilization": r.utilization(k),
+            "ticks_cut_back": t.cut_back,
             "flagged_end": t.flagged_now,
             "flagged_peak": t.flagged_peak,
             "decisions_per_s": t.decisions_per_s(),

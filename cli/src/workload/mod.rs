@@ -105,13 +105,9 @@ impl Batch {
     }
 
     /// Requests in the batch.
+    #[expect(clippy::len_without_is_empty, reason = "a batch is only ever asked its length")]
     pub fn len(&self) -> usize {
         self.tokens.len()
-    }
-
-    /// Whether the batch is empty.
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
     }
 }
 
