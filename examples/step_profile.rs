@@ -1,6 +1,6 @@
 //! Times the batched LSTM step against the plain GEMM of the same shapes, alternating, on one
 //! run's inputs (a profiling aid; criterion's `tick` bench is the measurement of record).
-//! Usage: `step_profile [customers]` (default 1,000,000).
+//! Usage: `step_profile [customers] [tick]` (default 1,000,000; `tick`: time only the tick).
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -54,6 +54,14 @@ fn time_tick(n: usize, model: &LstmModel) -> f64 {
         let t = Instant::now();
         e.tick(k * iv).expect("tick");
         best = best.min(t.elapsed().as_secs_f64());
+        let tt = e.last_tick_timings();
+        eprintln!(
+            "tick {k}: features {:.1} ms, step {:.1} ms, policy {:.1} ms, commit {:.1} ms",
+            tt.features_ns as f64 / 1e6,
+            tt.step_ns as f64 / 1e6,
+            tt.policy_ns as f64 / 1e6,
+            tt.commit_ns as f64 / 1e6
+        );
     }
     drop(e);
     let _ = std::fs::remove_dir_all(&dir);
@@ -66,6 +74,14 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let spec = ModelSpec::default();
+    if std::env::args().nth(2).as_deref() == Some("tick") {
+        let model = LstmModel::random(spec, 1).expect("model");
+        println!(
+            "{n} customers: engine tick (LSTM) {:.1} ms",
+            time_tick(n, &model)
+        );
+        return;
+    }
     let (hd, o, cf) = (spec.hidden, spec.head_dim(), CUSTOMER_FEATURES);
     let g4 = 4 * hd;
     let model = LstmModel::random(spec.clone(), 1).expect("model");

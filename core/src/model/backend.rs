@@ -1,8 +1,72 @@
 //! Where the batched step runs: the CPU here, a GPU in the `shadowbucket-gpu` crate.
 
-use super::step::{StepScratch, step_batch};
+use rayon::prelude::*;
+
+use super::spec::{FORECAST_PER_HORIZON, HEAD_PER_HORIZON, ModelSpec, SCENARIOS};
+use super::step::{StepScratch, decode, step_batch};
 use super::weights::LstmModel;
 use crate::error::{Error, Result};
+
+/// The one decoded forecast value per customer that a reservation reads: one horizon's mean or
+/// quantile, decoded exactly as [`decode`] does (so in tokens, with the customer's scale).
+///
+/// Built for a model's spec with [`Pick::new`], which checks the indices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pick {
+    horizon: usize,
+    quantile: usize,
+    horizons: usize,
+}
+
+impl Pick {
+    /// Horizon number `horizon` (an index into `spec.horizons`; 0 is the one the reservation
+    /// policy reads) and `quantile`, an index into `[mean, p50, p90, p99]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when either index is out of range for `spec`.
+    pub fn new(spec: &ModelSpec, horizon: usize, quantile: usize) -> Result<Self> {
+        if horizon >= spec.horizons.len() || quantile >= FORECAST_PER_HORIZON {
+            return Err(Error::invalid(format!(
+                "pick (horizon {horizon}, quantile {quantile}) is out of range for a model with \
+                 {} horizons and {FORECAST_PER_HORIZON} values per horizon",
+                spec.horizons.len()
+            )));
+        }
+        Ok(Pick {
+            horizon,
+            quantile,
+            horizons: spec.horizons.len(),
+        })
+    }
+
+    /// The horizon's index.
+    pub fn horizon(&self) -> usize {
+        self.horizon
+    }
+
+    /// The value's index in `[mean, p50, p90, p99]`.
+    pub fn quantile(&self) -> usize {
+        self.quantile
+    }
+
+    /// Head outputs per customer of the model this pick was built for.
+    pub fn head_dim(&self) -> usize {
+        HEAD_PER_HORIZON * self.horizons + SCENARIOS.len()
+    }
+
+    /// Decodes one customer's head outputs `y` with scale `s`, as [`decode`] does, and returns
+    /// the picked value.
+    ///
+    /// # Panics
+    /// If `y` does not have [`Pick::head_dim`] values (a bug in the caller).
+    pub fn decode_one(&self, y: &[f32], s: f32) -> f32 {
+        let mut f = [0f32; FORECAST_PER_HORIZON * ModelSpec::MAX_HORIZONS];
+        let f = &mut f[..FORECAST_PER_HORIZON * self.horizons];
+        let mut sc = [0f32; SCENARIOS.len()];
+        decode(y, s, f, &mut sc);
+        f[self.horizon * FORECAST_PER_HORIZON + self.quantile]
+    }
+}
 
 /// Something that runs [`step_batch`]'s math for every customer of a store at each tick.
 ///
@@ -30,6 +94,43 @@ pub trait StepBackend: Send {
     /// # Errors
     /// No model set, or a device failure (the engine then falls back to the CPU).
     fn step(&mut self, x: &[f32], glob: &[f32], state: &mut [f32], out: &mut [f32]) -> Result<()>;
+
+    /// One step that returns only what the reservation reads: `out[r]` is customer `r`'s
+    /// `pick` value decoded with its scale `scale[r]` (tokens), `n` values instead of
+    /// `n x head_dim` head outputs. Same inputs and state handling as [`StepBackend::step`].
+    ///
+    /// The default runs [`StepBackend::step`] and [`Pick::decode_one`] on every row; a GPU
+    /// backend decodes on the device and downloads `n` floats.
+    ///
+    /// # Errors
+    /// As [`StepBackend::step`]; [`Error::LengthMismatch`] when `scale` or `out` does not have
+    /// one value per customer.
+    fn step_pick(
+        &mut self,
+        x: &[f32],
+        glob: &[f32],
+        scale: &[f32],
+        state: &mut [f32],
+        pick: Pick,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let n = scale.len();
+        if out.len() != n {
+            return Err(Error::LengthMismatch {
+                what: "pick output",
+                got: out.len(),
+                expected: n,
+            });
+        }
+        let hd = pick.head_dim();
+        let mut y = vec![0f32; n * hd];
+        self.step(x, glob, state, &mut y)?;
+        out.par_iter_mut()
+            .zip(y.par_chunks_exact(hd.max(1)))
+            .zip(scale.par_iter())
+            .for_each(|((o, y), &s)| *o = pick.decode_one(y, s));
+        Ok(())
+    }
 
     /// The durable copy no longer matches the backend's own (see the trait's docs).
     fn invalidate(&mut self) {}

@@ -26,6 +26,7 @@ pub(crate) mod sidecar;
 pub(crate) mod tick;
 
 pub use events::{Event, EventBook};
+pub use tick::TickTimings;
 
 use crate::forecast::{QuantileLevel, Quantiles};
 use crate::model::LstmModel;

@@ -48,6 +48,7 @@ pub(crate) struct Predictive {
     backend_failed: Option<String>,
     state_stale: bool,
     ticks_since_sync: u32,
+    timings: TickTimings,
     x: Vec<f32>,
     heads: Vec<f32>,
     old_scale: Vec<f32>,
@@ -92,6 +93,7 @@ impl Default for Predictive {
             backend_failed: None,
             state_stale: true,
             ticks_since_sync: 0,
+            timings: TickTimings::default(),
             x: Vec::new(),
             heads: Vec::new(),
             old_scale: Vec::new(),
@@ -106,6 +108,21 @@ impl Predictive {
     pub(crate) fn customers_changed(&mut self) {
         self.state_stale = true;
     }
+}
+
+/// Where the last predictive tick spent its time, in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickTimings {
+    /// Customers stepped (the slots up to the highest in use).
+    pub customers: u64,
+    /// Reading usage, building features, updating scales.
+    pub features_ns: u64,
+    /// The predictor step (LSTM or baseline), with decoding into the forecast columns.
+    pub step_ns: u64,
+    /// The reservation policy.
+    pub policy_ns: u64,
+    /// The tick's transaction (closing intervals, setting reservations).
+    pub commit_ns: u64,
 }
 
 /// What a customer used in the interval now closing, from its live counters.
@@ -420,6 +437,11 @@ impl Engine {
             .collect()
     }
 
+    /// Where the last predictive tick spent its time (zeros before the first).
+    pub fn last_tick_timings(&self) -> TickTimings {
+        self.predictive.timings
+    }
+
     /// A customer's forecast, as the last tick left it (zeros before the first).
     ///
     /// # Errors
@@ -498,6 +520,7 @@ impl Engine {
             Runner::Baseline { .. } => 1.0 - 0.5f32.powf(1.0 / BASELINE_SCALE_HALF_LIFE),
         };
 
+        let t0 = std::time::Instant::now();
         let c = self.store.cols_mut()?;
         let n = c
             .buckets
@@ -552,6 +575,7 @@ impl Engine {
                 });
         }
 
+        let t1 = std::time::Instant::now();
         // 3. the predictor step
         let fd = dims.forecast_dim as usize;
         let sd = dims.scenario_dim as usize;
@@ -640,6 +664,7 @@ impl Engine {
             }
         }
 
+        let t2 = std::time::Instant::now();
         // 4. reservations
         let pol = pr.policy;
         let interval_s = cfg.interval_ns as f64 / 1e9;
@@ -691,8 +716,17 @@ impl Engine {
             })
             .collect();
 
+        let t3 = std::time::Instant::now();
         // 5. close the intervals and set the reservations
         let report = self.tick_with(now, &res)?;
+        let ns = |a: std::time::Instant, b: std::time::Instant| (b - a).as_nanos() as u64;
+        self.predictive.timings = TickTimings {
+            customers: n as u64,
+            features_ns: ns(t0, t1),
+            step_ns: ns(t1, t2),
+            policy_ns: ns(t2, t3),
+            commit_ns: ns(t3, std::time::Instant::now()),
+        };
         if expired {
             self.save_sidecar()?;
         }

@@ -1,0 +1,202 @@
+//! The WGSL kernels, their parameter structs, and their specialization per model.
+//!
+//! Each kernel is one file under the repository's `shaders/`, its bindings listed in its header comment. Sizes
+//! that WGSL needs at compile time (the hidden size, for private arrays and workgroup memory) are
+//! `const` lines with defaults; [`specialize`] rewrites them for a model and adapter, so every
+//! pipeline is compiled for its exact shape (loops with constant trip counts, state in
+//! registers) and the files themselves stay valid WGSL that the naga test checks.
+
+use bytemuck::{Pod, Zeroable};
+
+/// `lstm_step.wgsl`: one LSTM layer for one chunk of customers.
+pub const LSTM_STEP: &str = include_str!("../../shaders/lstm_step.wgsl");
+/// `heads.wgsl`: the output heads, full or decoded for one pick.
+pub const HEADS: &str = include_str!("../../shaders/heads.wgsl");
+/// `relayout.wgsl`: state between the store's customer-major and the device's feature-major
+/// layout.
+pub const RELAYOUT: &str = include_str!("../../shaders/relayout.wgsl");
+
+/// Every kernel: `(file name, source)`.
+pub const ALL: [(&str, &str); 3] = [
+    ("lstm_step.wgsl", LSTM_STEP),
+    ("heads.wgsl", HEADS),
+    ("relayout.wgsl", RELAYOUT),
+];
+
+/// Rewrites the value of each `const NAME: TYPE = VALUE;` line named in `values`.
+///
+/// # Errors
+/// A name with no such line in `src` (the shader and the runtime disagree).
+pub fn specialize(src: &str, values: &[(&str, String)]) -> Result<String, String> {
+    let mut out = String::with_capacity(src.len());
+    let mut seen = vec![false; values.len()];
+    for line in src.lines() {
+        let mut replaced = false;
+        for (i, (name, value)) in values.iter().enumerate() {
+            let prefix = format!("const {name}:");
+            if let Some(rest) = line.strip_prefix(&prefix)
+                && let (Some(eq), Some(semi)) = (rest.find('='), rest.find(';'))
+            {
+                out.push_str(&prefix);
+                out.push_str(&rest[..=eq]);
+                out.push(' ');
+                out.push_str(value);
+                out.push_str(&rest[semi..]);
+                out.push('\n');
+                seen[i] = true;
+                replaced = true;
+                break;
+            }
+        }
+        if !replaced {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    match seen.iter().position(|s| !s) {
+        Some(i) => Err(format!("shader has no `const {}` line", values[i].0)),
+        None => Ok(out),
+    }
+}
+
+/// The compile-time shape of the step and heads kernels for one model and adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Hidden size `H`.
+    pub hidden: u32,
+    /// Per-customer features.
+    pub customer_features: u32,
+    /// Invocations per workgroup.
+    pub workgroup: u32,
+    /// Whether each layer's weights are copied into workgroup memory.
+    pub use_shared: bool,
+    /// Vec4 slots of workgroup memory the step kernel declares (the largest layer's weights).
+    pub shared_v4: u32,
+}
+
+impl Shape {
+    /// `ceil(H / 4)`: vec4s per hidden vector.
+    pub fn hv(&self) -> u32 {
+        self.hidden.div_ceil(4)
+    }
+
+    /// `ceil(CF / 4)`: vec4s per layer-0 input.
+    pub fn kv0(&self) -> u32 {
+        self.customer_features.div_ceil(4)
+    }
+
+    /// `lstm_step.wgsl` for this shape.
+    ///
+    /// # Errors
+    /// The shader lacks one of the constants (a bug).
+    pub fn lstm_step(&self) -> Result<String, String> {
+        specialize(
+            LSTM_STEP,
+            &[
+                ("HIDDEN", format!("{}u", self.hidden)),
+                ("HV", format!("{}u", self.hv())),
+                ("CF", format!("{}u", self.customer_features)),
+                ("KV0", format!("{}u", self.kv0())),
+                ("WG", format!("{}u", self.workgroup)),
+                ("USE_SHARED", self.use_shared.to_string()),
+                ("SHARED_V4", format!("{}u", self.shared_v4.max(1))),
+            ],
+        )
+    }
+
+    /// `heads.wgsl` for this shape.
+    ///
+    /// # Errors
+    /// The shader lacks one of the constants (a bug).
+    pub fn heads(&self) -> Result<String, String> {
+        specialize(
+            HEADS,
+            &[
+                ("HIDDEN", format!("{}u", self.hidden)),
+                ("HV", format!("{}u", self.hv())),
+                ("WG", format!("{}u", self.workgroup)),
+            ],
+        )
+    }
+
+    /// `relayout.wgsl` for this shape.
+    ///
+    /// # Errors
+    /// The shader lacks the constant (a bug).
+    pub fn relayout(&self) -> Result<String, String> {
+        specialize(RELAYOUT, &[("WG", format!("{}u", self.workgroup))])
+    }
+}
+
+/// `lstm_step.wgsl`'s `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct StepParams {
+    /// Customers in the chunk.
+    pub n: u32,
+    /// Stride between state rows.
+    pub ld: u32,
+    /// The layer.
+    pub layer: u32,
+    /// The layer's first vec4 in the weights buffer.
+    pub w_off: u32,
+    /// The layer's first float in the bias buffer.
+    pub b_off: u32,
+    /// Padding to 32 bytes (a multiple of 16, as uniforms want).
+    pub _pad: [u32; 3],
+}
+const _: () = assert!(std::mem::size_of::<StepParams>() == 32);
+
+/// `heads.wgsl`'s `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct HeadsParams {
+    /// Customers in the chunk.
+    pub n: u32,
+    /// Stride between state rows.
+    pub ld: u32,
+    /// First state row of the top layer's `h`.
+    pub top_row: u32,
+    /// Head outputs per customer.
+    pub head_dim: u32,
+    /// 0: every output; 1: the picked value, decoded.
+    pub mode: u32,
+    /// Pick mode: the horizon's first output.
+    pub first: u32,
+    /// Pick mode: 0 mean, 1 p50, 2 p90, 3 p99.
+    pub quantile: u32,
+    /// Padding to 32 bytes.
+    pub _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<HeadsParams>() == 32);
+
+/// `relayout.wgsl`'s `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RelayoutParams {
+    /// Customers in the chunk.
+    pub n: u32,
+    /// Stride between state rows.
+    pub ld: u32,
+    /// State values per customer.
+    pub rows: u32,
+    /// 0: customer-major to feature-major; 1: back.
+    pub dir: u32,
+}
+const _: () = assert!(std::mem::size_of::<RelayoutParams>() == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specialize_rewrites_and_complains() {
+        let s = specialize(
+            "const A: u32 = 1u;  // x\nfn f() {}\n",
+            &[("A", "7u".into())],
+        )
+        .unwrap();
+        assert_eq!(s, "const A: u32 = 7u;  // x\nfn f() {}\n");
+        assert!(specialize("fn f() {}", &[("A", "7u".into())]).is_err());
+    }
+}

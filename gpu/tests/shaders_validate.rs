@@ -1,0 +1,63 @@
+//! Every shader parses and validates with naga: as written (the defaults) and specialized for
+//! the shapes the runtime builds (hidden sizes not a multiple of 4, weights in workgroup memory
+//! or not, other workgroup sizes). Needs no GPU.
+
+use shadowbucket_gpu::shaders::{ALL, Shape};
+
+fn validate(name: &str, src: &str) {
+    let module = naga::front::wgsl::parse_str(src)
+        .unwrap_or_else(|e| panic!("{name} does not parse:\n{}", e.emit_to_string(src)));
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::default(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{name} does not validate:\n{}", e.emit_to_string(src)));
+}
+
+#[test]
+fn shaders_as_written_validate() {
+    for (name, src) in ALL {
+        validate(name, src);
+    }
+}
+
+#[test]
+fn specialized_shaders_validate() {
+    for hidden in [1u32, 5, 8, 32, 64, 1024] {
+        for (use_shared, workgroup) in [(true, 256u32), (false, 64), (true, 1)] {
+            let shape = Shape {
+                hidden,
+                customer_features: 7,
+                workgroup,
+                use_shared,
+                shared_v4: if use_shared {
+                    8 * hidden * hidden.div_ceil(4)
+                } else {
+                    1
+                },
+            };
+            let tag = format!("H={hidden} shared={use_shared} wg={workgroup}");
+            validate(&format!("lstm_step {tag}"), &shape.lstm_step().unwrap());
+            validate(&format!("heads {tag}"), &shape.heads().unwrap());
+            validate(&format!("relayout {tag}"), &shape.relayout().unwrap());
+        }
+    }
+}
+
+#[test]
+fn a_broken_shader_fails_validation() {
+    // The check above can fail: a type error is caught.
+    let bad = "@compute @workgroup_size(1) fn main() { let a: u32 = 1.5; }";
+    let parsed = naga::front::wgsl::parse_str(bad);
+    let failed = match parsed {
+        Err(_) => true,
+        Ok(m) => naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default(),
+        )
+        .validate(&m)
+        .is_err(),
+    };
+    assert!(failed);
+}

@@ -1,0 +1,104 @@
+// heads.wgsl: the output heads for one chunk of customers, one invocation per customer; either
+// every head output, or only the one decoded value the reservation reads.
+//
+// `y = W_head · h'_top + b_head` on the top layer's new `h` (core/src/model/mod.rs). In pick mode
+// the invocation computes only the picked horizon's four outputs and decodes them as
+// `shadowbucket::model::step::decode` does: mean = s·softplus(y0), z50 = y1,
+// z90 = z50 + softplus(y2), z99 = z90 + softplus(y3), each quantile s·expm1(max(z, 0)).
+//
+// Bindings (group 0):
+//   0  params   uniform              Params (below)
+//   1  head_w   storage, read        `head_dim` rows of HV vec4s (`head.weight`, rows zero padded)
+//   2  head_b   storage, read        `head_dim` floats
+//   3  state    storage, read        this chunk's state, feature-major (see lstm_step.wgsl)
+//   4  scale    storage, read        per customer: the scale `s` (pick mode only)
+//   5  out      storage, read_write  full mode: `n x head_dim`, customer-major (the layout of
+//                                    `StepBackend::step`'s `out`); pick mode: `n` values
+//
+// The `const` lines are defaults for the naga test; the runtime rewrites them per model.
+
+const HIDDEN: u32 = 32u;  // H
+const HV: u32 = 8u;       // ceil(H / 4)
+const WG: u32 = 256u;     // invocations per workgroup
+
+struct Params {
+    n: u32,         // customers in this chunk
+    ld: u32,        // stride between state rows
+    top_row: u32,   // first state row of the top layer's h
+    head_dim: u32,  // outputs per customer
+    mode: u32,      // 0: every output; 1: the picked value, decoded
+    first: u32,     // pick mode: the horizon's first output (4 * horizon)
+    quantile: u32,  // pick mode: 0 mean, 1 p50, 2 p90, 3 p99
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> head_w: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> head_b: array<f32>;
+@group(0) @binding(3) var<storage, read> state: array<f32>;
+@group(0) @binding(4) var<storage, read> scale: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+fn softplus(v: f32) -> f32 {
+    if v > 20.0 {
+        return v;
+    }
+    if v < -15.0 {
+        return exp(v); // log1p(e) = e to f32 precision
+    }
+    return log(1.0 + exp(v));
+}
+
+// expm1 for z >= 0, accurate near 0 where exp(z) - 1 cancels.
+fn expm1_pos(z: f32) -> f32 {
+    if z < 1e-3 {
+        return z * (1.0 + z * (0.5 + z * (1.0 / 6.0)));
+    }
+    return exp(z) - 1.0;
+}
+
+fn head(r: u32, h: ptr<function, array<vec4<f32>, HV>>) -> f32 {
+    var acc = vec4<f32>(0.0);
+    for (var v = 0u; v < HV; v++) {
+        acc = fma(head_w[r * HV + v], (*h)[v], acc);
+    }
+    return head_b[r] + ((acc.x + acc.y) + (acc.z + acc.w));
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c >= p.n {
+        return;
+    }
+    var h: array<vec4<f32>, HV>;
+    for (var v = 0u; v < HV; v++) {
+        var t = vec4<f32>(0.0);
+        for (var e = 0u; e < 4u; e++) {
+            let k = 4u * v + e;
+            if k < HIDDEN {
+                t[e] = state[(p.top_row + k) * p.ld + c];
+            }
+        }
+        h[v] = t;
+    }
+    if p.mode == 0u {
+        for (var r = 0u; r < p.head_dim; r++) {
+            out[c * p.head_dim + r] = head(r, &h);
+        }
+        return;
+    }
+    let s = scale[c];
+    if p.quantile == 0u {
+        out[c] = s * softplus(head(p.first, &h));
+        return;
+    }
+    var z = head(p.first + 1u, &h);
+    if p.quantile >= 2u {
+        z += softplus(head(p.first + 2u, &h));
+    }
+    if p.quantile >= 3u {
+        z += softplus(head(p.first + 3u, &h));
+    }
+    out[c] = s * expm1_pos(max(z, 0.0));
+}
