@@ -137,7 +137,12 @@ pub enum ReserveTarget {
 pub struct TrainArgs {
     /// Usage trace to train on (ServeGen's per-window CSV: customer,window_start_s,...,
     /// input_tokens,output_tokens). Mutually exclusive with --synthetic.
-    #[arg(long, value_name = "FILE", conflicts_with = "synthetic", required_unless_present = "synthetic")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "synthetic",
+        required_unless_present = "synthetic"
+    )]
     pub csv: Option<PathBuf>,
     /// Train on the built-in synthetic workload's demand (per-interval history generated with
     /// --customers, --days and --seed) instead of a CSV.
@@ -197,7 +202,12 @@ pub struct EvaluateArgs {
     #[arg(long, default_value_t = 10.0 / 14.0, value_name = "FRACTION")]
     pub train_fraction: f64,
     /// Horizons to score, in windows, comma-separated.
-    #[arg(long, default_value = "1,3,6", value_delimiter = ',', value_name = "H,...")]
+    #[arg(
+        long,
+        default_value = "1,3,6",
+        value_delimiter = ',',
+        value_name = "H,..."
+    )]
     pub horizons: Vec<usize>,
     /// The quantile taken as the reservation for slack and exceed-rate.
     #[arg(long, value_enum, default_value_t = Quantile::P90)]

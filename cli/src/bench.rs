@@ -3,16 +3,23 @@
 //! A store of `customers` customers (contract 100 tokens/s, burst 6,000), a pool sized at 90% of
 //! their summed contracts, reservations set by one tick; then batches of `batch` seeded requests
 //! (1-100 tokens, ids uniform or Zipf(1.1)) through `allocate_batch` with slots resolved once,
-//! one second apart, one untimed warm-up batch first. Then ticks are timed. The criterion benches
-//! (`cargo bench --bench engine`) are the finer tool; this one is for a quick, portable figure.
+//! one second apart, one untimed warm-up batch first. Then three predictive ticks with an LSTM
+//! (the default shape, random weights: the time does not depend on them) are timed, with its step
+//! on the CPU or, with `--device gpu`, on the GPU (a build with the `gpu` feature). The criterion
+//! benches (`cargo bench --bench engine`, `cargo bench -p shadowbucket-gpu`) are the finer tools;
+//! this one is for a quick, portable figure.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::json;
-use shadowbucket::{Contract, CreateOptions, Engine, EngineConfig, Keys, Outcome, Rate, Reservation};
+use shadowbucket::model::{LstmModel, ModelSpec};
+use shadowbucket::predict::Predictor;
+use shadowbucket::{
+    Contract, CreateOptions, Engine, EngineConfig, Keys, Outcome, Rate, Reservation,
+};
 
-use crate::args::{BenchArgs, Device};
+use crate::args::BenchArgs;
 use crate::workload::SEC;
 use crate::workload::rng::Rng;
 use crate::{CliError, CmdResult, report};
@@ -35,13 +42,6 @@ fn stats(v: &mut [f64]) -> serde_json::Value {
 
 /// Runs `bench`.
 pub fn run(a: BenchArgs) -> CmdResult {
-    if a.device == Device::Gpu {
-        return Err(CliError::Failed(
-            "GPU benchmarks are not available in this build: the shadowbucket-gpu crate is not part \
-             of it yet. Run with --device cpu."
-                .into(),
-        ));
-    }
     if a.customers == 0 || a.customers >= u32::MAX as u64 / 2 {
         return Err(CliError::Usage(format!(
             "--customers must be 1..{}, got {}",
@@ -50,7 +50,9 @@ pub fn run(a: BenchArgs) -> CmdResult {
         )));
     }
     if a.batch == 0 || a.iterations == 0 {
-        return Err(CliError::Usage("--batch and --iterations must be at least 1".into()));
+        return Err(CliError::Usage(
+            "--batch and --iterations must be at least 1".into(),
+        ));
     }
     if let Some(o) = &a.out {
         report::check_writable(o).map_err(CliError::Usage)?;
@@ -68,9 +70,14 @@ pub fn run(a: BenchArgs) -> CmdResult {
     let pool_rate = (n * rate * 9 / 10).max(1);
     let cfg = EngineConfig::new(pool_rate * 2, Rate::tokens_per_sec(pool_rate));
     let setup = Instant::now();
-    let mut e = Engine::create(&path, CreateOptions::new(n, cfg))
+    let spec = ModelSpec::default();
+    let mut e = Engine::create(&path, CreateOptions::new(n, cfg).for_model(&spec))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let _guard = TempStore(path.clone(), true);
+    let model = LstmModel::random(spec, a.seed).map_err(|e| e.to_string())?;
+    e.set_predictor(Predictor::Lstm(Box::new(model)))
+        .map_err(|e| e.to_string())?;
+    crate::device::use_device(&mut e, a.device)?;
     let contract = Contract::new(6_000, Rate::tokens_per_sec(rate));
     let list: Vec<(u64, Contract)> = (0..n).map(|i| (i + 1, contract)).collect();
     let slots = e.add_customers(&list, 0).map_err(|e| e.to_string())?;
@@ -127,11 +134,14 @@ pub fn run(a: BenchArgs) -> CmdResult {
         }
     }
     let mut tick_ms = Vec::new();
-    for k in 0..3u64 {
+    for k in 0..4u64 {
         let t = Instant::now();
-        e.tick_with((10 + a.iterations as u64 + k) * 60 * SEC, &res)
+        e.tick((10 + a.iterations as u64 + k) * 60 * SEC)
             .map_err(|e| e.to_string())?;
-        tick_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        // the first tick uploads the state to a device: untimed
+        if k > 0 {
+            tick_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
     }
     let total: u64 = counts.iter().sum();
     let share = |k: usize| counts[k] as f64 / total.max(1) as f64;
@@ -142,7 +152,7 @@ pub fn run(a: BenchArgs) -> CmdResult {
     };
     let out = json!({
         "benchmark": "allocate_batch (slots resolved once)",
-        "device": "cpu",
+        "device": e.step_backend_name(),
         "threads": rayon::current_num_threads(),
         "customers": n,
         "batch": a.batch,
@@ -157,7 +167,8 @@ pub fn run(a: BenchArgs) -> CmdResult {
             "denied_customer_limit": share(2), "denied_pool_exhausted": share(3),
         },
         "tick": {
-            "kind": "tick with explicit reservations for every customer",
+            "kind": "predictive tick: LSTM step for every customer, forecasts, reservations",
+            "predictor": e.predictor_name(),
             "ms": stats(&mut tick_ms),
         },
     });

@@ -11,6 +11,7 @@
 
 mod args;
 mod bench;
+mod device;
 mod inspect;
 mod learn;
 mod model;

@@ -126,7 +126,7 @@ impl Shadow {
             })
             .map_err(|e| e.to_string())?;
         let mut pending = announced.to_vec();
-        pending.sort_by(|a, b| b.start_s.cmp(&a.start_s));
+        pending.sort_by_key(|a| std::cmp::Reverse(a.start_s));
         Ok(Shadow {
             ids: ids.to_vec(),
             pending,
@@ -155,7 +155,6 @@ impl Shadow {
             self.pending.pop();
         }
         Ok(())
-
     }
 
     /// The predictive tick at `now` (ns): closes the intervals, forecasts, sets the next

@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use shadowbucket::{
-    Contract, CreateOptions, Engine, EngineConfig, Keys, NO_SLOT, Outcome, Rate,
-};
+use shadowbucket::{Contract, CreateOptions, Engine, EngineConfig, Keys, NO_SLOT, Outcome, Rate};
 
 use shadowbucket::predict::Target;
 
@@ -204,7 +202,7 @@ pub fn run(
 ) -> Result<SimResult, String> {
     let t_start = Instant::now();
     let step_s = workload.step_s();
-    if opts.interval_s == 0 || opts.interval_s % step_s != 0 {
+    if opts.interval_s == 0 || !opts.interval_s.is_multiple_of(step_s) {
         return Err(format!(
             "the tick interval ({} s) must be a multiple of the workload's step ({step_s} s)",
             opts.interval_s
@@ -243,24 +241,29 @@ pub fn run(
             ));
             std::fs::create_dir_all(&d)
                 .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-            Stores { dir: d, keep: false }
+            Stores {
+                dir: d,
+                keep: false,
+            }
         }
     };
     let create = |name: &str, alpha: f64, model: bool| -> Result<Engine, String> {
-        let mut o = CreateOptions::new(n as u64, engine_config(pool, opts.interval_s, alpha))
-            .at(start_ns);
+        let mut o =
+            CreateOptions::new(n as u64, engine_config(pool, opts.interval_s, alpha)).at(start_ns);
         if !model {
             o = o.without_model();
         }
         let path = stores.dir.join(name);
-        let mut e =
-            Engine::create(&path, o).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut e = Engine::create(&path, o).map_err(|e| format!("{}: {e}", path.display()))?;
         let list: Vec<(u64, Contract)> = customers.iter().map(|c| (c.id, c.contract)).collect();
         e.add_customers(&list, start_ns)
             .map_err(|e| format!("adding customers: {e}"))?;
         Ok(e)
     };
-    let mut engines = [create("plain.sb", 0.0, false)?, create("shadow.sb", opts.alpha, true)?];
+    let mut engines = [
+        create("plain.sb", 0.0, false)?,
+        create("shadow.sb", opts.alpha, true)?,
+    ];
     let ids: Vec<u64> = customers.iter().map(|c| c.id).collect();
     let mut slots = [vec![NO_SLOT; n], vec![NO_SLOT; n]];
     for (e, s) in engines.iter().zip(&mut slots) {
@@ -350,7 +353,13 @@ pub fn run(
             sb.extend(batch.who.iter().map(|&c| slots[k][c as usize]));
             let t = Instant::now();
             engines[k]
-                .allocate_batch_into(Keys::Slots(sb), &batch.tokens, now, &mut outcomes, &mut retry)
+                .allocate_batch_into(
+                    Keys::Slots(sb),
+                    &batch.tokens,
+                    now,
+                    &mut outcomes,
+                    &mut retry,
+                )
                 .map_err(|e| e.to_string())?;
             let tl = &mut res.tally[k];
             tl.decide_ns += t.elapsed().as_nanos();
@@ -414,7 +423,10 @@ pub fn run(
             for (k, &i) in sampled.iter().enumerate() {
                 reserved[k] = engines[1]
                     .customer(ids[i])
-                    .map(|v| (v.reserved_rate.micros() as u128 * opts.interval_s as u128 / 1_000_000) as u64)
+                    .map(|v| {
+                        (v.reserved_rate.micros() as u128 * opts.interval_s as u128 / 1_000_000)
+                            as u64
+                    })
                     .unwrap_or(0);
             }
             for (pend, &i) in pending.iter_mut().zip(&plotted_idx) {
@@ -470,7 +482,12 @@ pub fn table(r: &SimResult) -> String {
         "denied: exceeds burst",
     ];
     for (k, name) in names.iter().enumerate() {
-        row(&mut s, name, p.outcomes[k].to_string(), h.outcomes[k].to_string());
+        row(
+            &mut s,
+            name,
+            p.outcomes[k].to_string(),
+            h.outcomes[k].to_string(),
+        );
     }
     row(
         &mut s,
@@ -491,9 +508,19 @@ pub fn table(r: &SimResult) -> String {
         pct(p.steady[2] as f64 / p.steady[0].max(1) as f64),
         pct(h.steady[2] as f64 / h.steady[0].max(1) as f64),
     );
-    row(&mut s, "pool utilization", pct(r.utilization(0)), pct(r.utilization(1)));
+    row(
+        &mut s,
+        "pool utilization",
+        pct(r.utilization(0)),
+        pct(r.utilization(1)),
+    );
     row(&mut s, "reservation slack", "-".into(), pct(r.slack));
-    row(&mut s, "reservation exceed-rate", "-".into(), pct(r.exceed_rate));
+    row(
+        &mut s,
+        "reservation exceed-rate",
+        "-".into(),
+        pct(r.exceed_rate),
+    );
     row(
         &mut s,
         "ticks that cut reservations back",

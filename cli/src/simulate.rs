@@ -37,7 +37,7 @@ pub fn run(a: SimulateArgs) -> CmdResult {
             "--days must be in (0, 366], got {d}"
         )));
     }
-    if a.interval == 0 || a.interval % a.step != 0 {
+    if a.interval == 0 || !a.interval.is_multiple_of(a.step) {
         return Err(CliError::Usage(format!(
             "--interval ({} s) must be a positive multiple of --step ({} s)",
             a.interval, a.step

@@ -88,7 +88,10 @@ impl Trace {
             return Err(format!("step must divide 60 seconds, got {}", opts.step_s));
         }
         if opts.tenants == 0 || opts.tenants > 10_000_000 {
-            return Err(format!("tenants must be 1..=10000000, got {}", opts.tenants));
+            return Err(format!(
+                "tenants must be 1..=10000000, got {}",
+                opts.tenants
+            ));
         }
         if !(opts.pool_factor > 0.0 && opts.pool_factor <= 1000.0) {
             return Err(format!(
@@ -131,7 +134,11 @@ impl Trace {
     ) -> Result<Trace, String> {
         let need = |names: &[&str]| {
             header_index(cols, names).ok_or_else(|| {
-                format!("{}: missing column `{}`", path.display(), names.join("` or `"))
+                format!(
+                    "{}: missing column `{}`",
+                    path.display(),
+                    names.join("` or `")
+                )
             })
         };
         let ci = need(&["customer"])?;
@@ -216,7 +223,7 @@ impl Trace {
         for (id, ws) in rows {
             let mut v = vec![(0.0, 0.0); windows];
             for (w, x) in ws {
-                if (w - start_s) % window_s != 0 {
+                if !(w - start_s).is_multiple_of(window_s) {
                     return Err(format!(
                         "{}: window start {w} is off the {window_s} s grid",
                         path.display()
@@ -242,8 +249,13 @@ impl Trace {
                     .fold(0.0, f64::max)
             })
             .collect();
-        let (customers, pool) =
-            derive_contracts(&ids, &per_window_tokens, &biggest, window_s, opts.pool_factor);
+        let (customers, pool) = derive_contracts(
+            &ids,
+            &per_window_tokens,
+            &biggest,
+            window_s,
+            opts.pool_factor,
+        );
         let steps = windows as u64 * window_s / opts.step_s;
         Ok(Trace {
             desc: format!(
@@ -458,7 +470,10 @@ pub fn parse_time(s: &str) -> Option<f64> {
     let mut d = date.split('-').map(|x| x.parse::<i64>());
     let (y, m, dd) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
     let mut t = time.trim_end_matches('Z').split(':');
-    let (h, mi) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+    let (h, mi) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
     let sec = t.next()?.parse::<f64>().ok()?;
     if !(1..=12).contains(&m) || !(1..=31).contains(&dd) || h > 23 || mi > 59 || sec >= 61.0 {
         return None;

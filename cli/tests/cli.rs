@@ -38,8 +38,17 @@ fn servegen_csv(d: &Path) -> PathBuf {
     let mut t = String::from("customer,window_start_s,requests,input_tokens,output_tokens\n");
     for c in 0..4u64 {
         for w in 0..12u64 {
-            let req = if c == 3 && w % 4 != 0 { 0 } else { 30 + 10 * c + w };
-            t.push_str(&format!("{c},{},{req},{},{}\n", w * 600, req * 400, req * 100));
+            let req = if c == 3 && w % 4 != 0 {
+                0
+            } else {
+                30 + 10 * c + w
+            };
+            t.push_str(&format!(
+                "{c},{},{req},{},{}\n",
+                w * 600,
+                req * 400,
+                req * 100
+            ));
         }
     }
     std::fs::write(&p, t).unwrap();
@@ -109,19 +118,27 @@ fn simulate_prints_the_table_and_writes_the_report() {
         assert!(out.contains(row), "missing `{row}` in:\n{out}");
     }
     let last = out.lines().last().unwrap();
-    assert!(last.starts_with("report: ") && last.ends_with("report.html"), "{last}");
+    assert!(
+        last.starts_with("report: ") && last.ends_with("report.html"),
+        "{last}"
+    );
 
     let html = std::fs::read_to_string(d.join("report.html")).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>"));
     assert!(html.matches("<svg").count() >= 5, "plots missing");
-    for title in ["Shadow hit rate", "Pool utilization", "Denials by reason", "Customer "] {
+    for title in [
+        "Shadow hit rate",
+        "Pool utilization",
+        "Denials by reason",
+        "Customer ",
+    ] {
         assert!(html.contains(title), "missing plot `{title}`");
     }
     // Self-contained: nothing is fetched.
     assert!(!html.contains("src=\"http") && !html.contains("<script"));
 
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(d.join("figures.json")).unwrap())
-        .unwrap();
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("figures.json")).unwrap()).unwrap();
     assert_eq!(v["customers"], 300);
     assert_eq!(v["interrupted"], false);
     assert_eq!(v["steps_done"], v["steps_total"]);
@@ -211,7 +228,10 @@ fn simulate_reads_both_trace_formats() {
         assert!(out.contains(&format!("trace {}", csv.display())), "{out}");
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert_eq!(v["customers"], customers, "{csv:?}");
-        assert!(v["shadow"]["granted_shadow"].as_u64().unwrap() > 0, "{csv:?}");
+        assert!(
+            v["shadow"]["granted_shadow"].as_u64().unwrap() > 0,
+            "{csv:?}"
+        );
         assert!(std::fs::read_to_string(&report).unwrap().contains("<svg"));
     }
 }
@@ -232,13 +252,28 @@ fn refused(d: &Path, args: &[&str], code: i32, needle: &str) {
 #[test]
 fn simulate_refuses_bad_arguments_and_overwrites_nothing() {
     let d = dir("bad-args");
-    refused(&d, &["simulate", "--predictor", "crystal-ball"], 2, "unknown predictor");
+    refused(
+        &d,
+        &["simulate", "--predictor", "crystal-ball"],
+        2,
+        "unknown predictor",
+    );
     refused(&d, &["simulate", "--customers", "many"], 2, "invalid value");
-    refused(&d, &["simulate", "--customers", "0"], 2, "customers must be");
+    refused(
+        &d,
+        &["simulate", "--customers", "0"],
+        2,
+        "customers must be",
+    );
     refused(&d, &["simulate", "--step", "7"], 2, "--interval");
     refused(&d, &["simulate", "--alpha", "1.5"], 2, "--alpha");
     refused(&d, &["simulate", "--days=0"], 2, "--days");
-    refused(&d, &["simulate", "--no-such-option"], 2, "unexpected argument");
+    refused(
+        &d,
+        &["simulate", "--no-such-option"],
+        2,
+        "unexpected argument",
+    );
     let nowhere = d.join("missing-folder").join("r.html");
     let o = run(&["simulate", "--report", s(&nowhere)]);
     assert_eq!(o.status.code(), Some(2));
@@ -261,7 +296,12 @@ fn simulate_refuses_unreadable_traces_and_overwrites_nothing() {
 
     let unknown = d.join("unknown.csv");
     std::fs::write(&unknown, "a,b,c\n1,2,3\n").unwrap();
-    refused(&d, &["simulate", "--trace", s(&unknown)], 1, "unknown trace format");
+    refused(
+        &d,
+        &["simulate", "--trace", s(&unknown)],
+        1,
+        "unknown trace format",
+    );
 
     let empty = d.join("empty.csv");
     std::fs::write(&empty, "").unwrap();
@@ -273,7 +313,12 @@ fn simulate_refuses_unreadable_traces_and_overwrites_nothing() {
 
     let model = d.join("no-model.safetensors");
     let arg = format!("lstm:{}", model.display());
-    refused(&d, &["simulate", "--predictor", &arg], 1, "no-model.safetensors");
+    refused(
+        &d,
+        &["simulate", "--predictor", &arg],
+        1,
+        "no-model.safetensors",
+    );
 }
 
 #[test]
@@ -289,10 +334,22 @@ fn kept_stores_can_be_inspected() {
     let o = run(&["inspect", s(&shadow), "--customers", "3"]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
-    for want in ["customers     300 in 300 slots", "counters", "granted from shadow", "flagged", "check         ok"] {
+    for want in [
+        "customers     300 in 300 slots",
+        "counters",
+        "granted from shadow",
+        "flagged",
+        "check         ok",
+    ] {
         assert!(out.contains(want), "`{want}` not in:\n{out}");
     }
-    assert_eq!(out.lines().filter(|l| l.trim_start().starts_with("100")).count(), 3, "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.trim_start().starts_with("100"))
+            .count(),
+        3,
+        "{out}"
+    );
 
     let o = run(&["inspect", s(&shadow), "--json", "--customer", "10000"]);
     assert_eq!(o.status.code(), Some(0));
@@ -355,13 +412,24 @@ fn bench_writes_json_and_refuses_a_missing_gpu() {
     assert_eq!(v["batch"], 5000);
     assert!(v["ns_per_decision"]["median"].as_f64().unwrap() > 0.0);
     let shares = &v["outcome_shares"];
-    let sum: f64 = ["granted_shadow", "granted_pool", "denied_customer_limit", "denied_pool_exhausted"]
-        .iter()
-        .map(|k| shares[k].as_f64().unwrap())
-        .sum();
+    let sum: f64 = [
+        "granted_shadow",
+        "granted_pool",
+        "denied_customer_limit",
+        "denied_pool_exhausted",
+    ]
+    .iter()
+    .map(|k| shares[k].as_f64().unwrap())
+    .sum();
     assert!((sum - 1.0).abs() < 1e-9, "{sum}");
     // The benchmark's store is removed.
-    assert!(!std::fs::read_dir(&d).unwrap().any(|e| e.unwrap().path().extension().is_some_and(|x| x == "sb")));
+    assert!(
+        !std::fs::read_dir(&d).unwrap().any(|e| e
+            .unwrap()
+            .path()
+            .extension()
+            .is_some_and(|x| x == "sb"))
+    );
 
     std::fs::write(&out, "old").unwrap();
     let o = run(&["bench", "--device", "gpu", "--out", s(&out)]);
@@ -377,7 +445,15 @@ fn evaluate_scores_the_baselines() {
     let d = dir("evaluate");
     let csv = servegen_csv(&d);
     let json = d.join("scores.json");
-    let o = run(&["evaluate", "--csv", s(&csv), "--horizons", "1,2", "--json", s(&json)]);
+    let o = run(&[
+        "evaluate",
+        "--csv",
+        s(&csv),
+        "--horizons",
+        "1,2",
+        "--json",
+        s(&json),
+    ]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
     for f in ["last", "ewma", "seasonal", "autopilot"] {
@@ -388,10 +464,24 @@ fn evaluate_scores_the_baselines() {
     assert_eq!(v["reports"][0]["horizons"].as_array().unwrap().len(), 2);
 
     std::fs::write(&json, "old").unwrap();
-    let o = run(&["evaluate", "--csv", s(&d.join("missing.csv")), "--json", s(&json)]);
+    let o = run(&[
+        "evaluate",
+        "--csv",
+        s(&d.join("missing.csv")),
+        "--json",
+        s(&json),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("cannot read"));
-    let o = run(&["evaluate", "--csv", s(&csv), "--train-fraction", "1.5", "--json", s(&json)]);
+    let o = run(&[
+        "evaluate",
+        "--csv",
+        s(&csv),
+        "--train-fraction",
+        "1.5",
+        "--json",
+        s(&json),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(std::fs::read_to_string(&json).unwrap(), "old");
 }
@@ -399,10 +489,24 @@ fn evaluate_scores_the_baselines() {
 #[test]
 fn every_command_explains_its_options() {
     for (cmd, options) in [
-        ("simulate", &["--trace", "--customers", "--days", "--predictor", "--report", "--store-dir", "--seed"][..]),
+        (
+            "simulate",
+            &[
+                "--trace",
+                "--customers",
+                "--days",
+                "--predictor",
+                "--report",
+                "--store-dir",
+                "--seed",
+            ][..],
+        ),
         ("train", &["--csv", "--synthetic", "--out", "--epochs"][..]),
         ("evaluate", &["--csv", "--model", "--horizons"][..]),
-        ("bench", &["--customers", "--batch", "--device", "--out"][..]),
+        (
+            "bench",
+            &["--customers", "--batch", "--device", "--out"][..],
+        ),
         ("inspect", &["--customers", "--customer", "--json"][..]),
     ] {
         let o = run(&[cmd, "--help"]);
@@ -423,8 +527,18 @@ fn ctrl_c_stops_cleanly_and_still_reports() {
     let json = d.join("figures.json");
     let mut child = Command::new(BIN)
         .args([
-            "simulate", "--customers", "2000", "--days", "60", "--predictor", "ewma", "-q",
-            "--report", s(&report), "--json", s(&json),
+            "simulate",
+            "--customers",
+            "2000",
+            "--days",
+            "60",
+            "--predictor",
+            "ewma",
+            "-q",
+            "--report",
+            s(&report),
+            "--json",
+            s(&json),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -449,5 +563,9 @@ fn ctrl_c_stops_cleanly_and_still_reports() {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v["interrupted"], true);
     assert!(v["steps_done"].as_u64().unwrap() < v["steps_total"].as_u64().unwrap());
-    assert!(std::fs::read_to_string(&report).unwrap().contains("Interrupted"));
+    assert!(
+        std::fs::read_to_string(&report)
+            .unwrap()
+            .contains("Interrupted")
+    );
 }

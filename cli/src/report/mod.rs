@@ -12,7 +12,9 @@ use plots::Line;
 use crate::sim::{SimResult, table};
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Builds the report's HTML.
@@ -21,37 +23,67 @@ fn esc(s: &str) -> String {
 /// A message when a plot cannot be drawn.
 pub fn html(r: &SimResult, command: &str) -> Result<String, String> {
     let s = &r.series;
-    let hours = |v: &[f64]| -> Vec<(f64, f64)> { s.hours.iter().copied().zip(v.iter().copied()).collect() };
+    let hours =
+        |v: &[f64]| -> Vec<(f64, f64)> { s.hours.iter().copied().zip(v.iter().copied()).collect() };
     let mut figs = Vec::new();
     figs.push(plots::lines(
         "Shadow hit rate: share of grants from shadow buckets, per interval",
         "hit rate",
-        &[Line { name: "shadow buckets", xy: hours(&s.hit_rate), colour: 1 }],
+        &[Line {
+            name: "shadow buckets",
+            xy: hours(&s.hit_rate),
+            colour: 1,
+        }],
         (900, 300),
     )?);
     figs.push(plots::lines(
         "Pool utilization: tokens granted over the pool's supply, per interval",
         "utilization",
         &[
-            Line { name: "plain buckets", xy: hours(&s.utilization[0]), colour: 0 },
-            Line { name: "shadow buckets", xy: hours(&s.utilization[1]), colour: 1 },
+            Line {
+                name: "plain buckets",
+                xy: hours(&s.utilization[0]),
+                colour: 0,
+            },
+            Line {
+                name: "shadow buckets",
+                xy: hours(&s.utilization[1]),
+                colour: 1,
+            },
         ],
         (900, 300),
     )?);
-    let pd = |k: usize| s.pool_denials[k].iter().map(|&v| v as f64).collect::<Vec<_>>();
+    let pd = |k: usize| {
+        s.pool_denials[k]
+            .iter()
+            .map(|&v| v as f64)
+            .collect::<Vec<_>>()
+    };
     figs.push(plots::lines(
         "Pool denials (503) per interval",
         "requests",
         &[
-            Line { name: "plain buckets", xy: hours(&pd(0)), colour: 0 },
-            Line { name: "shadow buckets", xy: hours(&pd(1)), colour: 1 },
+            Line {
+                name: "plain buckets",
+                xy: hours(&pd(0)),
+                colour: 0,
+            },
+            Line {
+                name: "shadow buckets",
+                xy: hours(&pd(1)),
+                colour: 1,
+            },
         ],
         (900, 300),
     )?);
     let [p, h] = &r.tally;
     figs.push(plots::bars(
         "Denials by reason",
-        &["customer limit (429)", "pool exhausted (503)", "exceeds burst"],
+        &[
+            "customer limit (429)",
+            "pool exhausted (503)",
+            "exceeds burst",
+        ],
         &[
             [p.outcomes[2], h.outcomes[2]],
             [p.outcomes[3], h.outcomes[3]],
@@ -61,14 +93,32 @@ pub fn html(r: &SimResult, command: &str) -> Result<String, String> {
     )?);
     let mut customer_figs = Vec::new();
     for c in &r.plotted {
-        let xy = |v: &[f64]| c.hours.iter().copied().zip(v.iter().copied()).collect::<Vec<_>>();
+        let xy = |v: &[f64]| {
+            c.hours
+                .iter()
+                .copied()
+                .zip(v.iter().copied())
+                .collect::<Vec<_>>()
+        };
         customer_figs.push(plots::lines(
             &format!("Customer {} ({}): tokens per interval", c.id, c.class),
             "tokens",
             &[
-                Line { name: "actual (asked)", xy: xy(&c.actual), colour: 3 },
-                Line { name: "forecast mean", xy: xy(&c.mean), colour: 1 },
-                Line { name: "forecast p90", xy: xy(&c.p90), colour: 2 },
+                Line {
+                    name: "actual (asked)",
+                    xy: xy(&c.actual),
+                    colour: 3,
+                },
+                Line {
+                    name: "forecast mean",
+                    xy: xy(&c.mean),
+                    colour: 1,
+                },
+                Line {
+                    name: "forecast p90",
+                    xy: xy(&c.p90),
+                    colour: 2,
+                },
             ],
             (445, 260),
         )?);
@@ -84,7 +134,10 @@ pub fn html(r: &SimResult, command: &str) -> Result<String, String> {
          .note{color:#555;font-size:14px}\nsvg{max-width:100%;height:auto}\n",
     );
     o.push_str("</style></head><body>\n<h1>shadowbucket simulate</h1>\n");
-    o.push_str(&format!("<p class=\"note\"><code>{}</code></p>\n", esc(command)));
+    o.push_str(&format!(
+        "<p class=\"note\"><code>{}</code></p>\n",
+        esc(command)
+    ));
     if r.interrupted {
         o.push_str(&format!(
             "<p><strong>Interrupted</strong> after {} of {} steps: the figures cover what was simulated.</p>\n",

@@ -34,7 +34,12 @@ fn colour(k: usize) -> RGBColor {
 ///
 /// # Errors
 /// A message when plotters fails.
-pub fn lines(title: &str, y_desc: &str, lines: &[Line<'_>], size: (u32, u32)) -> Result<String, String> {
+pub fn lines(
+    title: &str,
+    y_desc: &str,
+    lines: &[Line<'_>],
+    size: (u32, u32),
+) -> Result<String, String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
@@ -75,7 +80,9 @@ pub fn lines(title: &str, y_desc: &str, lines: &[Line<'_>], size: (u32, u32)) ->
                 .draw_series(LineSeries::new(l.xy.iter().copied(), c.stroke_width(1)))
                 .map_err(draw_err)?
                 .label(l.name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -93,12 +100,24 @@ pub fn lines(title: &str, y_desc: &str, lines: &[Line<'_>], size: (u32, u32)) ->
 ///
 /// # Errors
 /// A message when plotters fails.
-pub fn bars(title: &str, categories: &[&str], values: &[[u64; 2]], size: (u32, u32)) -> Result<String, String> {
+pub fn bars(
+    title: &str,
+    categories: &[&str],
+    values: &[[u64; 2]],
+    size: (u32, u32),
+) -> Result<String, String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
-        let top = values.iter().flat_map(|v| v.iter()).copied().max().unwrap_or(0).max(1) as f64 * 1.15;
+        let top = values
+            .iter()
+            .flat_map(|v| v.iter())
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(1) as f64
+            * 1.15;
         let n = categories.len() as f64;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 16))
@@ -110,7 +129,11 @@ pub fn bars(title: &str, categories: &[&str], values: &[[u64; 2]], size: (u32, u
         let cats: Vec<String> = categories.iter().map(|s| s.to_string()).collect();
         let fmt = move |x: &f64| {
             let k = x.floor() as usize;
-            if (x - k as f64 - 0.5).abs() < 1e-6 { cats.get(k).cloned().unwrap_or_default() } else { String::new() }
+            if (x - k as f64 - 0.5).abs() < 1e-6 {
+                cats.get(k).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         };
         chart
             .configure_mesh()
@@ -134,7 +157,11 @@ pub fn bars(title: &str, categories: &[&str], values: &[[u64; 2]], size: (u32, u
             chart
                 .draw_series(values.iter().enumerate().map(|(i, v)| {
                     let x = i as f64 + 0.1 + 0.4 * k as f64;
-                    Text::new(short(v[k] as f64), (x, v[k] as f64 + top * 0.02), ("sans-serif", 11))
+                    Text::new(
+                        short(v[k] as f64),
+                        (x, v[k] as f64 + top * 0.02),
+                        ("sans-serif", 11),
+                    )
                 }))
                 .map_err(draw_err)?;
         }

@@ -105,7 +105,6 @@ impl Batch {
     }
 
     /// Requests in the batch.
-    #[expect(clippy::len_without_is_empty, reason = "a batch is only ever asked its length")]
     pub fn len(&self) -> usize {
         self.tokens.len()
     }
@@ -152,7 +151,7 @@ pub fn demand_history(
     windows: usize,
 ) -> Result<UsageHistory, String> {
     let step = workload.step_s();
-    if window_s == 0 || window_s % step != 0 {
+    if window_s == 0 || !window_s.is_multiple_of(step) {
         return Err(format!(
             "window of {window_s} s is not a multiple of the workload's {step} s step"
         ));

@@ -17,7 +17,9 @@ pub struct Rng(u64);
 impl Rng {
     /// A stream for `seed` and the key parts `a`, `b`.
     pub fn new(seed: u64, a: u64, b: u64) -> Self {
-        Rng(mix(seed ^ mix(a ^ mix(b.wrapping_add(0x5851_f42d_4c95_7f2d)))))
+        Rng(mix(
+            seed ^ mix(a ^ mix(b.wrapping_add(0x5851_f42d_4c95_7f2d)))
+        ))
     }
 
     /// The next 64 random bits.

@@ -316,8 +316,15 @@ impl Workload for Synthetic {
             k[3],
             k[4],
             self.cfg.days,
-            ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-                [self.cfg.start_day as usize],
+            [
+                "Monday",
+                "Tuesday",
+                "Wednesday",
+                "Thursday",
+                "Friday",
+                "Saturday",
+                "Sunday"
+            ][self.cfg.start_day as usize],
             self.announced.len(),
             self.unannounced(),
             self.cfg.seed
