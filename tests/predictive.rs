@@ -424,3 +424,32 @@ fn events_and_signals_survive_reopen() {
     assert!(e.events().is_empty());
     assert!(e.signals().is_empty());
 }
+
+/// A model saved to a safetensors file and loaded into the engine forecasts exactly as the model
+/// set directly; a bad file is refused and leaves the predictor as it was.
+#[test]
+fn load_model_from_file() {
+    let spec = ModelSpec {
+        hidden: 6,
+        ..ModelSpec::default()
+    };
+    let model = LstmModel::random(spec.clone(), 21).unwrap();
+    let dir = TempDir::new("pred-load");
+    let file = dir.join("m.safetensors");
+    model.save(&file).unwrap();
+    let mut a = engine(&dir, "a.sb", &spec);
+    let mut b = engine(&dir, "b.sb", &spec);
+    a.load_model(&file).unwrap();
+    b.set_predictor(Predictor::Lstm(Box::new(model))).unwrap();
+    for e in [&mut a, &mut b] {
+        e.add_customer(3, contract(), 0).unwrap();
+        use_tokens(e, 3, 2_500, SEC);
+        e.tick(MIN).unwrap();
+    }
+    assert_eq!(a.forecast(3).unwrap(), b.forecast(3).unwrap());
+    assert!(a.predictor_name().starts_with("lstm(hidden=6"));
+    std::fs::write(dir.join("junk.safetensors"), b"not a model").unwrap();
+    assert!(a.load_model(dir.join("junk.safetensors")).is_err());
+    assert!(a.load_model(dir.join("missing.safetensors")).is_err());
+    assert!(a.predictor_name().starts_with("lstm(hidden=6"));
+}

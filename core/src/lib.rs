@@ -18,7 +18,8 @@
 //! Modules: [`fixed`] (token arithmetic), [`config`] (contracts, pool, reservations),
 //! [`layout`] (the file format), `store` (file, transactions, recovery), `kernel` (one request),
 //! `batch` (the parallel batch path), [`reserve`] (budget cut-back), [`engine`] (the API),
-//! [`forecast`] (usage histories, baseline forecasters and their evaluation metrics).
+//! [`forecast`] (usage histories, baseline forecasters and their evaluation metrics), [`model`]
+//! (the streaming LSTM), [`train`] (fitting it on the CPU).
 
 pub mod batch;
 pub mod config;
@@ -34,6 +35,7 @@ pub mod model;
 pub mod predict;
 pub mod reserve;
 mod store;
+pub mod train;
 
 pub use batch::NO_SLOT;
 pub use config::{Contract, EngineConfig, Reservation};

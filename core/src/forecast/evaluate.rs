@@ -6,6 +6,12 @@ use super::baselines::{Forecaster, QuantileLevel};
 use super::history::UsageHistory;
 use super::metrics::{Metrics, MetricsAccumulator};
 use crate::error::{Error, Result};
+use crate::model::features::{IntervalUsage, Scale};
+use crate::model::spec::scenario_of;
+
+/// The half-life, in windows, of the reference scale that defines the scenarios in
+/// [`evaluate`] and [`evaluate_with`]: 144 (a day of 10-minute windows).
+pub const SCENARIO_SCALE_HALF_LIFE: f64 = 144.0;
 
 /// The scores of one forecaster on one history, one row per horizon.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,6 +73,43 @@ pub fn evaluate_with<F: Forecaster + ?Sized>(
     horizons: &[usize],
     reserve: QuantileLevel,
 ) -> Result<Report> {
+    evaluate_with_scale(
+        history,
+        forecaster,
+        train_windows,
+        horizons,
+        reserve,
+        SCENARIO_SCALE_HALF_LIFE,
+    )
+}
+
+/// [`evaluate_with`], with the half-life (in windows, `>= 1`) of the reference scale that defines
+/// the scenarios for the Brier score.
+///
+/// **Brier score.** Each customer has a reference scale: the model's customer scale
+/// ([`Scale`], an exponential mean with this half-life), fed every observed window but lagging
+/// one window behind, exactly like the scale the LSTM decodes with (built before the last
+/// window is folded in). The scenario that happened for a scored target is
+/// `scenario_of(used, reference scale at forecast time)`, and the forecaster's
+/// [`Forecaster::scenario`] for the same horizon and scale is scored against it. Give the LSTM's
+/// own half-life here so that its scenarios and the scored ones agree.
+///
+/// # Errors
+/// Those of [`evaluate_with`], and a half-life below 1.
+pub fn evaluate_with_scale<F: Forecaster + ?Sized>(
+    history: &UsageHistory,
+    forecaster: &mut F,
+    train_windows: usize,
+    horizons: &[usize],
+    reserve: QuantileLevel,
+    scenario_half_life: f64,
+) -> Result<Report> {
+    if !(scenario_half_life.is_finite() && scenario_half_life >= 1.0) {
+        return Err(Error::invalid(format!(
+            "evaluate: the scenario scale's half-life must be >= 1 window, got {scenario_half_life}"
+        )));
+    }
+    let beta = 1.0 - 0.5f32.powf(1.0 / scenario_half_life as f32);
     let n = history.num_windows();
     if train_windows == 0 || train_windows >= n {
         return Err(Error::invalid(format!(
@@ -80,6 +123,8 @@ pub fn evaluate_with<F: Forecaster + ?Sized>(
     }
     forecaster.reset();
     let series = history.all_series();
+    let mut scales = vec![Scale::default(); series.len()];
+    let mut pending: Vec<Option<f64>> = vec![None; series.len()];
     let mut acc: Vec<MetricsAccumulator> = horizons
         .iter()
         .map(|_| MetricsAccumulator::new(reserve))
@@ -90,9 +135,19 @@ pub fn evaluate_with<F: Forecaster + ?Sized>(
                 let target = t + h - 1;
                 if (train_windows..n).contains(&target) {
                     a.add(&forecaster.forecast(c, h), s[target]);
+                    let scale = scales[c].s();
+                    let happened = scenario_of(s[target] as f32, scale);
+                    a.add_scenario(&forecaster.scenario(c, h, f64::from(scale)), happened);
                 }
             }
             forecaster.observe(c, s[t]);
+            if let Some(u) = pending[c].replace(s[t]) {
+                let u = IntervalUsage {
+                    tokens: u,
+                    ..IntervalUsage::default()
+                };
+                scales[c].update(&u, beta);
+            }
         }
     }
     Ok(Report {
@@ -126,7 +181,7 @@ pub fn format_reports(reports: &[Report]) -> String {
         .next()
         .unwrap_or("p90");
     let mut out = format!(
-        "{:<name_w$} {:>3} {:>7} {:>11} {:>11} {:>11} {:>11} {:>11} {:>6} {:>6} {:>9} {:>9} {:>9}\n",
+        "{:<name_w$} {:>3} {:>7} {:>11} {:>11} {:>11} {:>11} {:>11} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9}\n",
         "forecaster",
         "h",
         "samples",
@@ -137,6 +192,7 @@ pub fn format_reports(reports: &[Report]) -> String {
         "pinball99",
         "cov90",
         "cov99",
+        "brier",
         format!("slack@{reserve}"),
         format!("over@{reserve}"),
         format!("exceed@{reserve}"),
@@ -145,7 +201,7 @@ pub fn format_reports(reports: &[Report]) -> String {
         for h in &r.horizons {
             let m = &h.metrics;
             out += &format!(
-                "{:<name_w$} {:>3} {:>7} {:>11.1} {:>11.1} {:>11.1} {:>11.1} {:>11.1} {:>6.3} {:>6.3} {:>9.3} {:>9.3} {:>9.3}\n",
+                "{:<name_w$} {:>3} {:>7} {:>11.1} {:>11.1} {:>11.1} {:>11.1} {:>11.1} {:>6.3} {:>6.3} {:>6.3} {:>9.3} {:>9.3} {:>9.3}\n",
                 r.forecaster,
                 h.horizon,
                 m.samples,
@@ -156,6 +212,7 @@ pub fn format_reports(reports: &[Report]) -> String {
                 m.pinball_p99,
                 m.coverage_p90,
                 m.coverage_p99,
+                m.brier,
                 m.slack,
                 m.over_reserved,
                 m.exceed_rate,
@@ -204,6 +261,9 @@ mod tests {
         assert_eq!(m1.slack, (5.0 - 8.0) / 8.0);
         assert_eq!(m1.exceed_rate, 1.0);
         assert_eq!(m1.coverage_p90, 0.0);
+        // Scenarios against the lagging reference scale (1 for these windows): 3 and 5 are
+        // spikes, the forecasts 2 and 3 "high" (h=1); 1 and 2 at h=2: wrong every time.
+        assert_eq!((m1.brier, m2.brier), (2.0, 2.0));
         let table = r.to_string();
         assert!(
             table.contains("last-value") && table.lines().count() == 4,

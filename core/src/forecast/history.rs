@@ -11,12 +11,16 @@ use crate::error::{Error, Result};
 /// Customer `c` (an index in `0..num_customers()`) has `series(c)[t]` tokens in window `t`, which
 /// covers `[start_s + t * window_s, start_s + (t + 1) * window_s)` seconds. Every customer has a value
 /// for every window (the series are dense and all the same length); values are finite and `>= 0`.
+///
+/// A history may also carry request counts per customer and window ([`UsageHistory::requests`]),
+/// with the same shape; the ServeGen loader fills them from the trace's `requests` column.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UsageHistory {
     customers: Vec<u64>,
     start_s: u64,
     window_s: u64,
     series: Vec<Vec<f64>>,
+    requests: Option<Vec<Vec<f64>>>,
 }
 
 impl UsageHistory {
@@ -84,13 +88,53 @@ impl UsageHistory {
             start_s,
             window_s,
             series,
+            requests: None,
         })
+    }
+
+    /// The same history with request counts: `requests[c][t]` requests of customer index `c` in
+    /// window `t`.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`] or [`Error::InvalidArgument`] when the shape differs from the
+    /// token series' or a count is negative or not finite.
+    pub fn with_requests(mut self, requests: Vec<Vec<f64>>) -> Result<Self> {
+        if requests.len() != self.series.len() {
+            return Err(Error::LengthMismatch {
+                what: "requests",
+                got: requests.len(),
+                expected: self.series.len(),
+            });
+        }
+        for (c, r) in requests.iter().enumerate() {
+            if r.len() != self.num_windows() {
+                return Err(Error::invalid(format!(
+                    "usage history: customer {} has {} request windows, expected {}",
+                    self.customers[c],
+                    r.len(),
+                    self.num_windows()
+                )));
+            }
+            if let Some((t, v)) = r
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
+            {
+                return Err(Error::invalid(format!(
+                    "usage history: customer {}, window {t}: requests {v} is not a finite value >= 0",
+                    self.customers[c]
+                )));
+            }
+        }
+        self.requests = Some(requests);
+        Ok(self)
     }
 
     /// Loads a ServeGen per-tenant trace (`/work/shared/data/servegen/*.csv` in this project).
     ///
     /// The file is a CSV with a header naming at least the columns `customer`, `window_start_s`,
-    /// `input_tokens` and `output_tokens` (in any order; others, such as `requests`, are ignored).
+    /// `input_tokens` and `output_tokens` (in any order; other columns are ignored, except an
+    /// optional `requests`, which becomes [`UsageHistory::requests`]).
     /// A customer's usage in a window is `input_tokens + output_tokens`. Rows may come in any order;
     /// customers are sorted by id (customer index `c` is the `c`-th smallest id). The window length
     /// is the smallest gap between distinct window starts, and the history starts at the smallest one.
@@ -142,9 +186,10 @@ impl UsageHistory {
             col("input_tokens")?,
             col("output_tokens")?,
         );
+        let c_req = names.iter().position(|n| n == "requests");
 
-        // Rows: (customer, start) -> tokens, with duplicate detection.
-        let mut rows: BTreeMap<u64, BTreeMap<u64, f64>> = BTreeMap::new();
+        // Rows: (customer, start) -> (tokens, requests), with duplicate detection.
+        let mut rows: BTreeMap<u64, BTreeMap<u64, (f64, f64)>> = BTreeMap::new();
         for (i, line) in lines {
             let line_no = i + 1;
             let line = line.map_err(|e| Error::io(source, e))?;
@@ -181,10 +226,14 @@ impl UsageHistory {
             };
             let (customer, start) = (whole(c_cust)?, whole(c_start)?);
             let used = tokens(c_in)? + tokens(c_out)?;
+            let reqs = match c_req {
+                Some(c) => tokens(c)?,
+                None => 0.0,
+            };
             if rows
                 .entry(customer)
                 .or_default()
-                .insert(start, used)
+                .insert(start, (used, reqs))
                 .is_some()
             {
                 return Err(bad(
@@ -223,12 +272,17 @@ impl UsageHistory {
         // Dense series; every customer must have every window from first to last.
         let mut customers = Vec::with_capacity(rows.len());
         let mut series = Vec::with_capacity(rows.len());
+        let mut requests = Vec::with_capacity(rows.len());
         for (customer, m) in rows {
             let mut s = Vec::with_capacity(num_windows);
+            let mut r = Vec::with_capacity(num_windows);
             for t in 0..num_windows {
                 let start = first + (t as u64) * window_s;
                 match m.get(&start) {
-                    Some(&v) => s.push(v),
+                    Some(&(v, q)) => {
+                        s.push(v);
+                        r.push(q);
+                    }
                     None => {
                         return Err(Error::invalid(format!(
                             "{what}: ragged customers: customer {customer} has {} windows and \
@@ -241,8 +295,14 @@ impl UsageHistory {
             }
             customers.push(customer);
             series.push(s);
+            requests.push(r);
         }
-        Self::new(customers, first, window_s, series)
+        let h = Self::new(customers, first, window_s, series)?;
+        if c_req.is_some() {
+            h.with_requests(requests)
+        } else {
+            Ok(h)
+        }
     }
 
     /// The number of customers.
@@ -280,6 +340,17 @@ impl UsageHistory {
         &self.series
     }
 
+    /// The request counts of customer index `c`, one per window, when the history has them
+    /// (`None` without request counts or when `c` is out of range).
+    pub fn requests(&self, c: usize) -> Option<&[f64]> {
+        self.requests.as_ref()?.get(c).map(Vec::as_slice)
+    }
+
+    /// Whether the history carries request counts.
+    pub fn has_requests(&self) -> bool {
+        self.requests.is_some()
+    }
+
     /// Splits into windows `0..k` (train) and `k..` (test), the same customers in both; the second
     /// part starts at `start_s + k * window_s`. Both parts must be non-empty: `0 < k < num_windows()`,
     /// else [`Error::InvalidArgument`].
@@ -295,6 +366,14 @@ impl UsageHistory {
             .iter()
             .map(|s| (s[..k].to_vec(), s[k..].to_vec()))
             .unzip();
+        let (req_head, req_tail) = match &self.requests {
+            Some(r) => {
+                let (a, b): (Vec<_>, Vec<_>) =
+                    r.iter().map(|s| (s[..k].to_vec(), s[k..].to_vec())).unzip();
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
         let tail_start = self.start_s + (k as u64) * self.window_s;
         Ok((
             UsageHistory {
@@ -302,12 +381,14 @@ impl UsageHistory {
                 start_s: self.start_s,
                 window_s: self.window_s,
                 series: head,
+                requests: req_head,
             },
             UsageHistory {
                 customers: self.customers.clone(),
                 start_s: tail_start,
                 window_s: self.window_s,
                 series: tail,
+                requests: req_tail,
             },
         ))
     }
@@ -345,6 +426,13 @@ mod tests {
         assert_eq!(h.series(0).unwrap(), &[0.0, 101.5]);
         assert_eq!(h.series(1).unwrap(), &[3.0, 15.0]);
         assert!(h.series(2).is_none());
+        assert_eq!(h.requests(0).unwrap(), &[0.0, 4.0]);
+        assert_eq!(h.requests(1).unwrap(), &[2.0, 1.0]);
+        let (a, b) = h.split_at_window(1).unwrap();
+        assert_eq!(
+            (a.requests(0).unwrap(), b.requests(0).unwrap()),
+            (&[0.0][..], &[4.0][..])
+        );
     }
 
     #[test]
@@ -353,6 +441,7 @@ mod tests {
             .unwrap();
         assert_eq!((h.start_s(), h.window_s()), (60, 60));
         assert_eq!(h.series(0).unwrap(), &[3.0, 12.0]);
+        assert!(!h.has_requests() && h.requests(0).is_none());
     }
 
     #[test]
@@ -395,6 +484,17 @@ mod tests {
         assert!(UsageHistory::new(vec![1], 0, 1, vec![vec![f64::INFINITY]]).is_err());
         assert!(UsageHistory::new(vec![1], 0, 1, vec![vec![]]).is_err());
         assert!(UsageHistory::new(vec![1], 0, 1, vec![]).is_err());
+        let h = UsageHistory::new(vec![1], 0, 1, vec![vec![1.0, 2.0]]).unwrap();
+        assert!(h.clone().with_requests(vec![vec![1.0]]).is_err());
+        assert!(h.clone().with_requests(vec![vec![1.0, -1.0]]).is_err());
+        assert!(h.clone().with_requests(vec![]).is_err());
+        assert_eq!(
+            h.with_requests(vec![vec![1.0, 0.0]])
+                .unwrap()
+                .requests(0)
+                .unwrap(),
+            &[1.0, 0.0]
+        );
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct MetricsAccumulator {
     reserved: f64,
     over: f64,
     exceeded: u64,
+    brier: f64,
+    brier_samples: u64,
 }
 
 impl MetricsAccumulator {
@@ -50,7 +52,23 @@ impl MetricsAccumulator {
             reserved: 0.0,
             over: 0.0,
             exceeded: 0,
+            brier: 0.0,
+            brier_samples: 0,
         }
+    }
+
+    /// Adds one scenario forecast: the probabilities given to each scenario, and the index of the
+    /// scenario that happened (out of range: counted as none happening).
+    pub fn add_scenario(&mut self, probs: &[f64], actual: usize) {
+        self.brier_samples += 1;
+        self.brier += probs
+            .iter()
+            .enumerate()
+            .map(|(k, p)| {
+                let o = if k == actual { 1.0 } else { 0.0 };
+                (p - o) * (p - o)
+            })
+            .sum::<f64>();
     }
 
     /// Adds one customer-window: what was forecast, and what was used.
@@ -86,6 +104,7 @@ impl MetricsAccumulator {
             slack: (self.reserved - self.used) / self.used,
             over_reserved: self.over / self.used,
             exceed_rate: rate(self.exceeded),
+            brier: self.brier / self.brier_samples as f64,
         }
     }
 }
@@ -122,6 +141,11 @@ pub struct Metrics {
     pub over_reserved: f64,
     /// Share of customer-windows with `used > reserved` (those that would fall back to the pool).
     pub exceed_rate: f64,
+    /// The multi-class Brier score of the scenario probabilities: the mean over customer-windows
+    /// of `sum_k (p_k - o_k)^2`, with `o` the one-hot of the scenario that happened (0 is
+    /// perfect, 2 the worst; a one-hot forecast scores 0 when right and 2 when wrong). NaN
+    /// without scenario forecasts.
+    pub brier: f64,
 }
 
 #[cfg(test)]
@@ -164,6 +188,11 @@ mod tests {
         assert_eq!(s.slack, 0.0);
         assert_eq!(s.over_reserved, 25.0 / 80.0);
         assert_eq!(s.exceed_rate, 0.5);
+        assert!(s.brier.is_nan());
+        m.add_scenario(&[1.0, 0.0, 0.0, 0.0], 0); // right: 0
+        m.add_scenario(&[0.0, 1.0, 0.0, 0.0], 3); // wrong: 2
+        m.add_scenario(&[0.5, 0.5, 0.0, 0.0], 1); // 0.25 + 0.25
+        assert!((m.summary().brier - 2.5 / 3.0).abs() < 1e-12);
         assert!(
             MetricsAccumulator::new(QuantileLevel::P50)
                 .summary()

@@ -99,6 +99,20 @@ pub fn global_features(now_ns: u64, event_global: f32, feeds: &[f32], out: &mut 
     out[5..].copy_from_slice(feeds);
 }
 
+/// The full raw input row (per-customer then global features) of one customer's closed interval
+/// `u`, as the engine's tick builds it: `scale` is the customer's scale *before* `u` is folded in,
+/// `now_ns` the tick that closes the interval, `feeds` the external feeds' values. Events are taken
+/// as 0 (histories carry none). `out` must hold `CUSTOMER_FEATURES + 5 + feeds.len()` values
+/// (the model's [`input_dim`](super::ModelSpec::input_dim)).
+///
+/// # Panics
+/// If `out` has the wrong length (a bug in the caller).
+pub fn input_row(u: &IntervalUsage, scale: &Scale, now_ns: u64, feeds: &[f32], out: &mut [f32]) {
+    let (cust, glob) = out.split_at_mut(CUSTOMER_FEATURES);
+    cust.copy_from_slice(&customer_features(u, scale, 0.0));
+    global_features(now_ns, 0.0, feeds, glob);
+}
+
 /// The training target of horizon use `u` for a customer of scale `s`: `ln(1 + u/s)`.
 pub fn target_z(u: f64, s: f32) -> f32 {
     (u.max(0.0) as f32 / s.max(1.0)).ln_1p()

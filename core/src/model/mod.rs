@@ -11,6 +11,7 @@
 //! - [`backend`]: [`StepBackend`], where the batched step runs ([`CpuBackend`] here; the GPU
 //!   crate brings another).
 //! - [`features`]: building the inputs (the same for the tick, the trainer and the evaluation).
+//! - [`io`]: safetensors save and load, in PyTorch's names and layouts.
 //! - [`step`]: one step for one customer (the reference) and for a batch (GEMM + rayon), and the
 //!   decoding of head outputs into forecasts and scenario probabilities.
 //!
@@ -33,6 +34,7 @@
 
 pub mod backend;
 pub mod features;
+pub mod io;
 pub mod spec;
 pub mod step;
 pub mod weights;

@@ -207,11 +207,8 @@ impl Engine {
     /// # Errors
     /// Those of [`LstmModel::load`] and [`Engine::set_predictor`].
     pub fn load_model(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        // TODO(merge): LstmModel::load from model/io.rs.
-        Err(Error::invalid(format!(
-            "loading {} needs the safetensors reader, not merged yet",
-            path.as_ref().display()
-        )))
+        let m = LstmModel::load(path)?;
+        self.set_predictor(Predictor::Lstm(Box::new(m)))
     }
 
     /// The predictor in use.
