@@ -93,7 +93,7 @@ pub struct SimulateArgs {
     /// The shadow engine's forecaster: lstm (the model shipped with the command), lstm:FILE
     /// (a model saved by `shadowbucket train`), last, ewma[:ALPHA], seasonal[:PERIOD_INTERVALS],
     /// autopilot[:HALF_LIFE_INTERVALS].
-    #[arg(long, default_value = "ewma", value_name = "PREDICTOR")]
+    #[arg(long, default_value = "lstm", value_name = "PREDICTOR")]
     pub predictor: String,
     /// Customers to spread a per-request trace over when it has no customer column (Zipf 1.1).
     #[arg(long, default_value_t = 50, value_name = "N")]
@@ -149,10 +149,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub synthetic: bool,
     /// Synthetic customers to train on.
-    #[arg(long, default_value_t = 1_000, value_name = "N")]
+    #[arg(long, default_value_t = 300, value_name = "N")]
     pub customers: usize,
     /// Synthetic days of history to train on (from Monday 00:00).
-    #[arg(long, default_value_t = 7.0, value_name = "DAYS")]
+    #[arg(long, default_value_t = 4.0, value_name = "DAYS")]
     pub days: f64,
     /// Synthetic history window, seconds (the engine's tick interval).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
@@ -161,21 +161,21 @@ pub struct TrainArgs {
     #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
     /// Training passes over the data (at most; early stopping may end sooner).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 5)]
     pub epochs: usize,
     /// LSTM hidden size.
     #[arg(long, default_value_t = 32)]
     pub hidden: usize,
     /// Customers per mini-batch.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = 16, value_name = "N")]
     pub batch_customers: usize,
     /// Truncated back-propagation length, intervals.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = 48, value_name = "N")]
     pub bptt: usize,
     /// Adam learning rate.
     #[arg(long, default_value_t = 3e-3, value_name = "LR")]
     pub learning_rate: f64,
-    /// Share of the customers held out for validation (early stopping).
+    /// Share of the last windows held out for validation (early stopping; 0: none).
     #[arg(long, default_value_t = 0.1, value_name = "FRACTION")]
     pub validation_fraction: f64,
     /// Epochs without validation improvement before stopping.

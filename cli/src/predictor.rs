@@ -76,10 +76,22 @@ pub const CAMPAIGN: u32 = 1;
 /// # Errors
 /// A message naming the file.
 pub fn load_model(path: &std::path::Path) -> Result<LstmModel, String> {
-    Err(format!(
-        "cannot load {}: the model reader (LstmModel::load) is not in this build yet",
-        path.display()
-    ))
+    LstmModel::load(path).map_err(|e| format!("cannot load model {}: {e}", path.display()))
+}
+
+/// The predictor a choice names (reading the model file, or the shipped model, for the LSTM).
+///
+/// # Errors
+/// A message when a model cannot be read.
+pub fn resolve(choice: &Choice) -> Result<Predictor, String> {
+    Ok(match choice {
+        Choice::Lstm(Some(path)) => Predictor::Lstm(Box::new(load_model(path)?)),
+        Choice::Lstm(None) => Predictor::Lstm(Box::new(crate::model::shipped()?)),
+        Choice::LastValue => Predictor::LastValue,
+        Choice::Ewma(a) => Predictor::Ewma { alpha: *a },
+        Choice::SeasonalNaive(p) => Predictor::SeasonalNaive { period: *p },
+        Choice::Autopilot(h) => Predictor::Autopilot { half_life: *h },
+    })
 }
 
 /// Drives the shadow engine's predictive tick and answers for its forecasts.
@@ -103,20 +115,12 @@ impl Shadow {
     /// A message when the predictor or policy is refused, or a model cannot be read.
     pub fn install(
         engine: &mut Engine,
-        choice: &Choice,
+        p: Predictor,
         target: Target,
         headroom: f64,
         ids: &[u64],
         announced: &[Announced],
     ) -> Result<Shadow, String> {
-        let p = match choice {
-            Choice::Lstm(Some(path)) => Predictor::Lstm(Box::new(load_model(path)?)),
-            Choice::Lstm(None) => Predictor::Lstm(Box::new(crate::model::shipped()?)),
-            Choice::LastValue => Predictor::LastValue,
-            Choice::Ewma(a) => Predictor::Ewma { alpha: *a },
-            Choice::SeasonalNaive(p) => Predictor::SeasonalNaive { period: *p },
-            Choice::Autopilot(h) => Predictor::Autopilot { half_life: *h },
-        };
         engine.set_predictor(p).map_err(|e| e.to_string())?;
         engine
             .set_policy(ReservationPolicy {

@@ -19,7 +19,8 @@ use std::time::Instant;
 
 use shadowbucket::{Contract, CreateOptions, Engine, EngineConfig, Keys, NO_SLOT, Outcome, Rate};
 
-use shadowbucket::predict::Target;
+use shadowbucket::model::ModelSpec;
+use shadowbucket::predict::{Predictor, Target};
 
 use crate::predictor::{Choice, Shadow};
 use crate::workload::{Batch, Class, SEC, Workload};
@@ -211,6 +212,12 @@ pub fn run(
     if !(0.0..=1.0).contains(&opts.alpha) {
         return Err(format!("alpha must be in [0, 1], got {}", opts.alpha));
     }
+    // Read a model before anything is created: the shadow store is shaped for it.
+    let predictor = crate::predictor::resolve(&opts.predictor)?;
+    let spec = match &predictor {
+        Predictor::Lstm(m) => m.spec.clone(),
+        _ => ModelSpec::default(),
+    };
     let customers = workload.customers().to_vec();
     let n = customers.len();
     let pool = workload.pool();
@@ -248,11 +255,13 @@ pub fn run(
         }
     };
     let create = |name: &str, alpha: f64, model: bool| -> Result<Engine, String> {
-        let mut o =
+        let o =
             CreateOptions::new(n as u64, engine_config(pool, opts.interval_s, alpha)).at(start_ns);
-        if !model {
-            o = o.without_model();
-        }
+        let o = if model {
+            o.for_model(&spec)
+        } else {
+            o.without_model()
+        };
         let path = stores.dir.join(name);
         let mut e = Engine::create(&path, o).map_err(|e| format!("{}: {e}", path.display()))?;
         let list: Vec<(u64, Contract)> = customers.iter().map(|c| (c.id, c.contract)).collect();
@@ -271,7 +280,7 @@ pub fn run(
     }
     let mut shadow = Shadow::install(
         &mut engines[1],
-        &opts.predictor,
+        predictor,
         opts.target,
         opts.headroom,
         &ids,

@@ -83,14 +83,12 @@ fn small_sim(d: &Path, extra: &[&str]) -> Output {
         "300",
         "--days",
         "0.05",
-        "--predictor",
-        "ewma",
         "--quiet",
-        "--report",
-        s(&report),
-        "--json",
-        s(&json),
     ];
+    if !extra.contains(&"--predictor") {
+        args.extend(["--predictor", "ewma"]);
+    }
+    args.extend(["--report", s(&report), "--json", s(&json)]);
     args.extend_from_slice(extra);
     run(&args)
 }
@@ -568,4 +566,81 @@ fn ctrl_c_stops_cleanly_and_still_reports() {
             .unwrap()
             .contains("Interrupted")
     );
+}
+
+#[test]
+fn train_saves_a_model_that_evaluate_and_simulate_use() {
+    let d = dir("train");
+    let model = d.join("m.safetensors");
+    let o = run(&[
+        "train",
+        "--synthetic",
+        "--customers",
+        "40",
+        "--days",
+        "0.25",
+        "--epochs",
+        "1",
+        "--hidden",
+        "8",
+        "-q",
+        "--out",
+        s(&model),
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("epoch   1"), "{out}");
+    assert!(
+        out.trim_end()
+            .ends_with(&format!("model: {}", model.display())),
+        "{out}"
+    );
+    let saved = std::fs::read(&model).unwrap();
+    assert!(saved.len() > 1000);
+
+    let csv = servegen_csv(&d);
+    let o = run(&["evaluate", "--csv", s(&csv), "--model", s(&model)]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("lstm"), "{out}");
+
+    let arg = format!("lstm:{}", model.display());
+    let o = small_sim(&d, &["--predictor", &arg]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("predictor lstm(hidden=8"), "{out}");
+
+    // Refused: nothing is written over the saved model.
+    for (args, code, needle) in [
+        (
+            &["train", "--synthetic", "--epochs", "0"][..],
+            2,
+            "--epochs",
+        ),
+        (
+            &["train", "--csv", "/nonexistent/trace.csv"][..],
+            1,
+            "cannot read",
+        ),
+        (&["train"][..], 2, "--csv"),
+        (
+            &["train", "--synthetic", "--csv", s(&csv)][..],
+            2,
+            "cannot be used with",
+        ),
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--out", s(&model)]);
+        let o = run(&all);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {:?}", text(&o));
+        assert!(text(&o).1.contains(needle), "{args:?}: {:?}", text(&o));
+        assert_eq!(std::fs::read(&model).unwrap(), saved);
+    }
+    // A model file that is not one.
+    let junk = d.join("junk.safetensors");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let arg = format!("lstm:{}", junk.display());
+    let o = small_sim(&d, &["--predictor", &arg]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("cannot load model"), "{:?}", text(&o));
 }
