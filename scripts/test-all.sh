@@ -14,8 +14,9 @@ cargo test --workspace --lib --bins --tests
 echo "== Rust: doc tests"
 cargo test --workspace --doc
 
-echo "== main job on a small built-in workload"
-cargo run --quiet --example replay -- 500 5 3
+echo "== main job on a small built-in workload (shadowbucket simulate)"
+cargo run --quiet -p shadowbucket-cli -- simulate --customers 500 --days 0.1 --quiet \
+    --report target/test-all-simulate.html
 
 echo "== C ABI: C and C++ tests under AddressSanitizer (scripts/test-c.sh)"
 scripts/test-c.sh

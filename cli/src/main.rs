@@ -1,0 +1,67 @@
+//! `shadowbucket`: the command line of the shadowbucket engine.
+//!
+//! - `simulate`: a workload (built-in synthetic, or a trace) through plain token buckets and
+//!   shadow buckets on the same clock; a comparison table and a self-contained HTML report.
+//! - `train`, `evaluate`: the predictive engine's trainer, and forecasters scored, from CSV.
+//! - `bench`: the batch benchmarks, JSON out.
+//! - `inspect`: a store file's header, customers, counters and flagged customers.
+//!
+//! Exit codes: 0 success; 1 a failure while running (an unreadable file, an engine error);
+//! 2 bad arguments; 130 a simulation stopped by Ctrl-C (its report is still written).
+
+mod args;
+mod bench;
+mod device;
+mod inspect;
+mod learn;
+mod model;
+mod predictor;
+mod report;
+mod sim;
+mod simulate;
+mod trace;
+mod workload;
+
+use clap::Parser;
+
+/// Why a command failed.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad arguments (exit code 2).
+    Usage(String),
+    /// A failure while running (exit code 1).
+    Failed(String),
+}
+
+impl From<String> for CliError {
+    fn from(s: String) -> Self {
+        CliError::Failed(s)
+    }
+}
+
+/// A command's result: the exit code on success.
+pub type CmdResult = Result<i32, CliError>;
+
+fn main() {
+    let cli = args::Cli::parse();
+    let result = match cli.command {
+        args::Command::Simulate(a) => simulate::run(a),
+        args::Command::Train(a) => learn::train(a),
+        args::Command::Evaluate(a) => learn::evaluate(a),
+        args::Command::Bench(a) => bench::run(a),
+        args::Command::Inspect(a) => inspect::run(a),
+    };
+    let code = match result {
+        Ok(code) => code,
+        Err(CliError::Usage(m)) => {
+            eprintln!("error: {m}");
+            eprintln!("\nFor more information, try '--help'.");
+            2
+        }
+        Err(CliError::Failed(m)) => {
+            eprintln!("error: {m}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
