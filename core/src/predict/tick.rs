@@ -171,8 +171,8 @@ impl Engine {
                 Runner::Lstm { model, .. } => model.spec.state_dim(),
                 Runner::Baseline { .. } => 0,
             };
-            if msd > 0 {
-                let stepped = pr.stepped_customers.min(n / msd);
+            if let Some(most) = n.checked_div(msd) {
+                let stepped = pr.stepped_customers.min(most);
                 if let Err(e) = b.sync_state(&mut c.model_state[..stepped * msd]) {
                     pr.backend_failed = Some(e.to_string());
                     return Err(e);
