@@ -82,21 +82,24 @@ pub struct Decoded {
     pub scenario: [f32; 4],
 }
 
-/// Decodes head outputs `y` with the customer's scale `s` into `forecast` (the store's forecast
-/// column layout: `[mean, p50, p90, p99]` per horizon, tokens) and `scenario` (probabilities).
+/// Decodes head outputs `y` with the customer's scale `s` and `usage_z`, the raw (un-normalized)
+/// usage feature of the step that produced `y` (feature 0, `ln(1 + u_t/s)`), into `forecast`
+/// (the store's forecast column layout: `[mean, p50, p90, p99]` per horizon, tokens) and
+/// `scenario` (probabilities). The head is residual: `usage_z + y[4j]` and `usage_z + y[4j+1]`
+/// are the mean's and the p50's `z` (see the [module docs](super)).
 ///
 /// # Panics
 /// If the slices disagree in length (a bug in the caller).
-pub fn decode(y: &[f32], s: f32, forecast: &mut [f32], scenario: &mut [f32]) {
+pub fn decode(y: &[f32], s: f32, usage_z: f32, forecast: &mut [f32], scenario: &mut [f32]) {
     let nh = (y.len() - SCENARIOS.len()) / HEAD_PER_HORIZON;
     assert_eq!(forecast.len(), nh * FORECAST_PER_HORIZON);
     assert_eq!(scenario.len(), SCENARIOS.len());
     for (j, f) in forecast.chunks_exact_mut(FORECAST_PER_HORIZON).enumerate() {
         let y = &y[j * HEAD_PER_HORIZON..(j + 1) * HEAD_PER_HORIZON];
-        let z50 = y[1];
+        let z50 = usage_z + y[1];
         let z90 = z50 + softplus(y[2]);
         let z99 = z90 + softplus(y[3]);
-        f[0] = s * softplus(y[0]);
+        f[0] = s * (usage_z + y[0]).max(0.0).exp_m1();
         f[1] = s * z50.max(0.0).exp_m1();
         f[2] = s * z90.max(0.0).exp_m1();
         f[3] = s * z99.max(0.0).exp_m1();
@@ -491,7 +494,8 @@ mod tests {
             let y: Vec<f32> = (0..12).map(|_| rng.random_range(-10.0..10.0)).collect();
             let mut f = vec![0f32; 8];
             let mut sc = [0f32; 4];
-            decode(&y, 37.0, &mut f, &mut sc);
+            let usage_z = rng.random_range(0.0..5.0);
+            decode(&y, 37.0, usage_z, &mut f, &mut sc);
             for h in f.chunks(4) {
                 assert!(
                     h[0] >= 0.0 && 0.0 <= h[1] && h[1] <= h[2] && h[2] <= h[3],
@@ -500,5 +504,30 @@ mod tests {
             }
             assert!((sc.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn decode_starts_from_persistence() {
+        // Zero corrections: mean and p50 are the last window's use (u = s·expm1(usage_z)).
+        let (s, u) = (250.0f32, 730.0f32);
+        let usage_z = (u / s).ln_1p();
+        let mut y = vec![0f32; 8];
+        y[2] = -30.0;
+        y[3] = -30.0;
+        let mut f = vec![0f32; 4];
+        let mut sc = [0f32; 4];
+        decode(&y, s, usage_z, &mut f, &mut sc);
+        for v in &f {
+            assert!((v - u).abs() <= 1e-3 * u, "{f:?}");
+        }
+        // Corrections add in z: p50 = s·expm1(usage_z + y1).
+        y[1] = 0.25;
+        y[0] = -0.5;
+        decode(&y, s, usage_z, &mut f, &mut sc);
+        assert!((f[1] - s * (usage_z + 0.25).exp_m1()).abs() <= 1e-3 * f[1]);
+        assert!((f[0] - s * (usage_z - 0.5).exp_m1()).abs() <= 1e-3 * f[0]);
+        // A correction below zero use floors at 0.
+        decode(&y, s, 0.0, &mut f, &mut sc);
+        assert_eq!((f[0], f[1] > 0.0), (0.0, true));
     }
 }

@@ -616,6 +616,7 @@ impl Engine {
                 let mfd = model.spec.forecast_dim();
                 let heads = &pr.heads;
                 let old = &pr.old_scale;
+                let x = &pr.x;
                 let buckets = &*c.buckets;
                 c.forecast[..n * fd]
                     .par_chunks_mut(fd)
@@ -626,6 +627,7 @@ impl Engine {
                             decode(
                                 &heads[slot * o..(slot + 1) * o],
                                 old[slot],
+                                x[slot * cf],
                                 &mut f[..mfd],
                                 &mut s[..4],
                             );
