@@ -9,7 +9,10 @@ Needs numpy and the `safetensors` package; uses torch too when it is importable.
       [layers, hidden]. CASE holds `x` [T, input_dim] raw (un-normalized) features and the
       initial states `h0`, `c0` [layers, hidden]. The math is PyTorch's documented nn.LSTM
       (numpy, float64); with torch, nn.LSTM + nn.Linear loaded with load_state_dict run the
-      same inputs and must agree within 1e-5.
+      same inputs and must agree within 1e-5. When CASE also holds `s` [T] (the customer's
+      scale at each step), OUT gets the decoded `forecast` [T, 4 * horizons] (mean, p50, p90,
+      p99 per horizon, tokens) and `scenario` [T, 4], decoded as Rust's `model::decode` does
+      (the residual head, `decode_numpy` below).
 
   lstm_interop.py write MODEL CASE [--hidden H] [--layers L] [--horizons 1,3] [--feeds a,b]
                         [--seed S] [--steps T]
@@ -35,6 +38,8 @@ BASE_FEATURES = [
 HEAD_PER_HORIZON = 4
 SCENARIOS = ["low", "medium", "high", "spike"]
 TOLERANCE = 1e-5
+FORMAT_VERSION = "2"
+HEAD = "residual-v1"
 
 try:
     import torch  # noqa: F401
@@ -60,8 +65,11 @@ def load_model(path):
     """(metadata, float64 tensors) of a model file, checked like the Rust loader does."""
     with safe_open(path, framework="np") as f:
         meta = f.metadata() or {}
-    if meta.get("format") != "shadowbucket-lstm" or meta.get("format_version") != "1":
-        sys.exit(f"{path}: not a shadowbucket-lstm v1 file: {meta.get('format')!r}")
+    if meta.get("format") != "shadowbucket-lstm" or meta.get("format_version") != FORMAT_VERSION:
+        sys.exit(f"{path}: not a shadowbucket-lstm version {FORMAT_VERSION} file: "
+                 f"{meta.get('format')!r} version {meta.get('format_version')!r}")
+    if meta.get("head") != HEAD:
+        sys.exit(f"{path}: unknown head {meta.get('head')!r} (expected {HEAD!r})")
     tensors = {k: v.astype(np.float64) for k, v in load_file(path).items()}
     hidden, layers = int(meta["hidden"]), int(meta["layers"])
     feeds = split_list(meta["feeds"])
@@ -103,6 +111,29 @@ def forward_numpy(m, x, h0, c0):
     return np.array(ys), h, c
 
 
+def softplus(v):
+    return np.logaddexp(0.0, v)
+
+
+def decode_numpy(y, s, usage_z):
+    """The residual head (core/src/model/mod.rs): per horizon j, with the step's raw usage
+    feature x_u = ln(1 + u_t/s), z_mean = x_u + y[4j], z50 = x_u + y[4j+1],
+    z90 = z50 + softplus(y[4j+2]), z99 = z90 + softplus(y[4j+3]), each s * expm1(max(z, 0));
+    the last four outputs are the scenario logits (softmax). Returns (forecast, scenario)."""
+    y = np.asarray(y, dtype=np.float64)
+    nh = (len(y) - len(SCENARIOS)) // HEAD_PER_HORIZON
+    forecast = []
+    for j in range(nh):
+        y0, y1, y2, y3 = y[HEAD_PER_HORIZON * j:HEAD_PER_HORIZON * (j + 1)]
+        z50 = usage_z + y1
+        z90 = z50 + softplus(y2)
+        z99 = z90 + softplus(y3)
+        forecast += [s * np.expm1(max(z, 0.0)) for z in (usage_z + y0, z50, z90, z99)]
+    logits = y[nh * HEAD_PER_HORIZON:]
+    e = np.exp(logits - logits.max())
+    return np.array(forecast), e / e.sum()
+
+
 def torch_modules(m):
     import torch
 
@@ -140,6 +171,11 @@ def cmd_forward(args):
         if worst > TOLERANCE:
             sys.exit(f"torch and numpy disagree by {worst}")
         out["y_torch"] = yt.astype(np.float32)
+    if "s" in case:
+        dec = [decode_numpy(yt_, s, row[0]) for yt_, s, row in
+               zip(y, case["s"].astype(np.float64), case["x"].astype(np.float64))]
+        out["forecast"] = np.array([f for f, _ in dec], dtype=np.float32)
+        out["scenario"] = np.array([p for _, p in dec], dtype=np.float32)
     save_file(out, args.out)
     print(f"forward: {len(y)} steps, torch {'checked' if HAVE_TORCH else 'not installed'}")
 
@@ -175,7 +211,8 @@ def cmd_write(args):
     std = rng.uniform(0.5, 2, n).astype(np.float32)
     meta = {
         "format": "shadowbucket-lstm",
-        "format_version": "1",
+        "format_version": FORMAT_VERSION,
+        "head": HEAD,
         "hidden": str(hd),
         "layers": str(layers),
         "horizons": ",".join(map(str, horizons)),

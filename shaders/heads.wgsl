@@ -3,8 +3,9 @@
 //
 // `y = W_head · h'_top + b_head` on the top layer's new `h` (core/src/model/mod.rs). In pick mode
 // the invocation computes only the picked horizon's four outputs and decodes them as
-// `shadowbucket::model::step::decode` does: mean = s·softplus(y0), z50 = y1,
-// z90 = z50 + softplus(y2), z99 = z90 + softplus(y3), each quantile s·expm1(max(z, 0)).
+// `shadowbucket::model::step::decode` does (the residual head, from the customer's raw usage
+// feature x_u = x[c * CF], feature 0): z_mean = x_u + y0, z50 = x_u + y1,
+// z90 = z50 + softplus(y2), z99 = z90 + softplus(y3), each decoded as s·expm1(max(z, 0)).
 //
 // Bindings (group 0):
 //   0  params   uniform              Params (below)
@@ -14,11 +15,14 @@
 //   4  scale    storage, read        per customer: the scale `s` (pick mode only)
 //   5  out      storage, read_write  full mode: `n x head_dim`, customer-major (the layout of
 //                                    `StepBackend::step`'s `out`); pick mode: `n` values
+//   6  x        storage, read        this chunk's raw per-customer features, `n x CF`,
+//                                    customer-major (lstm_step.wgsl's `x`; pick mode only)
 //
 // The `const` lines are defaults for the naga test; the runtime rewrites them per model.
 
 const HIDDEN: u32 = 32u;  // H
 const HV: u32 = 8u;       // ceil(H / 4)
+const CF: u32 = 7u;       // per-customer features (x_u is the first)
 const WG: u32 = 256u;     // invocations per workgroup
 
 struct Params {
@@ -38,6 +42,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> state: array<f32>;
 @group(0) @binding(4) var<storage, read> scale: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read> x: array<f32>;
 
 fn softplus(v: f32) -> f32 {
     if v > 20.0 {
@@ -89,11 +94,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let s = scale[c];
+    let xu = x[c * CF];
     if p.quantile == 0u {
-        out[c] = s * softplus(head(p.first, &h));
+        out[c] = s * expm1_pos(max(xu + head(p.first, &h), 0.0));
         return;
     }
-    var z = head(p.first + 1u, &h);
+    var z = xu + head(p.first + 1u, &h);
     if p.quantile >= 2u {
         z += softplus(head(p.first + 2u, &h));
     }

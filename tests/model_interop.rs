@@ -1,6 +1,7 @@
 //! The model file format against PyTorch's `nn.LSTM`: `scripts/lstm_interop.py` (numpy, plus
 //! torch when installed) reproduces the head outputs of a model Rust wrote, and Rust reproduces
-//! those of a model Python wrote, within 1e-5.
+//! those of a model Python wrote, within 1e-5; the decoded forecasts (the residual head) agree with
+//! the script's numpy decode.
 //!
 //! Needs `python3` with `numpy` and `safetensors`. Without them the test prints a SKIP notice and
 //! passes, unless `SB_REQUIRE_PYTHON=1`, which makes it fail.
@@ -12,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
-use shadowbucket::model::{LstmModel, ModelSpec, step_one};
+use shadowbucket::model::{LstmModel, ModelSpec, decode, step_one};
 
 const TOLERANCE: f32 = 1e-5;
 
@@ -146,6 +147,7 @@ fn rust_model_runs_in_python() {
         .collect();
     let h0: Vec<f32> = (0..l * hd).map(|_| rng.random_range(-1.0..1.0)).collect();
     let c0: Vec<f32> = (0..l * hd).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let s: Vec<f32> = (0..steps).map(|_| rng.random_range(1.0..1000.0)).collect();
     let case = dir.join("case.safetensors");
     write_tensors(
         &case,
@@ -153,6 +155,7 @@ fn rust_model_runs_in_python() {
             ("x", vec![steps, n], &x),
             ("h0", vec![l, hd], &h0),
             ("c0", vec![l, hd], &c0),
+            ("s", vec![steps], &s),
         ],
     );
     let out = dir.join("out.safetensors");
@@ -174,6 +177,25 @@ fn rust_model_runs_in_python() {
     {
         assert_close("y_torch", &y, &read_tensor(&bytes, "y_torch"));
     }
+    // The decode (the residual head) agrees with the script's numpy reference.
+    let (fd, o) = (m.spec.forecast_dim(), m.spec.head_dim());
+    let (mut f, mut sc) = (vec![0f32; fd], [0f32; 4]);
+    let (mut forecast, mut scenario) = (Vec::new(), Vec::new());
+    for t in 0..steps {
+        decode(&y[t * o..(t + 1) * o], s[t], x[t * n], &mut f, &mut sc);
+        forecast.extend_from_slice(&f);
+        scenario.extend_from_slice(&sc);
+    }
+    let py = read_tensor(&bytes, "forecast");
+    assert_eq!(py.len(), forecast.len());
+    for (i, (a, b)) in forecast.iter().zip(&py).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+            "forecast[{i}]: rust {a} vs python {b}"
+        );
+    }
+    assert!(forecast.iter().any(|&v| v > 0.0));
+    assert_close("scenario", &scenario, &read_tensor(&bytes, "scenario"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

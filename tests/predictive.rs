@@ -212,7 +212,7 @@ fn lstm_tick_matches_the_reference_pipeline() {
             step_one(&model, &x, &mut state[i], &mut y);
             let mut f = vec![0f32; spec.forecast_dim()];
             let mut sc = [0f32; 4];
-            decode(&y, s_old, &mut f, &mut sc);
+            decode(&y, s_old, x[0], &mut f, &mut sc);
             let got = e.forecast(5 + i as u64).unwrap();
             for (j, q) in got.values.iter().enumerate() {
                 let want = &f[j * 4..(j + 1) * 4];

@@ -322,12 +322,13 @@ impl GpuBackend {
 
     /// Bytes the device reads and writes per customer in one tick (the model behind the
     /// bandwidth figures): every layer's input, `h` and `c` in, `h` and `c` out, the top `h`
-    /// again for the heads, and the downloaded outputs (`pick`: one value and its scale).
+    /// again for the heads, and the downloaded outputs (`pick`: one value, its scale and its
+    /// usage feature, which the residual head decodes from).
     pub fn bytes_per_customer(&self, pick: bool) -> usize {
         let Some(p) = &self.prep else { return 0 };
         let h = p.hidden;
         let layers = CUSTOMER_FEATURES + (p.layers - 1) * h + 4 * h * p.layers;
-        let heads = h + if pick { 2 } else { p.head_dim };
+        let heads = h + if pick { 3 } else { p.head_dim };
         4 * (layers + heads)
     }
 
@@ -543,6 +544,10 @@ impl GpuBackend {
                             wgpu::BindGroupEntry {
                                 binding: 5,
                                 resource: out.as_entire_binding(),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 6,
+                                resource: x.as_entire_binding(),
                             },
                         ],
                     });

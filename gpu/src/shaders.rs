@@ -114,6 +114,7 @@ impl Shape {
             &[
                 ("HIDDEN", format!("{}u", self.hidden)),
                 ("HV", format!("{}u", self.hv())),
+                ("CF", format!("{}u", self.customer_features)),
                 ("WG", format!("{}u", self.workgroup)),
             ],
         )

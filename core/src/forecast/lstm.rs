@@ -11,7 +11,7 @@ use crate::model::{LstmModel, SCENARIOS, decode, step_one};
 /// An [`LstmModel`] fed one window at a time, exactly as the engine's tick feeds it: each
 /// observed window is one [`step_one`] with the features of
 /// [`features::input_row`] (built with the customer's scale before the window is folded in), and
-/// forecasts decode the last head outputs with that scale.
+/// forecasts decode the last head outputs with that scale and that step's usage feature.
 ///
 /// The `n`-th value observed for a customer is taken to be window `n` of the history it was made
 /// for ([`LstmForecaster::for_history`]): that fixes the calendar features and the request count
@@ -41,6 +41,8 @@ struct Customer {
     scale: Scale,
     /// The scale the last step's features (and so its forecasts) used.
     decode_scale: f32,
+    /// The last step's raw usage feature (feature 0), which the residual head decodes from.
+    decode_usage: f32,
     y: Vec<f32>,
     seen: usize,
 }
@@ -94,7 +96,7 @@ impl LstmForecaster {
         let c = self.customers.get(customer).filter(|c| c.seen > 0)?;
         let mut f = vec![0f32; self.model.spec.forecast_dim()];
         let mut sc = [0f32; SCENARIOS.len()];
-        decode(&c.y, c.decode_scale, &mut f, &mut sc);
+        decode(&c.y, c.decode_scale, c.decode_usage, &mut f, &mut sc);
         Some((f, sc))
     }
 }
@@ -140,6 +142,7 @@ impl Forecaster for LstmForecaster {
         let feeds = vec![0f32; spec.feeds.len()];
         features::input_row(&u, &c.scale, now, &feeds, &mut x);
         c.decode_scale = c.scale.s();
+        c.decode_usage = x[0];
         step_one(&self.model, &x, &mut c.state, &mut c.y);
         c.scale.update(&u, self.beta);
         c.seen += 1;
@@ -190,7 +193,7 @@ mod tests {
         let mut st = vec![0f32; model.spec.state_dim()];
         let mut y = vec![0f32; model.spec.head_dim()];
         let mut scale = Scale::default();
-        let mut s_used = 0.0;
+        let (mut s_used, mut z_used) = (0.0, 0.0);
         for (t, v) in [10.0, 20.0].into_iter().enumerate() {
             let u = IntervalUsage {
                 tokens: v,
@@ -199,12 +202,13 @@ mod tests {
             let mut x = vec![0f32; model.spec.input_dim()];
             features::input_row(&u, &scale, (t as u64 + 1) * 600_000_000_000, &[], &mut x);
             s_used = scale.s();
+            z_used = x[0];
             step_one(&model, &x, &mut st, &mut y);
             scale.update(&u, model.scaling.scale_beta());
         }
         let mut dec = vec![0f32; 12];
         let mut sc = [0f32; 4];
-        decode(&y, s_used, &mut dec, &mut sc);
+        decode(&y, s_used, z_used, &mut dec, &mut sc);
         let q = f.forecast(0, 3);
         assert_eq!(
             (q.mean, q.p50, q.p99),

@@ -2,7 +2,9 @@
 
 use rayon::prelude::*;
 
-use super::spec::{FORECAST_PER_HORIZON, HEAD_PER_HORIZON, ModelSpec, SCENARIOS};
+use super::spec::{
+    CUSTOMER_FEATURES, FORECAST_PER_HORIZON, HEAD_PER_HORIZON, ModelSpec, SCENARIOS,
+};
 use super::step::{StepScratch, decode, step_batch};
 use super::weights::LstmModel;
 use crate::error::{Error, Result};
@@ -54,16 +56,16 @@ impl Pick {
         HEAD_PER_HORIZON * self.horizons + SCENARIOS.len()
     }
 
-    /// Decodes one customer's head outputs `y` with scale `s`, as [`decode`] does, and returns
-    /// the picked value.
+    /// Decodes one customer's head outputs `y` with scale `s` and usage feature `usage_z` (the
+    /// customer's raw feature 0 of this step), as [`decode`] does, and returns the picked value.
     ///
     /// # Panics
     /// If `y` does not have [`Pick::head_dim`] values (a bug in the caller).
-    pub fn decode_one(&self, y: &[f32], s: f32) -> f32 {
+    pub fn decode_one(&self, y: &[f32], s: f32, usage_z: f32) -> f32 {
         let mut f = [0f32; FORECAST_PER_HORIZON * ModelSpec::MAX_HORIZONS];
         let f = &mut f[..FORECAST_PER_HORIZON * self.horizons];
         let mut sc = [0f32; SCENARIOS.len()];
-        decode(y, s, f, &mut sc);
+        decode(y, s, usage_z, f, &mut sc);
         f[self.horizon * FORECAST_PER_HORIZON + self.quantile]
     }
 }
@@ -97,7 +99,8 @@ pub trait StepBackend: Send {
     fn step(&mut self, x: &[f32], glob: &[f32], state: &mut [f32], out: &mut [f32]) -> Result<()>;
 
     /// One step that returns only what the reservation reads: `out[r]` is customer `r`'s
-    /// `pick` value decoded with its scale `scale[r]` (tokens), `n` values instead of
+    /// `pick` value decoded with its scale `scale[r]` and its usage feature
+    /// `x[r * CUSTOMER_FEATURES]` (tokens), `n` values instead of
     /// `n x head_dim` head outputs. Same inputs and state handling as [`StepBackend::step`].
     ///
     /// The default runs [`StepBackend::step`] and [`Pick::decode_one`] on every row; a GPU
@@ -126,10 +129,12 @@ pub trait StepBackend: Send {
         let hd = pick.head_dim();
         let mut y = vec![0f32; n * hd];
         self.step(x, glob, state, &mut y)?;
+        let cf = CUSTOMER_FEATURES;
         out.par_iter_mut()
             .zip(y.par_chunks_exact(hd.max(1)))
             .zip(scale.par_iter())
-            .for_each(|((o, y), &s)| *o = pick.decode_one(y, s));
+            .zip(x.par_chunks_exact(cf))
+            .for_each(|(((o, y), &s), x)| *o = pick.decode_one(y, s, x[0]));
         Ok(())
     }
 

@@ -18,7 +18,8 @@
 //! | key | value |
 //! |---|---|
 //! | `format` | `shadowbucket-lstm` |
-//! | `format_version` | `1` |
+//! | `format_version` | `2` |
+//! | `head` | `residual-v1`: the head form [`decode`](super::decode) reads (see below) |
 //! | `hidden`, `layers` | integers |
 //! | `horizons` | comma list of integers (`1,5,10,15`) |
 //! | `feeds` | comma list of feed names (empty for none) |
@@ -26,6 +27,13 @@
 //! | `feature_mean`, `feature_std` | the feature scaling: a JSON array or a comma list of floats |
 //! | `scale_half_life` | float, intervals |
 //! | `quantiles`, `scenario_edges`, `scenarios` | informational (`0.5,0.9,0.99`, the edges, names) |
+//!
+//! **Versions.** Version 2 (this build) added the residual head (`head` = `residual-v1`: the
+//! mean's and the p50's `z` are the step's usage feature plus the head output; see the
+//! [model docs](super)). Version 1 files hold the earlier plain head (`z50 = y1`,
+//! `mean = s·softplus(y0)`); the same weights mean different forecasts under the residual head,
+//! so they are refused with an error that says so (retrain, or re-export the model with the
+//! residual head), never silently decoded the new way.
 //!
 //! Files are written atomically: a temporary file in the same directory, synced, then renamed
 //! over the target.
@@ -43,7 +51,9 @@ use crate::error::{Error, Result};
 /// The `format` metadata value.
 pub const FORMAT: &str = "shadowbucket-lstm";
 /// The `format_version` metadata value this code writes and reads.
-pub const FORMAT_VERSION: &str = "1";
+pub const FORMAT_VERSION: &str = "2";
+/// The `head` metadata value: the head form this code writes and reads.
+pub const HEAD: &str = "residual-v1";
 
 fn bad(msg: impl Into<String>) -> Error {
     Error::invalid(format!("model file: {}", msg.into()))
@@ -92,6 +102,7 @@ impl LstmModel {
         HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("format_version".into(), FORMAT_VERSION.into()),
+            ("head".into(), HEAD.into()),
             ("hidden".into(), s.hidden.to_string()),
             ("layers".into(), s.layers.to_string()),
             ("horizons".into(), join(&s.horizons)),
@@ -156,9 +167,22 @@ impl LstmModel {
             )));
         }
         let version = get("format_version")?;
+        if version == "1" {
+            return Err(bad(format!(
+                "format_version \"1\" holds the plain (non-residual) head, which this build no \
+                 longer decodes; it reads format_version {FORMAT_VERSION:?} with head {HEAD:?}: \
+                 retrain the model (or re-export it with the residual head)"
+            )));
+        }
         if version != FORMAT_VERSION {
             return Err(bad(format!(
                 "unsupported format_version {version:?} (this build reads {FORMAT_VERSION:?})"
+            )));
+        }
+        let head = get("head")?;
+        if head != HEAD {
+            return Err(bad(format!(
+                "unknown head {head:?} (this build decodes {HEAD:?})"
             )));
         }
         let int = |k: &str| -> Result<usize> {
@@ -466,9 +490,26 @@ mod tests {
         }));
         assert!(e.contains("unknown format"), "{e}");
         let e = err_of(&rebuild(&m, |_, meta| {
-            meta.insert("format_version".into(), "2".into());
+            meta.insert("format_version".into(), "3".into());
         }));
         assert!(e.contains("unsupported format_version"), "{e}");
+        // A version 1 file (plain head) is refused, saying why.
+        let e = err_of(&rebuild(&m, |_, meta| {
+            meta.insert("format_version".into(), "1".into());
+            meta.remove("head");
+        }));
+        assert!(
+            e.contains("plain (non-residual) head") && e.contains("retrain"),
+            "{e}"
+        );
+        let e = err_of(&rebuild(&m, |_, meta| {
+            meta.insert("head".into(), "plain".into());
+        }));
+        assert!(e.contains("unknown head"), "{e}");
+        let e = err_of(&rebuild(&m, |_, meta| {
+            meta.remove("head");
+        }));
+        assert!(e.contains("`head` is missing"), "{e}");
         let e = err_of(&rebuild(&m, |_, meta| {
             meta.remove("hidden");
         }));

@@ -27,10 +27,22 @@
 //! ```
 //!
 //! Head outputs are decoded per horizon `j` with the customer's scale `s` (see
-//! [`spec::ModelSpec`]): `mean = s·softplus(y[4j])`, and in the log domain `z50 = y[4j+1]`,
-//! `z90 = z50 + softplus(y[4j+2])`, `z99 = z90 + softplus(y[4j+3])`, each decoded as
-//! `s·expm1(max(z, 0))`, so `0 <= p50 <= p90 <= p99` always. The last four outputs are the
-//! scenario logits (softmax).
+//! [`spec::ModelSpec`]) and the step's own usage feature `x_u = x[0] = ln(1 + u_t/s)` (raw, not
+//! normalized; `u_t` is the use of the interval just closed). The head is **residual**: it starts
+//! from persistence and the network learns corrections in the log domain
+//! (`head` = `residual-v1` in the model file, see [`io`]):
+//!
+//! ```text
+//! z_mean = x_u + y[4j]
+//! z50    = x_u + y[4j+1]
+//! z90    = z50 + softplus(y[4j+2])
+//! z99    = z90 + softplus(y[4j+3])
+//! value  = s·expm1(max(z, 0))        (mean, p50, p90, p99)
+//! ```
+//!
+//! so `0 <= p50 <= p90 <= p99` and `mean >= 0` always, and zero corrections forecast the last
+//! interval's use (`s·expm1(x_u) = u_t`). The last four outputs are the scenario logits
+//! (softmax).
 
 pub mod backend;
 pub mod fast;

@@ -83,21 +83,24 @@ pub struct Decoded {
     pub scenario: [f32; 4],
 }
 
-/// Decodes head outputs `y` with the customer's scale `s` into `forecast` (the store's forecast
-/// column layout: `[mean, p50, p90, p99]` per horizon, tokens) and `scenario` (probabilities).
+/// Decodes head outputs `y` with the customer's scale `s` and `usage_z`, the raw (un-normalized)
+/// usage feature of the step that produced `y` (feature 0, `ln(1 + u_t/s)`), into `forecast`
+/// (the store's forecast column layout: `[mean, p50, p90, p99]` per horizon, tokens) and
+/// `scenario` (probabilities). The head is residual: `usage_z + y[4j]` and `usage_z + y[4j+1]`
+/// are the mean's and the p50's `z` (see the [module docs](super)).
 ///
 /// # Panics
 /// If the slices disagree in length (a bug in the caller).
-pub fn decode(y: &[f32], s: f32, forecast: &mut [f32], scenario: &mut [f32]) {
+pub fn decode(y: &[f32], s: f32, usage_z: f32, forecast: &mut [f32], scenario: &mut [f32]) {
     let nh = (y.len() - SCENARIOS.len()) / HEAD_PER_HORIZON;
     assert_eq!(forecast.len(), nh * FORECAST_PER_HORIZON);
     assert_eq!(scenario.len(), SCENARIOS.len());
     for (j, f) in forecast.chunks_exact_mut(FORECAST_PER_HORIZON).enumerate() {
         let y = &y[j * HEAD_PER_HORIZON..(j + 1) * HEAD_PER_HORIZON];
-        let z50 = y[1];
+        let z50 = usage_z + y[1];
         let z90 = z50 + softplus(y[2]);
         let z99 = z90 + softplus(y[3]);
-        f[0] = s * softplus(y[0]);
+        f[0] = s * (usage_z + y[0]).max(0.0).exp_m1();
         f[1] = s * z50.max(0.0).exp_m1();
         f[2] = s * z90.max(0.0).exp_m1();
         f[3] = s * z99.max(0.0).exp_m1();
@@ -137,6 +140,7 @@ pub fn decode_block(
     y: &[f32],
     head_dim: usize,
     scales: &[f32],
+    usage_z: &[f32],
     active: &[bool],
     forecast: &mut [f32],
     fd: usize,
@@ -149,6 +153,7 @@ pub fn decode_block(
     assert!(nh * FORECAST_PER_HORIZON <= fd && SCENARIOS.len() <= sd);
     assert_eq!(y.len(), rows * head_dim);
     assert_eq!(active.len(), rows);
+    assert_eq!(usage_z.len(), rows);
     assert_eq!(forecast.len(), rows * fd);
     assert_eq!(scenario.len(), rows * sd);
     #[cfg(target_arch = "x86_64")]
@@ -157,13 +162,13 @@ pub fn decode_block(
         // a `#[target_feature]` function; `decode_block_avx2` is otherwise safe code.
         unsafe {
             decode_block_avx2(
-                y, head_dim, nh, scales, active, forecast, fd, scenario, sd, scratch,
+                y, head_dim, nh, scales, usage_z, active, forecast, fd, scenario, sd, scratch,
             )
         };
         return;
     }
     decode_block_portable(
-        y, head_dim, nh, scales, active, forecast, fd, scenario, sd, scratch,
+        y, head_dim, nh, scales, usage_z, active, forecast, fd, scenario, sd, scratch,
     );
 }
 
@@ -176,6 +181,7 @@ fn decode_block_avx2(
     o: usize,
     nh: usize,
     scales: &[f32],
+    usage_z: &[f32],
     active: &[bool],
     forecast: &mut [f32],
     fd: usize,
@@ -184,7 +190,7 @@ fn decode_block_avx2(
     scratch: &mut Vec<f32>,
 ) {
     decode_block_portable(
-        y, o, nh, scales, active, forecast, fd, scenario, sd, scratch,
+        y, o, nh, scales, usage_z, active, forecast, fd, scenario, sd, scratch,
     );
 }
 
@@ -195,6 +201,7 @@ fn decode_block_portable(
     o: usize,
     nh: usize,
     scales: &[f32],
+    usage_z: &[f32],
     active: &[bool],
     forecast: &mut [f32],
     fd: usize,
@@ -203,27 +210,31 @@ fn decode_block_portable(
     scratch: &mut Vec<f32>,
 ) {
     let rows = scales.len();
-    let nz = 3 * nh;
+    let nz = 4 * nh;
     let ns = SCENARIOS.len();
     scratch.clear();
     scratch.resize(rows * (o + nz + ns), 0.0);
     let (sp, rest) = scratch.split_at_mut(rows * o);
     let (z, e) = rest.split_at_mut(rows * nz);
-    // 1. softplus of every head output (flat, vectorized; the z50 lanes go unused)
+    // 1. softplus of every head output (flat, vectorized; only the increment lanes are used)
     for (d, &v) in sp.iter_mut().zip(y) {
         *d = fast_softplus(v);
     }
-    // 2. per row: the means, the log-domain quantiles, the shifted scenario logits
+    // 2. per row: the log-domain mean and quantiles (residual on the usage feature), the
+    //    shifted scenario logits
     for r in 0..rows {
         let (yr, spr) = (&y[r * o..(r + 1) * o], &sp[r * o..(r + 1) * o]);
         let zr = &mut z[r * nz..(r + 1) * nz];
+        let u = usage_z[r];
         for j in 0..nh {
-            let z50 = yr[j * HEAD_PER_HORIZON + 1];
-            let z90 = z50 + spr[j * HEAD_PER_HORIZON + 2];
-            let z99 = z90 + spr[j * HEAD_PER_HORIZON + 3];
-            zr[3 * j] = z50.max(0.0);
-            zr[3 * j + 1] = z90.max(0.0);
-            zr[3 * j + 2] = z99.max(0.0);
+            let h = j * HEAD_PER_HORIZON;
+            let z50 = u + yr[h + 1];
+            let z90 = z50 + spr[h + 2];
+            let z99 = z90 + spr[h + 3];
+            zr[4 * j] = (u + yr[h]).max(0.0);
+            zr[4 * j + 1] = z50.max(0.0);
+            zr[4 * j + 2] = z90.max(0.0);
+            zr[4 * j + 3] = z99.max(0.0);
         }
         let logits = &yr[nh * HEAD_PER_HORIZON..];
         let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -231,7 +242,7 @@ fn decode_block_portable(
             *d = l - m;
         }
     }
-    // 3. expm1 of the quantiles, exp of the logits (flat, vectorized)
+    // 3. expm1 of the mean and quantiles, exp of the logits (flat, vectorized)
     for v in z.iter_mut() {
         *v = fast_expm1(*v);
     }
@@ -245,11 +256,8 @@ fn decode_block_portable(
         }
         let s = scales[r];
         let f = &mut forecast[r * fd..r * fd + nh * FORECAST_PER_HORIZON];
-        for (j, f) in f.chunks_exact_mut(FORECAST_PER_HORIZON).enumerate() {
-            f[0] = s * sp[r * o + j * HEAD_PER_HORIZON];
-            f[1] = s * z[r * nz + 3 * j];
-            f[2] = s * z[r * nz + 3 * j + 1];
-            f[3] = s * z[r * nz + 3 * j + 2];
+        for (v, &zv) in f.iter_mut().zip(&z[r * nz..(r + 1) * nz]) {
+            *v = s * zv;
         }
         let er = &e[r * ns..(r + 1) * ns];
         let sum: f32 = er.iter().sum();
@@ -645,12 +653,14 @@ mod tests {
                 .map(|_| 10f32.powf(rng.random_range(0.0..7.0)))
                 .collect();
             let active: Vec<bool> = (0..rows).map(|r| r % 7 != 3).collect();
+            let usage: Vec<f32> = (0..rows).map(|_| rng.random_range(0.0..3.0)).collect();
             let mut f = vec![-1f32; rows * fd];
             let mut sc = vec![-1f32; rows * sd];
             decode_block(
                 &y,
                 o,
                 &scales,
+                &usage,
                 &active,
                 &mut f,
                 fd,
@@ -666,7 +676,13 @@ mod tests {
                 }
                 let mut fw = vec![0f32; nh * 4];
                 let mut sw = [0f32; 4];
-                decode(&y[r * o..(r + 1) * o], scales[r], &mut fw, &mut sw);
+                decode(
+                    &y[r * o..(r + 1) * o],
+                    scales[r],
+                    usage[r],
+                    &mut fw,
+                    &mut sw,
+                );
                 // forecasts: an error of at most `rel_tol` in the log-domain `z` (d(s·expm1(z))
                 // = (s + value)·dz); scenario probabilities: relative
                 let pairs = fr[..nh * 4].iter().zip(&fw).map(|(a, b)| (a, b, scales[r]));
@@ -699,7 +715,8 @@ mod tests {
             let y: Vec<f32> = (0..12).map(|_| rng.random_range(-10.0..10.0)).collect();
             let mut f = vec![0f32; 8];
             let mut sc = [0f32; 4];
-            decode(&y, 37.0, &mut f, &mut sc);
+            let usage_z = rng.random_range(0.0..5.0);
+            decode(&y, 37.0, usage_z, &mut f, &mut sc);
             for h in f.chunks(4) {
                 assert!(
                     h[0] >= 0.0 && 0.0 <= h[1] && h[1] <= h[2] && h[2] <= h[3],
@@ -708,5 +725,30 @@ mod tests {
             }
             assert!((sc.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn decode_starts_from_persistence() {
+        // Zero corrections: mean and p50 are the last window's use (u = s·expm1(usage_z)).
+        let (s, u) = (250.0f32, 730.0f32);
+        let usage_z = (u / s).ln_1p();
+        let mut y = vec![0f32; 8];
+        y[2] = -30.0;
+        y[3] = -30.0;
+        let mut f = vec![0f32; 4];
+        let mut sc = [0f32; 4];
+        decode(&y, s, usage_z, &mut f, &mut sc);
+        for v in &f {
+            assert!((v - u).abs() <= 1e-3 * u, "{f:?}");
+        }
+        // Corrections add in z: p50 = s·expm1(usage_z + y1).
+        y[1] = 0.25;
+        y[0] = -0.5;
+        decode(&y, s, usage_z, &mut f, &mut sc);
+        assert!((f[1] - s * (usage_z + 0.25).exp_m1()).abs() <= 1e-3 * f[1]);
+        assert!((f[0] - s * (usage_z - 0.5).exp_m1()).abs() <= 1e-3 * f[0]);
+        // A correction below zero use floors at 0.
+        decode(&y, s, 0.0, &mut f, &mut sc);
+        assert_eq!((f[0], f[1] > 0.0), (0.0, true));
     }
 }

@@ -653,6 +653,7 @@ impl Engine {
                 pr.state_stale = false;
                 let heads = &pr.heads;
                 let old = &pr.old_scale;
+                let x = &pr.x;
                 let buckets = &*c.buckets;
                 // `decode_block` is `decode` with vectorized exp/expm1/softplus (within a
                 // relative 1e-5 of it), a block of customers at a time.
@@ -661,16 +662,19 @@ impl Engine {
                     .zip(c.scenario[..n * sd].par_chunks_mut(DECODE_BLOCK * sd))
                     .enumerate()
                     .for_each_init(
-                        || (Vec::new(), Vec::new()),
-                        |(scratch, active), (k, (f, s))| {
+                        || (Vec::new(), Vec::new(), Vec::new()),
+                        |(scratch, active, usage), (k, (f, s))| {
                             let lo = k * DECODE_BLOCK;
                             let rows = f.len() / fd;
                             active.clear();
                             active.extend(buckets[lo..lo + rows].iter().map(|b| b.active()));
+                            usage.clear();
+                            usage.extend((lo..lo + rows).map(|slot| x[slot * cf]));
                             decode_block(
                                 &heads[lo * o..(lo + rows) * o],
                                 o,
                                 &old[lo..lo + rows],
+                                usage,
                                 active,
                                 f,
                                 fd,

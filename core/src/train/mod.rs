@@ -13,10 +13,11 @@
 //! **Loss** per step `t` and horizon `h` (see [`Dataset`] for the targets, all in units of the
 //! customer's scale `s_t`), weighted by [`LossWeights`]:
 //! - pinball loss at 0.5, 0.9 and 0.99 of `z = ln(1 + u_{t+h}/s_t)` against the head's
-//!   `z50 = y1`, `z90 = z50 + softplus(y2)`, `z99 = z90 + softplus(y3)` (the parameterization
+//!   `z50 = x_u + y1`, `z90 = z50 + softplus(y2)`, `z99 = z90 + softplus(y3)`, where
+//!   `x_u = ln(1 + u_t/s_t)` is step `t`'s raw usage feature (the residual head
 //!   [`decode`](crate::model::decode) reads), times [`LossWeights::quantile`];
-//! - Huber loss (threshold [`LossWeights::huber_delta`]) of `softplus(y0)` against `u_{t+h}/s_t`,
-//!   times [`LossWeights::mean`];
+//! - Huber loss (threshold [`LossWeights::huber_delta`]) of `expm1(x_u + y0)` (the mean before
+//!   decode's floor at 0) against `u_{t+h}/s_t`, times [`LossWeights::mean`];
 //! - cross-entropy of the scenario logits against `scenario_of(u_{t+1}, s_t)`, times
 //!   [`LossWeights::scenario`].
 //!
@@ -35,8 +36,9 @@
 //! [`TrainConfig::patience`] epochs without improvement.
 //!
 //! **Initialization.** PyTorch's (uniform `±1/sqrt(H)`, from the seed), with the forget gates'
-//! bias raised by 1, the head's weights scaled by 0.1 and its biases set to the training targets'
-//! averages (so training starts from a sensible constant forecast).
+//! bias raised by 1, the head's weights scaled by 0.1, and its biases set so that training starts
+//! from persistence: the mean's correction 0 (it forecasts `u_t`), the p50's the median of the
+//! training residuals `z - x_u`, the p90 and p99 increments from their 0.9 and 0.99 quantiles.
 
 mod dataset;
 mod net;
@@ -470,7 +472,7 @@ pub fn train_dataset(
 }
 
 /// The initial adjustments of the module docs: forget-gate biases +1, head weights x0.1, head
-/// biases at the training targets' averages.
+/// biases from persistence (mean correction 0, quantile corrections at the residuals' quantiles).
 fn init(ctx: &Ctx<'_>, p: &mut [f64]) {
     let lay = &ctx.lay;
     let hd = lay.hidden;
@@ -485,13 +487,13 @@ fn init(ctx: &Ctx<'_>, p: &mut [f64]) {
     let nh = lay.horizons.len();
     let mut counts = [1.0f64; 4];
     for (j, &h) in lay.horizons.iter().enumerate() {
-        let (mut zs, mut rs) = (Vec::new(), Vec::new());
+        // Residuals of the z target from the step's usage feature (what the residual head adds).
+        let mut zs = Vec::new();
         for seq in &ctx.ds.seqs {
             let tg = dataset::Targets::new(seq, ctx.fit);
             for t in 0..ctx.fit {
-                if let Some((z, r)) = tg.horizon(t, h) {
-                    zs.push(z);
-                    rs.push(r.min(10.0));
+                if let Some((z, _)) = tg.horizon(t, h) {
+                    zs.push(z - f64::from(seq.x[t * lay.input]));
                 }
                 if j == 0
                     && let Some(k) = tg.scenario(t)
@@ -505,9 +507,9 @@ fn init(ctx: &Ctx<'_>, p: &mut [f64]) {
         }
         zs.sort_by(f64::total_cmp);
         let q = |tau: f64| zs[((zs.len() - 1) as f64 * tau) as usize];
-        let mean_r = rs.iter().sum::<f64>() / rs.len() as f64;
         let b = lay.head_b + j * HEAD_PER_HORIZON;
-        p[b] = softplus_inv(mean_r.max(1e-3));
+        // The mean starts from persistence, the quantiles from the residuals' quantiles.
+        p[b] = 0.0;
         p[b + 1] = q(0.5);
         p[b + 2] = softplus_inv((q(0.9) - q(0.5)).max(1e-2));
         p[b + 3] = softplus_inv((q(0.99) - q(0.9)).max(1e-2));

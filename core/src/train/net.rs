@@ -110,12 +110,18 @@ pub(crate) fn softplus_inv(y: f64) -> f64 {
 /// The quantile levels of the three z heads.
 pub(crate) const TAUS: [f64; 3] = [0.5, 0.9, 0.99];
 
-/// The loss of one head output vector `y` at step `t`, accumulating `w * dloss/dy` into `dy`
-/// (when given). Returns `(loss, weight)`: `weight` is `w` when any target is inside the limit
-/// (the step counts), else 0.
+/// The loss of one head output vector `y` at step `t`, whose raw usage feature is `xu` (the
+/// residual head's starting point), accumulating `w * dloss/dy` into `dy` (when given). Returns
+/// `(loss, weight)`: `weight` is `w` when any target is inside the limit (the step counts),
+/// else 0.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one private hot function; a struct would only rename the arguments"
+)]
 fn head_loss(
     lay: &Layout,
     y: &[f64],
+    xu: f64,
     tg: &Targets<'_>,
     t: usize,
     w: f64,
@@ -130,8 +136,10 @@ fn head_loss(
         };
         any = true;
         let b = j * HEAD_PER_HORIZON;
-        // Mean: Huber (delta) on softplus(y0) against u/s.
-        let d = softplus(y[b]) - r;
+        // Mean: Huber (delta) of expm1(xu + y0) against u/s. The loss sees the value before
+        // decode's floor at 0, which only moves it toward every target (all >= 0).
+        let em = (xu + y[b]).exp();
+        let d = em - 1.0 - r;
         let (hl, hg) = if d.abs() <= lw.huber_delta {
             (0.5 * d * d, d)
         } else {
@@ -141,8 +149,8 @@ fn head_loss(
             )
         };
         loss += lw.mean * hl;
-        // Quantiles in z: q50 = y1, q90 = q50 + softplus(y2), q99 = q90 + softplus(y3).
-        let q50 = y[b + 1];
+        // Quantiles in z: q50 = xu + y1, q90 = q50 + softplus(y2), q99 = q90 + softplus(y3).
+        let q50 = xu + y[b + 1];
         let q90 = q50 + softplus(y[b + 2]);
         let q99 = q90 + softplus(y[b + 3]);
         let mut gq = [0.0; 3];
@@ -157,7 +165,7 @@ fn head_loss(
             }
         }
         if let Some(dy) = dy.as_deref_mut() {
-            dy[b] += w * lw.mean * hg * sigmoid(y[b]);
+            dy[b] += w * lw.mean * hg * em;
             dy[b + 1] += w * (gq[0] + gq[1] + gq[2]);
             dy[b + 2] += w * (gq[1] + gq[2]) * sigmoid(y[b + 2]);
             dy[b + 3] += w * gq[2] * sigmoid(y[b + 3]);
@@ -294,7 +302,7 @@ pub(crate) fn run_chunk(
         if t >= score_from {
             let w = (f64::from(seq.scale[t]) / size_norm).powf(lw.size_exponent);
             let dy = grad.then(|| &mut dys[si * lay.head..(si + 1) * lay.head]);
-            let (l, wt) = head_loss(lay, &y, &tg, t, w, lw, dy);
+            let (l, wt) = head_loss(lay, &y, f64::from(row[0]), &tg, t, w, lw, dy);
             loss += l;
             weight += wt;
         }
