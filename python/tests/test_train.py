@@ -54,7 +54,9 @@ def test_training_reduces_loss_and_is_seeded(trained: sb.TrainResult) -> None:
     assert r.epochs_run == 4 and 1 <= r.best_epoch <= 4
     assert len(r.train_losses) == 4 and len(r.val_losses) == 4
     assert all(np.isfinite(r.train_losses + r.val_losses))
-    assert r.train_losses[-1] < 0.8 * r.train_losses[0], r.train_losses
+    # the residual head starts from persistence, already a fair forecast of a smooth series, so
+    # the first epochs gain less than from a blank head
+    assert r.train_losses[-1] < 0.95 * r.train_losses[0], r.train_losses
     assert min(r.val_losses) < r.val_losses[0], r.val_losses
     m = r.model
     assert m.spec == {"hidden": HIDDEN, "layers": 1, "horizons": HORIZONS, "feeds": []}
@@ -193,7 +195,8 @@ def test_a_model_edited_in_numpy_runs_in_the_engine(
     trained: sb.TrainResult, tmp_path: Path
 ) -> None:
     """Zero head weights make the head's outputs its biases: the engine's forecast is then the
-    decode of `core/src/model/step.rs` applied to the biases, computed here in numpy."""
+    decode of `core/src/model/step.rs` applied to the biases (a residual on the usage feature
+    ln(1 + u/s) of the interval just closed), computed here in numpy."""
     m = trained.model
     src = tmp_path / "trained.safetensors"
     m.save(src)
@@ -220,13 +223,14 @@ def test_a_model_edited_in_numpy_runs_in_the_engine(
     s = f["scale"]
     assert s == pytest.approx(100.0)
     y = bias.astype(np.float64).reshape(-1)
+    u = np.log1p(100.0 / s)  # the last interval's 100 tokens, against the scale before it (100)
     mean, p50, p90, p99 = [], [], [], []
     for j in range(len(HORIZONS)):
         y0, y1, y2, y3 = y[4 * j : 4 * j + 4]
-        z50 = y1
+        z50 = u + y1
         z90 = z50 + _softplus(y2)
         z99 = z90 + _softplus(y3)
-        mean.append(s * _softplus(y0))
+        mean.append(s * np.expm1(max(u + y0, 0.0)))
         p50.append(s * np.expm1(max(z50, 0.0)))
         p90.append(s * np.expm1(max(z90, 0.0)))
         p99.append(s * np.expm1(max(z99, 0.0)))

@@ -36,11 +36,11 @@ static const float HEAD_W[HEAD] = {2.0f, 1.0f, 0.5f, -0.5f, 0.5f, -1.0f, 0.25f, 
 
 /* What to get wrong in a model file. */
 typedef struct {
-  const char *format_version; /* "1" is right */
+  const char *format_version; /* "2" is right */
   size_t head_bias_len;       /* HEAD is right */
 } variant;
 
-static const variant GOOD = {"1", HEAD};
+static const variant GOOD = {"2", HEAD};
 
 static void build_model(const variant *v, st_buf *out) {
   const st_tensor t[] = {
@@ -54,6 +54,7 @@ static void build_model(const variant *v, st_buf *out) {
   const st_meta m[] = {
       {"format", "shadowbucket-lstm"},
       {"format_version", v->format_version},
+      {"head", "residual-v1"},
       {"hidden", "1"},
       {"layers", "1"},
       {"horizons", "1,5"},
@@ -87,9 +88,13 @@ static double hidden_after(int steps) {
   return o * tanh(c);
 }
 
+/* Tokens used in the interval the last tick closed (set by `interval`). */
+static uint64_t last_tokens;
+
 /* The forecast the engine must write after the model's `steps`-th step from zero state, with
  * the customer's scale `s` as it was before the interval just closed (at least 1): the head
- * outputs decoded as core/src/model/step.rs::decode does. */
+ * outputs decoded as core/src/model/step.rs::decode does, a residual on the usage feature
+ * ln(1 + u/s) of that interval. */
 typedef struct {
   double q[HORIZONS][4]; /* mean, p50, p90, p99 */
   double scenario[4];
@@ -99,12 +104,13 @@ static expected expect(int steps, double s) {
   double h = hidden_after(steps), y[HEAD];
   for (int r = 0; r < HEAD; r++) y[r] = HEAD_B[r] + HEAD_W[r] * h;
   expected e;
+  double u = log1p((double)last_tokens / s);
   for (int j = 0; j < HORIZONS; j++) {
     const double *yj = &y[4 * j];
-    double z50 = yj[1];
+    double z50 = u + yj[1];
     double z90 = z50 + softplus(yj[2]);
     double z99 = z90 + softplus(yj[3]);
-    e.q[j][0] = s * softplus(yj[0]);
+    e.q[j][0] = s * expm1(fmax(u + yj[0], 0));
     e.q[j][1] = s * expm1(fmax(z50, 0));
     e.q[j][2] = s * expm1(fmax(z90, 0));
     e.q[j][3] = s * expm1(fmax(z99, 0));
@@ -156,6 +162,7 @@ static void interval(sb_engine *e, uint64_t *now, uint64_t tokens) {
   sb_decision d;
   CHECK_OK(sb_engine_allocate(e, ID, tokens, *now + MINUTE / 2, &d));
   CHECK(d.outcome == SB_OUTCOME_GRANTED_SHADOW || d.outcome == SB_OUTCOME_GRANTED_POOL);
+  last_tokens = tokens;
   *now += MINUTE;
   sb_tick_report rep;
   CHECK_OK(sb_engine_tick(e, *now, &rep));
@@ -222,9 +229,9 @@ int main(int argc, char **argv) {
   write_model(bad, &v, SIZE_MAX);
   expect_load_fails(e, bad, SB_RESULT_BAD_FILE, "tensor head.bias has shape [11], expected [12]");
   v = GOOD;
-  v.format_version = "2";
+  v.format_version = "3";
   write_model(bad, &v, SIZE_MAX);
-  expect_load_fails(e, bad, SB_RESULT_BAD_FILE, "unsupported format_version \"2\"");
+  expect_load_fails(e, bad, SB_RESULT_BAD_FILE, "unsupported format_version \"3\"");
   /* A store with the default columns (32 hidden units' worth of state) does not fit. */
   char other[4096];
   sb_test_path(other, sizeof other, argv[1], "other.sb");
