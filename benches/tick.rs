@@ -21,6 +21,7 @@ use criterion::{
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
+use shadowbucket::model::step::gemm_acc;
 use shadowbucket::model::{CUSTOMER_FEATURES, LstmModel, ModelSpec, StepScratch, step_batch};
 use shadowbucket::{Contract, CreateOptions, Engine, EngineConfig, Keys, Predictor, Rate};
 
@@ -37,31 +38,6 @@ fn customers() -> usize {
         CUSTOMERS / TEST_MODE_DIVISOR
     } else {
         CUSTOMERS
-    }
-}
-
-/// `c (m x n) = a (m x k) · b (k x n)`, row-major, by matrixmultiply (as the step does).
-fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    // SAFETY: the assertion above bounds every access: `a` is `m x k`, `b` is `k x n` and `c` is
-    // `m x n`, all row-major and contiguous; `c` is exclusively borrowed.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            k as isize,
-            1,
-            b.as_ptr(),
-            n as isize,
-            1,
-            1.0,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
     }
 }
 
@@ -105,9 +81,9 @@ fn bench_step(c: &mut Criterion) {
                         let rows = x.len() / cf;
                         let gates = &mut gates[..rows * g4];
                         gates.fill(0.0);
-                        sgemm(rows, cf, g4, x, &w_x, gates);
-                        sgemm(rows, hd, g4, h, &w_h, gates);
-                        sgemm(rows, hd, o, h, &w_o, out);
+                        gemm_acc(rows, cf, g4, x, cf, &w_x, gates);
+                        gemm_acc(rows, hd, g4, h, hd, &w_h, gates);
+                        gemm_acc(rows, hd, o, h, hd, &w_o, out);
                     },
                 );
             black_box(&out);

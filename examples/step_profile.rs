@@ -6,31 +6,8 @@
 use std::time::Instant;
 
 use rayon::prelude::*;
+use shadowbucket::model::step::gemm_acc;
 use shadowbucket::model::{CUSTOMER_FEATURES, LstmModel, ModelSpec, StepScratch, step_batch};
-
-fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    // SAFETY: the assertion bounds every access; all three are row-major and contiguous, and `c`
-    // is exclusively borrowed.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            k as isize,
-            1,
-            b.as_ptr(),
-            n as isize,
-            1,
-            1.0,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
-}
 
 /// Best of five `Engine::tick(now)` on a store of `n` customers that all used tokens, in ms.
 fn time_tick(n: usize, model: &LstmModel) -> f64 {
@@ -113,9 +90,9 @@ fn main() {
                 |gates, ((x, h), out)| {
                     let rows = x.len() / cf;
                     let gates = &mut gates[..rows * g4];
-                    sgemm(rows, cf, g4, x, &w_x, gates);
-                    sgemm(rows, hd, g4, h, &w_h, gates);
-                    sgemm(rows, hd, o, h, &w_o, out);
+                    gemm_acc(rows, cf, g4, x, cf, &w_x, gates);
+                    gemm_acc(rows, hd, g4, h, hd, &w_h, gates);
+                    gemm_acc(rows, hd, o, h, hd, &w_o, out);
                 },
             );
         best_g = best_g.min(t.elapsed().as_secs_f64());

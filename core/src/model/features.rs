@@ -21,6 +21,22 @@ pub struct IntervalUsage {
     pub deviation: f64,
 }
 
+impl IntervalUsage {
+    /// The usage an engine interval's counters record (the tick's input, and the engine's own
+    /// history for training).
+    pub fn from_closed(c: &crate::layout::Closed) -> Self {
+        let granted = (c.granted_shadow + c.granted_pool) as f64;
+        let deviation = c.debt as f64 - c.refunded as f64;
+        IntervalUsage {
+            tokens: (granted + deviation).max(0.0),
+            requests: c.requests as f64,
+            fallbacks: c.fallbacks as f64,
+            denied: (c.denied_customer + c.denied_pool) as f64,
+            deviation,
+        }
+    }
+}
+
 /// A customer's scales (the store's scale column: `[s, s_req]`).
 ///
 /// `s` is an exponential mean of the customer's tokens per interval and `s_req` of its requests,

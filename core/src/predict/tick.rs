@@ -41,7 +41,6 @@ enum Runner {
 
 /// The forecaster side of an engine: predictor, policy, events, signals and scratch buffers.
 pub(crate) struct Predictive {
-    predictor: Predictor,
     runner: Runner,
     policy: ReservationPolicy,
     events: EventBook,
@@ -62,20 +61,17 @@ pub(crate) struct Predictive {
     res_cap: Vec<u64>,
 }
 
-fn runner_for(p: &Predictor) -> Result<Runner> {
+fn runner_for(p: Predictor) -> Result<Runner> {
     Ok(match p {
-        Predictor::Lstm(m) => {
+        Predictor::Lstm(model) => {
             let mut cpu = CpuBackend::new();
-            cpu.set_model(m)?;
-            Runner::Lstm {
-                model: m.clone(),
-                cpu,
-            }
+            cpu.set_model(&model)?;
+            Runner::Lstm { model, cpu }
         }
         Predictor::LastValue => baseline(LastValue::new()),
-        Predictor::Ewma { alpha } => baseline(Ewma::new(*alpha)?),
-        Predictor::SeasonalNaive { period } => baseline(SeasonalNaive::new(*period)?),
-        Predictor::Autopilot { half_life } => baseline(Autopilot::new(*half_life)?),
+        Predictor::Ewma { alpha } => baseline(Ewma::new(alpha)?),
+        Predictor::SeasonalNaive { period } => baseline(SeasonalNaive::new(period)?),
+        Predictor::Autopilot { half_life } => baseline(Autopilot::new(half_life)?),
     })
 }
 
@@ -88,10 +84,8 @@ fn baseline(f: impl Forecaster + Send + Sync + 'static) -> Runner {
 
 impl Default for Predictive {
     fn default() -> Self {
-        let predictor = Predictor::default();
-        let runner = runner_for(&predictor).expect("the default predictor is valid");
+        let runner = runner_for(Predictor::default()).expect("the default predictor is valid");
         Predictive {
-            predictor,
             runner,
             policy: ReservationPolicy::default(),
             events: EventBook::default(),
@@ -129,15 +123,7 @@ pub struct TickTimings {
 
 /// What a customer used in the interval now closing, from its live counters.
 fn usage_of(b: &Bucket, s: &Settled) -> IntervalUsage {
-    let granted = (b.granted_shadow + b.granted_pool) as f64;
-    let deviation = s.debt as f64 - s.refunded as f64;
-    IntervalUsage {
-        tokens: (granted + deviation).max(0.0),
-        requests: b.requests as f64,
-        fallbacks: b.fallbacks as f64,
-        denied: (b.denied_customer + b.denied_pool) as f64,
-        deviation,
-    }
+    IntervalUsage::from_closed(&b.interval_usage(s))
 }
 
 impl Engine {
@@ -193,7 +179,8 @@ impl Engine {
         }
     }
 
-    fn check_columns_for(&self, p: &Predictor) -> Result<()> {
+    /// Whether the store has the columns every predictor writes (scales, scenarios, a horizon).
+    fn check_forecaster_columns(&self) -> Result<()> {
         let d = self.dims();
         if d.scale_dim < 2 || d.scenario_dim < 4 || d.forecast_dim < FORECAST_PER_HORIZON as u32 {
             return Err(Error::invalid(
@@ -201,6 +188,12 @@ impl Engine {
                  use tick_with and explicit reservations",
             ));
         }
+        Ok(())
+    }
+
+    fn check_columns_for(&self, p: &Predictor) -> Result<()> {
+        self.check_forecaster_columns()?;
+        let d = self.dims();
         if let Predictor::Lstm(m) = p {
             m.validate()?;
             if m.spec.state_dim() != d.state_dim as usize
@@ -229,18 +222,17 @@ impl Engine {
     /// forecaster columns do not fit the model.
     pub fn set_predictor(&mut self, p: Predictor) -> Result<()> {
         self.check_columns_for(&p)?;
-        let runner = runner_for(&p)?;
+        let runner = runner_for(p)?;
         self.device_state_changing()?;
-        if let (Some(b), Predictor::Lstm(m)) = (&self.predictive.backend, &p) {
+        if let (Some(b), Runner::Lstm { model, .. }) = (&self.predictive.backend, &runner) {
             let mut b = b
                 .lock()
                 .map_err(|_| Error::invalid("step backend lock poisoned"))?;
-            if let Err(e) = b.set_model(m) {
+            if let Err(e) = b.set_model(model) {
                 self.predictive.backend_failed = Some(e.to_string());
             }
             b.invalidate();
         }
-        self.predictive.predictor = p;
         self.predictive.runner = runner;
         self.predictive.state_stale = true;
         Ok(())
@@ -254,11 +246,6 @@ impl Engine {
     pub fn load_model(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let m = LstmModel::load(path)?;
         self.set_predictor(Predictor::Lstm(Box::new(m)))
-    }
-
-    /// The predictor in use.
-    pub fn predictor(&self) -> &Predictor {
-        &self.predictive.predictor
     }
 
     /// A short description of the predictor and where its step runs.
@@ -455,19 +442,7 @@ impl Engine {
             .iter()
             .enumerate()
             .filter(|(_, b)| b.active())
-            .map(|(slot, _)| {
-                let cl = &c.closed[slot];
-                let granted = (cl.granted_shadow + cl.granted_pool) as f64;
-                let deviation = cl.debt as f64 - cl.refunded as f64;
-                let u = IntervalUsage {
-                    tokens: (granted + deviation).max(0.0),
-                    requests: cl.requests as f64,
-                    fallbacks: cl.fallbacks as f64,
-                    denied: (cl.denied_customer + cl.denied_pool) as f64,
-                    deviation,
-                };
-                (c.ids[slot], u)
-            })
+            .map(|(slot, _)| (c.ids[slot], IntervalUsage::from_closed(&c.closed[slot])))
             .collect()
     }
 
@@ -529,8 +504,8 @@ impl Engine {
         if self.store.read_only() {
             return Err(Error::ReadOnly);
         }
-        let p = self.predictive.predictor.clone();
-        self.check_columns_for(&p)?;
+        // set_predictor checked the model against the columns; the default baseline needs these
+        self.check_forecaster_columns()?;
         let dims = self.dims();
         let cfg = self.config();
         let horizons = self.horizons();
