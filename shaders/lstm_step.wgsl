@@ -1,4 +1,5 @@
-// lstm_step.wgsl: one LSTM layer's step for one chunk of customers, one invocation per customer.
+// lstm_step.wgsl: one LSTM layer's step for one chunk of customers, one invocation per customer
+// (the simple kernel; lstm_step_tiled.wgsl is the default).
 //
 // The math is `shadowbucket::model::step::step_one` (see core/src/model/mod.rs), with the
 // batched CPU step's choices: the feature normalization and the global features are folded into

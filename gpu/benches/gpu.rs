@@ -1,14 +1,14 @@
 //! Criterion: the LSTM step alone and the whole reservation tick (upload, step, heads, decode,
-//! download of one value per customer), CPU and GPU side by side for a few customer counts. The
-//! GPU comes from `SB_GPU` (unset: any adapter, software included); without one only the CPU
-//! runs, with a note.
+//! download of one value per customer), CPU and GPU side by side for a few customer counts, the
+//! GPU with each step kernel (`gpu_tiled`, `gpu_simple`). The GPU comes from `SB_GPU` (unset: any
+//! adapter, software included); without one only the CPU runs, with a note.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use shadowbucket::model::backend::Pick;
 use shadowbucket::model::{CUSTOMER_FEATURES, CpuBackend, LstmModel, ModelSpec, StepBackend};
-use shadowbucket_gpu::{AdapterChoice, GpuBackend, GpuOptions};
+use shadowbucket_gpu::{AdapterChoice, GpuBackend, GpuOptions, StepKernel};
 
 struct Inputs {
     model: LstmModel,
@@ -38,13 +38,14 @@ fn inputs(n: usize) -> Inputs {
     }
 }
 
-fn gpu() -> Option<GpuBackend> {
+fn gpu(kernel: StepKernel) -> Option<GpuBackend> {
     let choice = match AdapterChoice::from_env() {
         AdapterChoice::Auto => AdapterChoice::AnyGpu,
         c => c,
     };
     let opts = GpuOptions {
         choice,
+        kernel,
         ..GpuOptions::from_env()
     };
     GpuBackend::new(opts)
@@ -53,7 +54,10 @@ fn gpu() -> Option<GpuBackend> {
 }
 
 fn bench(c: &mut Criterion) {
-    let mut g = gpu();
+    let mut gpus: Vec<(StepKernel, GpuBackend)> = [StepKernel::Tiled, StepKernel::Simple]
+        .into_iter()
+        .filter_map(|k| gpu(k).map(|g| (k, g)))
+        .collect();
     for (group, tick) in [("lstm_step", false), ("tick", true)] {
         let mut grp = c.benchmark_group(group);
         grp.sample_size(10);
@@ -80,11 +84,12 @@ fn bench(c: &mut Criterion) {
                     .unwrap()
                 })
             });
-            if let Some(g) = g.as_mut() {
+            for (kernel, g) in gpus.iter_mut() {
                 g.set_model(&inp.model).unwrap();
                 g.step(&inp.x, &inp.glob, &mut inp.state, &mut inp.out)
                     .unwrap();
-                grp.bench_with_input(BenchmarkId::new("gpu", n), &n, |b, _| {
+                let id = BenchmarkId::new(format!("gpu_{kernel}"), n);
+                grp.bench_with_input(id, &n, |b, _| {
                     b.iter(|| {
                         if tick {
                             g.step_pick(

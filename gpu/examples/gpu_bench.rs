@@ -3,13 +3,27 @@
 //!
 //! `cargo run --release -p shadowbucket-gpu --example gpu_bench -- [N] [hidden] [ticks] [layers]`
 //! (defaults 100000 32 10 1). The adapter comes from `SB_GPU` (unset here means any adapter,
-//! software ones included); `SB_BENCH_CPU=0` skips the CPU figures.
+//! software ones included); `SB_BENCH_CPU=0` skips the CPU figures, `SB_BENCH_OTHER=0` the second
+//! kernel.
 //!
 //! Figures: `step_ms` is the device step alone (every layer and the heads, state resident, no
 //! transfers; wall time of submit and wait); `tick_pick_ms` is the tick the reservation runs
 //! (upload features and scales, step, heads, decode one value per customer on the device,
-//! download N floats); `tick_full_ms` downloads every head output instead. Bandwidth is the
-//! modelled bytes per customer ([`GpuBackend::bytes_per_customer`]) times N over the time.
+//! download N floats), split into the host's phases (`tick_pick_copy_in_ms`: features and scales
+//! into the mapped upload buffers; `tick_pick_copy_out_ms`: the values out of the mapped readback
+//! buffers; `tick_pick_submit_gpu_ms`: the rest, encoding, submitting and waiting for the device,
+//! which works on one chunk while the host copies the next; see `GpuBackend::last_timings`);
+//! `tick_full_ms` downloads every head output instead. Bandwidth is the modelled bytes per
+//! customer ([`GpuBackend::bytes_per_customer`]) times N over the time.
+//!
+//! These unsuffixed figures are the default kernel's (`kernel`: `SB_GPU_KERNEL`, else tiled).
+//! The step and the pick tick also run on a second backend with the other kernel, and every
+//! kernel's figures are repeated with its name as suffix (`step_ms_tiled`, `step_ms_simple`,
+//! `tick_pick_ms_tiled`, ...), with `step_speedup_tiled_vs_simple` (simple's time over tiled's),
+//! `tick_pick_speedup_tiled_vs_simple` and `pick_max_rel_diff_tiled_vs_simple` (the largest
+//! difference between the two kernels' last picked values, relative to max(|value|, 1): both
+//! ran the same inputs and ticks, so it is rounding only). `kernel_used_<kernel>` says which
+//! kernel a backend ran (the tiled one falls back to simple where its tile does not fit).
 
 use std::time::Instant;
 
@@ -17,7 +31,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use shadowbucket::model::backend::Pick;
 use shadowbucket::model::{CUSTOMER_FEATURES, CpuBackend, LstmModel, ModelSpec, StepBackend};
-use shadowbucket_gpu::{AdapterChoice, GpuBackend, GpuOptions};
+use shadowbucket_gpu::{AdapterChoice, AdapterDesc, GpuBackend, GpuOptions, StepKernel};
 
 fn arg(i: usize, default: usize) -> usize {
     std::env::args()
@@ -58,66 +72,119 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("ticks".into(), ticks.to_string()),
     ];
     let per_s = |ms: f64| format!("{:.0}", n as f64 / (ms / 1e3));
+    let ms = |v: f64| format!("{v:.3}");
+    let inputs = Inputs {
+        model: &model,
+        x: &x,
+        glob: &glob,
+        scale: &scale,
+        pick,
+        ticks,
+    };
     let choice = match AdapterChoice::from_env() {
         AdapterChoice::Auto => AdapterChoice::AnyGpu,
         c => c,
     };
-    let opts = GpuOptions {
+    let base = GpuOptions {
         choice,
         ..GpuOptions::from_env()
     };
-    match GpuBackend::new(opts) {
-        Ok(mut g) => {
-            g.set_model(&model)?;
-            let mut state = vec![0f32; n * sd];
-            let mut out = vec![0f32; n * hd];
-            let mut one = vec![0f32; n];
-            g.step(&x, &glob, &mut state, &mut out)?; // uploads the state, compiles, warms up
-            let step_ms =
-                g.bench_device_steps(ticks, &glob, &state)?.as_secs_f64() * 1e3 / f64::from(ticks);
-            let t = Instant::now();
-            for _ in 0..ticks {
-                g.step_pick(&x, &glob, &scale, &mut state, pick, &mut one)?;
+    // the default kernel (SB_GPU_KERNEL, else tiled) first, then the other one
+    let default = base.kernel;
+    let other = match default {
+        StepKernel::Tiled => StepKernel::Simple,
+        StepKernel::Simple => StepKernel::Tiled,
+    };
+    let mut runs: Vec<Run> = Vec::new();
+    let kernels = if std::env::var("SB_BENCH_OTHER").is_ok_and(|v| v == "0") {
+        vec![default]
+    } else {
+        vec![default, other]
+    };
+    for kernel in kernels {
+        let opts = GpuOptions {
+            kernel,
+            ..base.clone()
+        };
+        match GpuBackend::new(opts) {
+            Ok(g) => runs.push(measure(g, kernel, kernel == default, &inputs)?),
+            Err(e) => {
+                fields.push(("gpu_unavailable".into(), json_str(&e.to_string())));
+                break;
             }
-            let pick_ms = t.elapsed().as_secs_f64() * 1e3 / f64::from(ticks);
-            let t = Instant::now();
-            for _ in 0..ticks {
-                g.step(&x, &glob, &mut state, &mut out)?;
-            }
-            let full_ms = t.elapsed().as_secs_f64() * 1e3 / f64::from(ticks);
-            let gbs =
-                |bytes: usize, ms: f64| format!("{:.2}", (bytes * n) as f64 / (ms / 1e3) / 1e9);
-            let a = g.adapter().clone();
+        }
+    }
+    if let Some(d) = runs.first() {
+        let gbs = |bytes: usize, ms: f64| format!("{:.2}", (bytes * n) as f64 / (ms / 1e3) / 1e9);
+        let a = &d.adapter;
+        fields.extend([
+            ("adapter".into(), json_str(&a.name)),
+            ("backend".into(), json_str(&a.backend)),
+            ("driver".into(), json_str(&a.driver)),
+            ("device_type".into(), json_str(&a.device_type)),
+            ("kernel".into(), json_str(d.kernel.name())),
+            ("chunks".into(), d.chunks.to_string()),
+            (
+                "weights_in_workgroup_memory".into(),
+                d.weights_in_workgroup_memory.to_string(),
+            ),
+            ("step_ms".into(), ms(d.step_ms)),
+            ("step_customers_per_s".into(), per_s(d.step_ms)),
+            (
+                "step_bytes_per_customer".into(),
+                d.bytes_per_customer.to_string(),
+            ),
+            ("step_gb_per_s".into(), gbs(d.bytes_per_customer, d.step_ms)),
+            ("tick_pick_ms".into(), ms(d.pick_ms)),
+            ("tick_pick_customers_per_s".into(), per_s(d.pick_ms)),
+            (
+                "tick_pick_gb_per_s".into(),
+                gbs(d.bytes_per_customer_pick, d.pick_ms),
+            ),
+            ("tick_pick_copy_in_ms".into(), ms(d.copy_in_ms)),
+            ("tick_pick_submit_gpu_ms".into(), ms(d.submit_gpu_ms)),
+            ("tick_pick_copy_out_ms".into(), ms(d.copy_out_ms)),
+            ("tick_full_ms".into(), ms(d.full_ms.unwrap_or(f64::NAN))),
+        ]);
+        for r in &runs {
+            let k = r.asked.name();
             fields.extend([
-                ("adapter".into(), json_str(&a.name)),
-                ("backend".into(), json_str(&a.backend)),
-                ("driver".into(), json_str(&a.driver)),
-                ("device_type".into(), json_str(&a.device_type)),
-                ("chunks".into(), g.chunks().to_string()),
+                (format!("kernel_used_{k}"), json_str(r.kernel.name())),
                 (
-                    "weights_in_workgroup_memory".into(),
-                    g.weights_in_workgroup_memory().unwrap_or(false).to_string(),
+                    format!("weights_in_workgroup_memory_{k}"),
+                    r.weights_in_workgroup_memory.to_string(),
                 ),
-                ("step_ms".into(), format!("{step_ms:.3}")),
-                ("step_customers_per_s".into(), per_s(step_ms)),
-                (
-                    "step_bytes_per_customer".into(),
-                    g.bytes_per_customer(false).to_string(),
-                ),
-                (
-                    "step_gb_per_s".into(),
-                    gbs(g.bytes_per_customer(false), step_ms),
-                ),
-                ("tick_pick_ms".into(), format!("{pick_ms:.3}")),
-                ("tick_pick_customers_per_s".into(), per_s(pick_ms)),
-                (
-                    "tick_pick_gb_per_s".into(),
-                    gbs(g.bytes_per_customer(true), pick_ms),
-                ),
-                ("tick_full_ms".into(), format!("{full_ms:.3}")),
+                (format!("step_ms_{k}"), ms(r.step_ms)),
+                (format!("tick_pick_ms_{k}"), ms(r.pick_ms)),
+                (format!("tick_pick_copy_in_ms_{k}"), ms(r.copy_in_ms)),
+                (format!("tick_pick_submit_gpu_ms_{k}"), ms(r.submit_gpu_ms)),
+                (format!("tick_pick_copy_out_ms_{k}"), ms(r.copy_out_ms)),
             ]);
         }
-        Err(e) => fields.push(("gpu_unavailable".into(), json_str(&e.to_string()))),
+        let find = |k: StepKernel| runs.iter().find(|r| r.asked == k);
+        if let (Some(t), Some(s)) = (find(StepKernel::Tiled), find(StepKernel::Simple)) {
+            let worst = t
+                .last_pick
+                .iter()
+                .zip(&s.last_pick)
+                .map(|(a, b)| f64::from((a - b).abs()) / f64::from(a.abs().max(b.abs()).max(1.0)))
+                .fold(0f64, f64::max);
+            fields.extend([
+                (
+                    "step_speedup_tiled_vs_simple".into(),
+                    format!("{:.2}", s.step_ms / t.step_ms),
+                ),
+                (
+                    "tick_pick_speedup_tiled_vs_simple".into(),
+                    format!("{:.2}", s.pick_ms / t.pick_ms),
+                ),
+                // the same inputs and tick sequence on both: they agree up to summation order
+                (
+                    "pick_max_rel_diff_tiled_vs_simple".into(),
+                    format!("{worst:.2e}"),
+                ),
+            ]);
+        }
     }
     if std::env::var("SB_BENCH_CPU").map_or(true, |v| v != "0") {
         let mut c = CpuBackend::new();
@@ -149,6 +216,89 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     println!("{{\n{}\n}}", body.join(",\n"));
     Ok(())
+}
+
+struct Inputs<'a> {
+    model: &'a LstmModel,
+    x: &'a [f32],
+    glob: &'a [f32],
+    scale: &'a [f32],
+    pick: Pick,
+    ticks: u32,
+}
+
+/// One backend's figures, in milliseconds per tick.
+struct Run {
+    asked: StepKernel,
+    kernel: StepKernel,
+    adapter: AdapterDesc,
+    chunks: usize,
+    weights_in_workgroup_memory: bool,
+    bytes_per_customer: usize,
+    bytes_per_customer_pick: usize,
+    step_ms: f64,
+    pick_ms: f64,
+    copy_in_ms: f64,
+    submit_gpu_ms: f64,
+    copy_out_ms: f64,
+    full_ms: Option<f64>,
+    last_pick: Vec<f32>,
+}
+
+/// Warms `g` up with one full step, then times `ticks` device steps, `ticks` pick ticks (with
+/// their host phases) and, when `full`, `ticks` full ticks.
+fn measure(
+    mut g: GpuBackend,
+    asked: StepKernel,
+    full: bool,
+    inp: &Inputs,
+) -> Result<Run, Box<dyn std::error::Error>> {
+    let m = inp.model;
+    let n = inp.scale.len();
+    let ticks = inp.ticks;
+    g.set_model(m)?;
+    let mut state = vec![0f32; n * m.spec.state_dim()];
+    let mut out = vec![0f32; n * m.spec.head_dim()];
+    let mut one = vec![0f32; n];
+    g.step(inp.x, inp.glob, &mut state, &mut out)?; // uploads the state, compiles, warms up
+    let step_ms =
+        g.bench_device_steps(ticks, inp.glob, &state)?.as_secs_f64() * 1e3 / f64::from(ticks);
+    let (mut copy_in, mut submit_gpu, mut copy_out) = (0f64, 0f64, 0f64);
+    let t = Instant::now();
+    for _ in 0..ticks {
+        g.step_pick(inp.x, inp.glob, inp.scale, &mut state, inp.pick, &mut one)?;
+        let tm = g.last_timings();
+        copy_in += tm.copy_in.as_secs_f64();
+        submit_gpu += tm.submit_gpu.as_secs_f64();
+        copy_out += tm.copy_out.as_secs_f64();
+    }
+    let pick_ms = t.elapsed().as_secs_f64() * 1e3 / f64::from(ticks);
+    let per_tick = |s: f64| s * 1e3 / f64::from(ticks);
+    let full_ms = if full {
+        let t = Instant::now();
+        for _ in 0..ticks {
+            g.step(inp.x, inp.glob, &mut state, &mut out)?;
+        }
+        Some(t.elapsed().as_secs_f64() * 1e3 / f64::from(ticks))
+    } else {
+        None
+    };
+    Ok(Run {
+        asked,
+        kernel: g.kernel().unwrap_or(asked),
+        adapter: g.adapter().clone(),
+        chunks: g.chunks(),
+        weights_in_workgroup_memory: g.weights_in_workgroup_memory().unwrap_or(false),
+        bytes_per_customer: g.bytes_per_customer(false),
+        bytes_per_customer_pick: g.bytes_per_customer(true),
+        step_ms,
+        pick_ms,
+        copy_in_ms: per_tick(copy_in),
+        submit_gpu_ms: per_tick(submit_gpu),
+        copy_out_ms: per_tick(copy_out),
+        full_ms,
+        last_pick: one,
+    })
 }
 
 fn rayon_threads() -> usize {

@@ -1,16 +1,59 @@
 //! [`GpuBackend`]: the batched LSTM step on a wgpu device, state resident between ticks.
 
 use std::num::NonZeroU64;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
 use shadowbucket::model::backend::Pick;
 use shadowbucket::model::{CUSTOMER_FEATURES, LstmModel, StepBackend};
 use shadowbucket::{Error, Result};
 
 use crate::context::{AdapterChoice, AdapterDesc, Context, Unavailable};
-use crate::shaders::{HeadsParams, RelayoutParams, Shape, StepParams};
+use crate::shaders::{HeadsParams, RelayoutParams, Shape, StepParams, TiledShape};
+
+/// Which WGSL kernel runs the LSTM layers (the heads and the relayout are the same for both).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StepKernel {
+    /// `shaders/lstm_step_tiled.wgsl` (the default): a workgroup takes tiles of 64 customers,
+    /// each invocation computes 2 units × 4 gates × 4 customers in registers, the layer's weights
+    /// in workgroup memory once per (persistent) workgroup. Falls back to
+    /// [`StepKernel::Simple`] when a model's tile does not fit the adapter's workgroup memory.
+    #[default]
+    Tiled,
+    /// `shaders/lstm_step.wgsl`: one invocation per customer.
+    Simple,
+}
+
+impl StepKernel {
+    /// The environment variable read by [`GpuOptions::from_env`]: `tiled` or `simple`.
+    pub const ENV: &'static str = "SB_GPU_KERNEL";
+
+    /// Parses `tiled` or `simple` (case-insensitive, surrounding blanks ignored).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            v if v.eq_ignore_ascii_case("tiled") => Some(StepKernel::Tiled),
+            v if v.eq_ignore_ascii_case("simple") => Some(StepKernel::Simple),
+            _ => None,
+        }
+    }
+
+    /// `"tiled"` or `"simple"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKernel::Tiled => "tiled",
+            StepKernel::Simple => "simple",
+        }
+    }
+}
+
+impl std::fmt::Display for StepKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// How a [`GpuBackend`] is built.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +69,18 @@ pub struct GpuOptions {
     pub max_binding_bytes: Option<u64>,
     /// Invocations per workgroup (capped by the adapter), default 256.
     pub workgroup: u32,
+    /// The step kernel (default [`StepKernel::Tiled`], or `SB_GPU_KERNEL`).
+    pub kernel: StepKernel,
+    /// Tiled kernel: workgroups per layer dispatch at most (persistent: each copies the weights
+    /// once, then takes tiles from an atomic counter until none is left); default
+    /// [`GpuOptions::DEFAULT_TILED_GROUPS`], or `SB_GPU_TILED_GROUPS`; capped by the tiles and
+    /// the adapter's dispatch limit. Should be at least what the device keeps resident at once
+    /// (more only adds workgroups that find no tile left).
+    pub tiled_groups: u32,
+    /// Customers per upload piece: each chunk's features and scales go up in pieces of this
+    /// many, the device copying one while the host fills the next; default
+    /// [`GpuOptions::DEFAULT_UPLOAD_PIECE`] (16 MiB), or `SB_GPU_UPLOAD_PIECE`.
+    pub upload_piece: u32,
 }
 
 impl GpuOptions {
@@ -33,21 +88,65 @@ impl GpuOptions {
     pub const DEFAULT_SYNC_EVERY: u32 = 10;
     /// The environment variable that overrides [`GpuOptions::sync_every`].
     pub const SYNC_ENV: &'static str = "SB_GPU_SYNC_EVERY";
+    /// Default [`GpuOptions::tiled_groups`]: a few workgroups per streaming multiprocessor (or
+    /// compute unit) of a large GPU (an H200 has 132 SMs, each holding 3 to 8 of these
+    /// 256-invocation workgroups depending on registers and workgroup memory).
+    pub const DEFAULT_TILED_GROUPS: u32 = 1024;
+    /// The environment variable that overrides [`GpuOptions::tiled_groups`].
+    pub const TILED_GROUPS_ENV: &'static str = "SB_GPU_TILED_GROUPS";
+    /// Default [`GpuOptions::upload_piece`]: 512Ki customers, 16 MiB of features and scales.
+    pub const DEFAULT_UPLOAD_PIECE: u32 = 1 << 19;
+    /// The environment variable that overrides [`GpuOptions::upload_piece`].
+    pub const UPLOAD_PIECE_ENV: &'static str = "SB_GPU_UPLOAD_PIECE";
 
-    /// The defaults, with `SB_GPU` and `SB_GPU_SYNC_EVERY` applied.
+    /// The defaults, with `SB_GPU`, `SB_GPU_SYNC_EVERY`, `SB_GPU_KERNEL`, `SB_GPU_TILED_GROUPS`
+    /// and `SB_GPU_UPLOAD_PIECE` applied (a value that does not parse is ignored, with a
+    /// warning).
     pub fn from_env() -> Self {
-        let sync_every = std::env::var(Self::SYNC_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .filter(|&v| v > 0)
-            .unwrap_or(Self::DEFAULT_SYNC_EVERY);
+        let positive = |name: &str| {
+            let v = std::env::var(name).ok()?;
+            let parsed = v.trim().parse::<u32>().ok().filter(|&v| v > 0);
+            if parsed.is_none() {
+                log::warn!("shadowbucket-gpu: ignoring {name}={v:?} (not a positive integer)");
+            }
+            parsed
+        };
+        let kernel = match std::env::var(StepKernel::ENV) {
+            Ok(v) if !v.trim().is_empty() => StepKernel::parse(&v).unwrap_or_else(|| {
+                log::warn!(
+                    "shadowbucket-gpu: ignoring {}={v:?} (tiled or simple)",
+                    StepKernel::ENV
+                );
+                StepKernel::default()
+            }),
+            _ => StepKernel::default(),
+        };
         GpuOptions {
             choice: AdapterChoice::from_env(),
-            sync_every,
+            sync_every: positive(Self::SYNC_ENV).unwrap_or(Self::DEFAULT_SYNC_EVERY),
             max_binding_bytes: None,
             workgroup: 256,
+            kernel,
+            tiled_groups: positive(Self::TILED_GROUPS_ENV).unwrap_or(Self::DEFAULT_TILED_GROUPS),
+            upload_piece: positive(Self::UPLOAD_PIECE_ENV).unwrap_or(Self::DEFAULT_UPLOAD_PIECE),
         }
     }
+}
+
+/// Where the host's time went in the last [`StepBackend::step`] or [`StepBackend::step_pick`]
+/// ([`GpuBackend::last_timings`]); wall-clock, on the calling thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickTimings {
+    /// Copying the features (and scales) into the mapped upload buffers (parallel).
+    pub copy_in: Duration,
+    /// Copying the outputs out of the mapped readback buffers (parallel).
+    pub copy_out: Duration,
+    /// The rest: encoding, submitting and waiting for the device (its uploads, kernels and
+    /// downloads). The device works on one chunk while the host copies the next, so this is the
+    /// time the host was not copying, not the device's busy time.
+    pub submit_gpu: Duration,
+    /// The whole call.
+    pub total: Duration,
 }
 
 /// A device failure as the engine's error (the engine then falls back to the CPU).
@@ -63,8 +162,9 @@ fn invalid(msg: impl Into<String>) -> Error {
 }
 
 /// Stride of the feature-major state rows, in floats: customers rounded up so that every row
-/// starts on a 256-byte boundary.
+/// starts on a 256-byte boundary and holds whole tiles of the tiled kernel.
 const LD_ALIGN: usize = 64;
+const _: () = assert!(LD_ALIGN.is_multiple_of(TiledShape::TILE as usize));
 /// Bytes between parameter slots in a chunk's uniform buffer (the largest
 /// `min_uniform_buffer_offset_alignment` WebGPU allows).
 const SLOT: u64 = 256;
@@ -76,10 +176,16 @@ struct Prepared {
     state_dim: usize,
     head_dim: usize,
     global: usize,
-    /// All layers' rows, vec4-padded (see lstm_step.wgsl), as floats.
+    /// The simple kernel's weights: all layers' rows, vec4-padded (see lstm_step.wgsl), as
+    /// floats.
     weights: Vec<f32>,
-    /// Per layer: first vec4.
+    /// The simple kernel's weights: per layer, first vec4.
     w_off: Vec<u32>,
+    /// The tiled kernel's weights: per layer, `rows x HP` vec4s of gates (see
+    /// lstm_step_tiled.wgsl), as floats.
+    tiled_weights: Vec<f32>,
+    /// The tiled kernel's weights: per layer, first vec4.
+    tiled_w_off: Vec<u32>,
     /// Per layer: `b_ih + b_hh` ordered (j, q); layer 0's with the normalization folded in.
     bias: Vec<Vec<f32>>,
     /// Layer 0's weights on the global features, normalization folded in, rows in (j, q) order:
@@ -99,12 +205,17 @@ impl Prepared {
         let global = s.global_dim();
         let mut weights = Vec::new();
         let mut w_off = Vec::new();
+        let mut tiled_weights = Vec::new();
+        let mut tiled_w_off = Vec::new();
         let mut bias = Vec::new();
         let mut w_glob = vec![0f32; 4 * h * global];
         for (l, lw) in model.layers.iter().enumerate() {
             let k = s.layer_input_dim(l);
             let kin4 = if l == 0 { cf.div_ceil(4) * 4 } else { hv4 };
             w_off.push((weights.len() / 4) as u32);
+            // tiled: row kk (inputs, then h), unit j, gate q at float ((kk * hv4 + j) * 4 + q)
+            let mut tiled = vec![0f32; (kin4 + hv4) * hv4 * 4];
+            let at = |kk: usize, j: usize, q: usize| (kk * hv4 + j) * 4 + q;
             let mut b = vec![0f32; 4 * h];
             for j in 0..h {
                 for q in 0..4 {
@@ -126,12 +237,19 @@ impl Prepared {
                             }
                         }
                         row[c] = wv;
+                        tiled[at(c, j, q)] = wv;
                     }
-                    row[kin4..kin4 + h].copy_from_slice(&lw.w_hh[r * h..(r + 1) * h]);
+                    let hh = &lw.w_hh[r * h..(r + 1) * h];
+                    row[kin4..kin4 + h].copy_from_slice(hh);
+                    for (c, &wv) in hh.iter().enumerate() {
+                        tiled[at(kin4 + c, j, q)] = wv;
+                    }
                     weights.extend_from_slice(&row);
                     b[jq] = br;
                 }
             }
+            tiled_w_off.push((tiled_weights.len() / 4) as u32);
+            tiled_weights.extend_from_slice(&tiled);
             bias.push(b);
         }
         let hd = s.head_dim();
@@ -147,6 +265,8 @@ impl Prepared {
             global,
             weights,
             w_off,
+            tiled_weights,
+            tiled_w_off,
             bias,
             w_glob,
             head_w,
@@ -171,8 +291,17 @@ impl Prepared {
 
 /// Pipelines and model buffers for one model.
 struct Kernels {
-    shape: Shape,
-    step: wgpu::ComputePipeline,
+    /// The step kernel in use (the one asked for, unless the tiled one does not fit).
+    kind: StepKernel,
+    /// Whether every layer's weights are read from workgroup memory.
+    use_shared: bool,
+    /// The step for layer 0 and for the later layers (the same pipeline for the simple kernel);
+    /// both on the step bind group layout.
+    step_first: wgpu::ComputePipeline,
+    step_rest: wgpu::ComputePipeline,
+    step_layout: wgpu::BindGroupLayout,
+    /// Per layer, its first vec4 in `weights` (the kernel's layout).
+    w_off: Vec<u32>,
     heads: wgpu::ComputePipeline,
     relayout: wgpu::ComputePipeline,
     weights: wgpu::Buffer,
@@ -195,8 +324,77 @@ struct Chunk {
     scale: wgpu::Buffer,
     out: wgpu::Buffer,
     readback: wgpu::Buffer,
+    /// Host-visible upload staging in pieces of at most [`GpuOptions::upload_piece`] customers,
+    /// kept mapped between ticks.
+    uploads: Vec<Upload>,
+    /// Tiled kernel: workgroups per layer dispatch.
+    grid: u32,
+    /// Tiled kernel: per layer, the next tile to take (zeroed before every tick's dispatches).
+    counters: wgpu::Buffer,
     step_groups: Vec<wgpu::BindGroup>,
     heads_group: wgpu::BindGroup,
+}
+
+/// One piece of a chunk's upload staging: `[x: n x CF | scale: n]` of customers
+/// `first .. first + n` of the chunk, in a host-visible buffer (`MAP_WRITE | COPY_SRC`).
+struct Upload {
+    /// First customer, relative to the chunk.
+    first: usize,
+    /// Customers.
+    n: usize,
+    buffer: wgpu::Buffer,
+    /// `buffer`'s mapping: [`UNMAPPED`], [`PENDING`] or [`MAPPED`] (set by the map callback).
+    map: Arc<AtomicU8>,
+}
+
+/// [`Upload::map`]: not mapped.
+const UNMAPPED: u8 = 0;
+/// [`Upload::map`]: `map_async` asked, not yet answered.
+const PENDING: u8 = 1;
+/// [`Upload::map`]: mapped for writing.
+const MAPPED: u8 = 2;
+
+/// Bytes per parallel piece of a host copy into or out of mapped memory.
+const PIECE: usize = 2 << 20;
+
+/// Copies `src` into `dst` (of the same length) in pieces of [`PIECE`] bytes on rayon's pool.
+fn copy_in(dst: wgpu::WriteOnly<'_, [u8]>, src: &[u8]) -> Result<()> {
+    if dst.len() != src.len() {
+        return Err(device_error(format!(
+            "upload of {} bytes into a mapped range of {}",
+            src.len(),
+            dst.len()
+        )));
+    }
+    // Whole pieces as arrays (a `WriteOnly` of an array can move to another thread, one of a
+    // slice cannot), the remainder here.
+    let (whole, mut rest) = dst.into_chunks::<PIECE>();
+    let split = whole.len() * PIECE;
+    let pieces: Vec<wgpu::WriteOnly<'_, [u8; PIECE]>> = whole.into_iter().collect();
+    pieces
+        .into_par_iter()
+        .zip(src[..split].par_chunks_exact(PIECE))
+        .for_each(|(d, s)| {
+            let mut d: wgpu::WriteOnly<'_, [u8]> = d.into();
+            d.copy_from_slice(s);
+        });
+    rest.copy_from_slice(&src[split..]);
+    Ok(())
+}
+
+/// Copies `src` into `dst` (of the same length) in pieces of [`PIECE`] bytes on rayon's pool.
+fn copy_out(dst: &mut [u8], src: &[u8]) -> Result<()> {
+    if dst.len() != src.len() {
+        return Err(device_error(format!(
+            "download of {} bytes into {}",
+            src.len(),
+            dst.len()
+        )));
+    }
+    dst.par_chunks_mut(PIECE)
+        .zip(src.par_chunks(PIECE))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+    Ok(())
 }
 
 /// Customer-major staging for state uploads and downloads, sized for the largest chunk and
@@ -225,6 +423,8 @@ pub struct GpuBackend {
     staging: Option<Staging>,
     /// The durable copy must go up before the next step.
     dirty: bool,
+    /// The last tick's host-side phases.
+    timings: TickTimings,
 }
 
 impl std::fmt::Debug for GpuBackend {
@@ -271,6 +471,7 @@ impl GpuBackend {
             planned_n: 0,
             staging: None,
             dirty: true,
+            timings: TickTimings::default(),
         })
     }
 
@@ -295,7 +496,7 @@ impl GpuBackend {
             bind = bind.min(m);
         }
         let bind = usize::try_from(bind).unwrap_or(usize::MAX);
-        let per = 4 * p.state_dim.max(p.head_dim).max(CUSTOMER_FEATURES);
+        let per = 4 * p.state_dim.max(p.head_dim).max(CUSTOMER_FEATURES + 1);
         let by_state = (bind / (4 * p.state_dim)) / LD_ALIGN * LD_ALIGN;
         let by_dispatch = l.max_compute_workgroups_per_dimension as usize * self.workgroup as usize;
         let cap = by_state.min(bind / per).min(by_dispatch);
@@ -317,7 +518,20 @@ impl GpuBackend {
     /// Whether the step kernel reads the weights from workgroup memory (false when a layer's
     /// weights exceed the adapter's workgroup storage).
     pub fn weights_in_workgroup_memory(&self) -> Option<bool> {
-        self.kernels.as_ref().map(|k| k.shape.use_shared)
+        self.kernels.as_ref().map(|k| k.use_shared)
+    }
+
+    /// The step kernel the current model runs on ([`GpuOptions::kernel`], unless the tiled
+    /// kernel's tile does not fit the adapter's workgroup memory); `None` before
+    /// [`StepBackend::set_model`].
+    pub fn kernel(&self) -> Option<StepKernel> {
+        self.kernels.as_ref().map(|k| k.kind)
+    }
+
+    /// Where the host's time went in the last [`StepBackend::step`] or
+    /// [`StepBackend::step_pick`] (zero before the first).
+    pub fn last_timings(&self) -> TickTimings {
+        self.timings
     }
 
     /// Bytes the device reads and writes per customer in one tick (the model behind the
@@ -370,7 +584,14 @@ impl GpuBackend {
         b
     }
 
-    fn pipeline(&self, label: &str, src: String) -> wgpu::ComputePipeline {
+    /// A compute pipeline from WGSL `src`; with `layout`, on that pipeline layout and without
+    /// zero-initializing workgroup memory (the step kernels write all they read of it).
+    fn pipeline(
+        &self,
+        label: &str,
+        src: String,
+        layout: Option<&wgpu::PipelineLayout>,
+    ) -> wgpu::ComputePipeline {
         let module = self
             .ctx
             .device
@@ -382,12 +603,68 @@ impl GpuBackend {
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(label),
-                layout: None,
+                layout,
                 module: &module,
                 entry_point: Some("main"),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    zero_initialize_workgroup_memory: layout.is_none(),
+                    ..Default::default()
+                },
                 cache: None,
             })
+    }
+
+    /// The step kernels' bind group layout (both kernels, every layer): params, weights, bias,
+    /// x, state, and the tiled kernel's tile counters.
+    fn step_bind_layout(&self) -> wgpu::BindGroupLayout {
+        let entry = |binding: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let read = wgpu::BufferBindingType::Storage { read_only: true };
+        self.ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("lstm_step"),
+                entries: &[
+                    entry(0, wgpu::BufferBindingType::Uniform),
+                    entry(1, read),
+                    entry(2, read),
+                    entry(3, read),
+                    entry(4, wgpu::BufferBindingType::Storage { read_only: false }),
+                    entry(5, wgpu::BufferBindingType::Storage { read_only: false }),
+                ],
+            })
+    }
+
+    /// The tiled kernel's shapes for layer 0 and the later layers, each with its weights in
+    /// workgroup memory when tile and weights fit the adapter's, else from storage; `None` when
+    /// a tile alone does not fit.
+    fn tiled_shapes(&self, p: &Prepared) -> Option<(TiledShape, Option<TiledShape>)> {
+        let limit = u64::from(self.ctx.limits.max_compute_workgroup_storage_size);
+        let shape = |first: bool| {
+            let mut s = TiledShape {
+                hidden: p.hidden as u32,
+                customer_features: CUSTOMER_FEATURES as u32,
+                workgroup: self.workgroup,
+                first,
+                use_shared: true,
+            };
+            s.use_shared = s.shared_bytes() <= limit;
+            (s.tile_bytes() <= limit).then_some(s)
+        };
+        let first = shape(true)?;
+        if p.layers > 1 {
+            Some((first, Some(shape(false)?)))
+        } else {
+            Some((first, None))
+        }
     }
 
     fn build_kernels(&self, p: &Prepared) -> Result<Kernels> {
@@ -406,19 +683,75 @@ impl GpuBackend {
             use_shared,
             shared_v4: if use_shared { largest as u32 } else { 1 },
         };
+        let tiled = match self.opts.kernel {
+            StepKernel::Simple => None,
+            StepKernel::Tiled => {
+                let t = self.tiled_shapes(p);
+                if t.is_none() {
+                    log::warn!(
+                        "shadowbucket-gpu: the tiled kernel's tile for H = {} does not fit the \
+                         adapter's {} bytes of workgroup memory; using the simple kernel",
+                        p.hidden,
+                        self.ctx.limits.max_compute_workgroup_storage_size
+                    );
+                }
+                t
+            }
+        };
         let src = |r: std::result::Result<String, String>| r.map_err(device_error);
-        let step_src = src(shape.lstm_step())?;
+        let (kind, first_src, rest_src, all_shared) = match &tiled {
+            Some((first, rest)) => (
+                StepKernel::Tiled,
+                src(first.source())?,
+                rest.map(|r| r.source()).transpose().map_err(device_error)?,
+                first.use_shared && rest.is_none_or(|r| r.use_shared),
+            ),
+            None => (
+                StepKernel::Simple,
+                src(shape.lstm_step())?,
+                None,
+                use_shared,
+            ),
+        };
         let heads_src = src(shape.heads())?;
         let relayout_src = src(shape.relayout())?;
-        self.scoped("building the GPU kernels", || Kernels {
-            shape,
-            step: self.pipeline("lstm_step", step_src),
-            heads: self.pipeline("heads", heads_src),
-            relayout: self.pipeline("relayout", relayout_src),
-            weights: self.storage("weights", &p.weights),
-            bias: self.storage("bias", &p.bias.concat()),
-            head_w: self.storage("head_w", &p.head_w),
-            head_b: self.storage("head_b", &p.head_b),
+        self.scoped("building the GPU kernels", || {
+            let step_layout = self.step_bind_layout();
+            let layout = self
+                .ctx
+                .device
+                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some("lstm_step"),
+                    bind_group_layouts: &[Some(&step_layout)],
+                    immediate_size: 0,
+                });
+            let label = match kind {
+                StepKernel::Tiled => "lstm_step_tiled",
+                StepKernel::Simple => "lstm_step",
+            };
+            let step_first = self.pipeline(label, first_src, Some(&layout));
+            let step_rest = match rest_src {
+                Some(r) => self.pipeline(label, r, Some(&layout)),
+                None => step_first.clone(),
+            };
+            let (weights, w_off) = match kind {
+                StepKernel::Tiled => (&p.tiled_weights, &p.tiled_w_off),
+                StepKernel::Simple => (&p.weights, &p.w_off),
+            };
+            Kernels {
+                kind,
+                use_shared: all_shared,
+                step_first,
+                step_rest,
+                step_layout,
+                w_off: w_off.clone(),
+                heads: self.pipeline("heads", heads_src, None),
+                relayout: self.pipeline("relayout", relayout_src, None),
+                weights: self.storage("weights", weights),
+                bias: self.storage("bias", &p.bias.concat()),
+                head_w: self.storage("head_w", &p.head_w),
+                head_b: self.storage("head_b", &p.head_b),
+            }
         })
     }
 
@@ -471,12 +804,37 @@ impl GpuBackend {
                     let scale = buf("scale", cn, U::STORAGE | U::COPY_DST);
                     let out = buf("out", cn * p.head_dim, U::STORAGE | U::COPY_SRC);
                     let readback = buf("readback", cn * p.head_dim, U::MAP_READ | U::COPY_DST);
+                    // mapped from the start: the first tick writes into them at once
+                    let piece = self.opts.upload_piece.max(1) as usize;
+                    let uploads = (0..cn)
+                        .step_by(piece)
+                        .map(|first| {
+                            let un = piece.min(cn - first);
+                            Upload {
+                                first,
+                                n: un,
+                                buffer: dev.create_buffer(&wgpu::BufferDescriptor {
+                                    label: Some("upload"),
+                                    size: (4 * un * (CUSTOMER_FEATURES + 1)) as u64,
+                                    usage: U::MAP_WRITE | U::COPY_SRC,
+                                    mapped_at_creation: true,
+                                }),
+                                map: Arc::new(AtomicU8::new(MAPPED)),
+                            }
+                        })
+                        .collect();
+                    let counters = buf("counters", p.layers, U::STORAGE | U::COPY_DST);
+                    let tiles = cn.div_ceil(TiledShape::TILE as usize);
+                    let grid = tiles
+                        .min(self.opts.tiled_groups.max(1) as usize)
+                        .min(self.ctx.limits.max_compute_workgroups_per_dimension as usize)
+                        .max(1) as u32;
                     for l in 0..p.layers {
                         let sp = StepParams {
                             n: cn as u32,
                             ld: ld as u32,
                             layer: l as u32,
-                            w_off: p.w_off[l],
+                            w_off: k.w_off[l],
                             b_off: (4 * p.hidden * l) as u32,
                             _pad: [0; 3],
                         };
@@ -486,12 +844,12 @@ impl GpuBackend {
                             bytemuck::bytes_of(&sp),
                         );
                     }
-                    let layout = k.step.get_bind_group_layout(0);
+                    let layout = &k.step_layout;
                     let step_groups = (0..p.layers)
                         .map(|l| {
                             dev.create_bind_group(&wgpu::BindGroupDescriptor {
                                 label: Some("lstm_step"),
-                                layout: &layout,
+                                layout,
                                 entries: &[
                                     wgpu::BindGroupEntry {
                                         binding: 0,
@@ -512,6 +870,10 @@ impl GpuBackend {
                                     wgpu::BindGroupEntry {
                                         binding: 4,
                                         resource: state.as_entire_binding(),
+                                    },
+                                    wgpu::BindGroupEntry {
+                                        binding: 5,
+                                        resource: counters.as_entire_binding(),
                                     },
                                 ],
                             })
@@ -561,6 +923,9 @@ impl GpuBackend {
                         scale,
                         out,
                         readback,
+                        uploads,
+                        grid,
+                        counters,
                         step_groups,
                         heads_group,
                     }
@@ -714,15 +1079,10 @@ impl GpuBackend {
         want: Want,
         out: &mut [f32],
     ) -> Result<()> {
+        let started = Instant::now();
         self.check_device()?;
-        let (global, sd, hd, layers, top) = match &self.prep {
-            Some(p) => (
-                p.global,
-                p.state_dim,
-                p.head_dim,
-                p.layers,
-                2 * (p.layers - 1) * p.hidden,
-            ),
+        let (global, sd, hd) = match &self.prep {
+            Some(p) => (p.global, p.state_dim, p.head_dim),
             None => return Err(invalid("GPU backend has no model")),
         };
         let cf = CUSTOMER_FEATURES;
@@ -769,88 +1129,233 @@ impl GpuBackend {
         if self.dirty {
             self.upload_state(state)?;
         }
+        match self.tick(x, glob, scale, want, per_out, out) {
+            Ok(mut t) => {
+                t.total = started.elapsed();
+                t.submit_gpu = t.total.saturating_sub(t.copy_in + t.copy_out);
+                self.timings = t;
+                Ok(())
+            }
+            Err(e) => {
+                // Buffers may be left mapped, or waiting to be: plan afresh on the next call, from
+                // the durable copy (the device's may be half a tick ahead).
+                self.chunks.clear();
+                self.staging = None;
+                self.planned_n = 0;
+                self.dirty = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks for upload piece `u` to be mapped for writing (answered by a later poll).
+    fn map_upload(u: &Upload) {
+        u.map.store(PENDING, Ordering::SeqCst);
+        let flag = u.map.clone();
+        u.buffer.map_async(wgpu::MapMode::Write, .., move |r| {
+            flag.store(if r.is_ok() { MAPPED } else { UNMAPPED }, Ordering::SeqCst);
+        });
+    }
+
+    /// Makes sure every upload piece is mapped (they are, after a completed tick: each is mapped
+    /// again as soon as its copy is submitted).
+    fn ready_uploads(&self) -> Result<()> {
+        let uploads = || self.chunks.iter().flat_map(|c| &c.uploads);
+        let mapped = |u: &Upload| u.map.load(Ordering::SeqCst) == MAPPED;
+        if uploads().all(mapped) {
+            return Ok(());
+        }
+        for u in uploads() {
+            if u.map.load(Ordering::SeqCst) == UNMAPPED {
+                Self::map_upload(u);
+            }
+        }
+        self.ctx
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| device_error(format!("waiting for the GPU: {e}")))?;
+        if uploads().all(mapped) {
+            Ok(())
+        } else {
+            Err(device_error("a GPU upload buffer could not be mapped"))
+        }
+    }
+
+    /// One tick on the planned chunks, chunk by chunk: piece by piece, copy the features (and
+    /// scales) into the mapped upload piece and submit its copy to the device buffers; then
+    /// submit every layer, the heads and the copy of the outputs to the readback buffer. The
+    /// device copies and computes while the host fills the next pieces. Then, in order, wait for
+    /// each chunk and copy its outputs out of the mapped readback buffer.
+    fn tick(
+        &self,
+        x: &[f32],
+        glob: &[f32],
+        scale: Option<&[f32]>,
+        want: Want,
+        per_out: usize,
+        out: &mut [f32],
+    ) -> Result<TickTimings> {
         let (Some(p), Some(k)) = (&self.prep, &self.kernels) else {
             return Err(invalid("GPU backend has no model"));
         };
+        let mut tm = TickTimings::default();
+        let cf = CUSTOMER_FEATURES;
+        let upload = !matches!(want, Want::Nothing);
+        if upload {
+            self.ready_uploads()?;
+        }
         let q = &self.ctx.queue;
         let bias = p.bias_for(glob);
-        self.scoped("running the step", || {
+        let (mode, first, quantile) = match want {
+            Want::Pick(pk) => (1, 4 * pk.horizon() as u32, pk.quantile() as u32),
+            _ => (0, 0, 0),
+        };
+        let top = 2 * (p.layers - 1) * p.hidden;
+        let (tx, rx) = mpsc::channel();
+        let mut subs = Vec::with_capacity(self.chunks.len());
+        self.scoped("running the step", || -> Result<()> {
             q.write_buffer(&k.bias, 0, bytemuck::cast_slice(&bias));
-            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-            for c in &self.chunks {
-                if !matches!(want, Want::Nothing) {
-                    q.write_buffer(
-                        &c.x,
-                        0,
-                        bytemuck::cast_slice(&x[c.start * cf..(c.start + c.n) * cf]),
-                    );
-                }
-                if let Some(s) = scale {
-                    q.write_buffer(
-                        &c.scale,
-                        0,
-                        bytemuck::cast_slice(&s[c.start..c.start + c.n]),
-                    );
-                }
-                let (mode, first, quantile) = match want {
-                    Want::Pick(pk) => (1, 4 * pk.horizon() as u32, pk.quantile() as u32),
-                    _ => (0, 0, 0),
-                };
+            for (i, c) in self.chunks.iter().enumerate() {
                 let hp = HeadsParams {
                     n: c.n as u32,
                     ld: c.ld as u32,
                     top_row: top as u32,
-                    head_dim: hd as u32,
+                    head_dim: p.head_dim as u32,
                     mode,
                     first,
                     quantile,
                     _pad: 0,
                 };
-                q.write_buffer(&c.params, SLOT * layers as u64, bytemuck::bytes_of(&hp));
+                q.write_buffer(&c.params, SLOT * p.layers as u64, bytemuck::bytes_of(&hp));
+                // piece by piece: the device copies one while the host fills the next
+                for u in c.uploads.iter().filter(|_| upload) {
+                    let (a, xb) = (c.start + u.first, 4 * u.n * cf);
+                    let t = Instant::now();
+                    {
+                        let mut view = u
+                            .buffer
+                            .get_mapped_range_mut(..)
+                            .map_err(|e| device_error(format!("writing a GPU buffer: {e}")))?;
+                        let (dx, ds) = view.slice(..).split_at(xb);
+                        copy_in(dx, bytemuck::cast_slice(&x[a * cf..(a + u.n) * cf]))?;
+                        if let Some(s) = scale {
+                            copy_in(ds, bytemuck::cast_slice(&s[a..a + u.n]))?;
+                        }
+                    }
+                    u.buffer.unmap();
+                    u.map.store(UNMAPPED, Ordering::SeqCst);
+                    tm.copy_in += t.elapsed();
+                    let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+                    enc.copy_buffer_to_buffer(
+                        &u.buffer,
+                        0,
+                        &c.x,
+                        (4 * u.first * cf) as u64,
+                        xb as u64,
+                    );
+                    if scale.is_some() {
+                        enc.copy_buffer_to_buffer(
+                            &u.buffer,
+                            xb as u64,
+                            &c.scale,
+                            (4 * u.first) as u64,
+                            (4 * u.n) as u64,
+                        );
+                    }
+                    q.submit([enc.finish()]);
+                    // mapped again once the device has copied it, for the next tick
+                    Self::map_upload(u);
+                }
+                let mut enc = self.ctx.device.create_command_encoder(&Default::default());
                 let groups = (c.n as u32).div_ceil(self.workgroup);
+                let step_groups = match k.kind {
+                    StepKernel::Tiled => {
+                        enc.clear_buffer(&c.counters, 0, None);
+                        c.grid
+                    }
+                    StepKernel::Simple => groups,
+                };
                 {
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some("tick"),
                         timestamp_writes: None,
                     });
-                    pass.set_pipeline(&k.step);
-                    for g in &c.step_groups {
+                    for (l, g) in c.step_groups.iter().enumerate() {
+                        pass.set_pipeline(if l == 0 { &k.step_first } else { &k.step_rest });
                         pass.set_bind_group(0, g, &[]);
-                        pass.dispatch_workgroups(groups, 1, 1);
+                        pass.dispatch_workgroups(step_groups, 1, 1);
                     }
                     pass.set_pipeline(&k.heads);
                     pass.set_bind_group(0, &c.heads_group, &[]);
                     pass.dispatch_workgroups(groups, 1, 1);
                 }
+                let len = (4 * c.n * per_out) as u64;
                 if per_out > 0 {
-                    enc.copy_buffer_to_buffer(
-                        &c.out,
-                        0,
-                        &c.readback,
-                        0,
-                        (4 * c.n * per_out) as u64,
-                    );
+                    enc.copy_buffer_to_buffer(&c.out, 0, &c.readback, 0, len);
+                }
+                subs.push(q.submit([enc.finish()]));
+                if per_out > 0 {
+                    let tx = tx.clone();
+                    c.readback.map_async(wgpu::MapMode::Read, 0..len, move |r| {
+                        let _ = tx.send((i, r));
+                    });
                 }
             }
-            q.submit([enc.finish()]);
-        })?;
-        if per_out == 0 {
+            Ok(())
+        })??;
+        drop(tx);
+        let wait = |index: Option<wgpu::SubmissionIndex>| {
             self.ctx
                 .device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| device_error(format!("waiting for the GPU: {e}")))?;
-            return self.check_device();
+                .poll(wgpu::PollType::Wait {
+                    submission_index: index,
+                    timeout: None,
+                })
+                .map_err(|e| device_error(format!("waiting for the GPU: {e}")))
+        };
+        if per_out == 0 {
+            wait(None)?;
+            self.check_device()?;
+            return Ok(tm);
         }
-        let bufs: Vec<(&wgpu::Buffer, u64)> = self
-            .chunks
-            .iter()
-            .map(|c| (&c.readback, (4 * c.n * per_out) as u64))
-            .collect();
-        let starts: Vec<usize> = self.chunks.iter().map(|c| c.start * per_out).collect();
-        self.read_back(&bufs, |i, bytes| {
-            let vals: &[f32] = bytemuck::cast_slice(bytes);
-            out[starts[i]..starts[i] + vals.len()].copy_from_slice(vals);
-        })
+        let mut mapped: Vec<Option<std::result::Result<(), wgpu::BufferAsyncError>>> =
+            vec![None; self.chunks.len()];
+        for ((i, c), sub) in self.chunks.iter().enumerate().zip(subs) {
+            // this chunk's outputs come out while the device runs the later chunks
+            wait(Some(sub))?;
+            for (j, r) in rx.try_iter() {
+                mapped[j] = Some(r);
+            }
+            if mapped[i].is_none() {
+                wait(None)?;
+                for (j, r) in rx.try_iter() {
+                    mapped[j] = Some(r);
+                }
+            }
+            match mapped[i].take() {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(device_error(format!("mapping a GPU buffer: {e}"))),
+                None => return Err(device_error("a GPU buffer was never mapped")),
+            }
+            let len = 4 * c.n * per_out;
+            let t = Instant::now();
+            {
+                let view = c
+                    .readback
+                    .get_mapped_range(0..len as u64)
+                    .map_err(|e| device_error(format!("reading a GPU buffer: {e}")))?;
+                copy_out(
+                    bytemuck::cast_slice_mut(
+                        &mut out[c.start * per_out..(c.start + c.n) * per_out],
+                    ),
+                    &view,
+                )?;
+            }
+            c.readback.unmap();
+            tm.copy_out += t.elapsed();
+        }
+        self.check_device()?;
+        Ok(tm)
     }
 
     /// Runs `ticks` device steps (every layer and the heads, no uploads or downloads) on the

@@ -24,17 +24,28 @@
 //! recurrent state, which the LSTM rebuilds from the inputs.
 //!
 //! ## Layout and chunking
-//! One invocation per customer, each layer's weights in workgroup memory when they fit, state
-//! feature-major on the device (coalesced loads and stores; see `shaders/lstm_step.wgsl`).
+//! State feature-major on the device (coalesced loads and stores). The default step kernel
+//! ([`StepKernel::Tiled`], `shaders/lstm_step_tiled.wgsl`) computes register tiles of 2 units ×
+//! 4 gates × 4 customers from tiles of 64 customers in workgroup memory, in persistent
+//! workgroups that hold the layer's weights in workgroup memory; [`StepKernel::Simple`]
+//! (`shaders/lstm_step.wgsl`, one invocation per customer) stays selectable
+//! ([`GpuOptions::kernel`], env `SB_GPU_KERNEL=tiled|simple`).
 //! Customers are split into chunks so that no buffer binding exceeds the adapter's
 //! `max_storage_buffer_binding_size` (or [`GpuOptions::max_binding_bytes`]) and no dispatch
 //! exceeds `max_compute_workgroups_per_dimension`; every chunk keeps its own buffers across ticks.
+//!
+//! ## Transfers
+//! Each chunk keeps host-visible upload buffers, in pieces ([`GpuOptions::upload_piece`]), mapped
+//! between ticks (filled in parallel, then copied on the device) and a readback buffer (copied
+//! out in parallel); the device copies and runs one piece and chunk while the host fills the
+//! next. [`GpuBackend::last_timings`] splits a tick's
+//! host time into those phases.
 
 mod backend;
 mod context;
 pub mod shaders;
 
-pub use backend::{GpuBackend, GpuOptions};
+pub use backend::{GpuBackend, GpuOptions, StepKernel, TickTimings};
 pub use context::{AdapterChoice, AdapterDesc, Unavailable};
 
 use shadowbucket::model::{CpuBackend, StepBackend};

@@ -8,8 +8,12 @@
 
 use bytemuck::{Pod, Zeroable};
 
-/// `lstm_step.wgsl`: one LSTM layer for one chunk of customers.
+/// `lstm_step.wgsl`: one LSTM layer for one chunk of customers, one invocation per customer (the
+/// simple kernel, [`crate::StepKernel::Simple`]).
 pub const LSTM_STEP: &str = include_str!("../../shaders/lstm_step.wgsl");
+/// `lstm_step_tiled.wgsl`: one LSTM layer for one chunk of customers, register-tiled over tiles of
+/// [`TiledShape::TILE`] customers (the default kernel, [`crate::StepKernel::Tiled`]).
+pub const LSTM_STEP_TILED: &str = include_str!("../../shaders/lstm_step_tiled.wgsl");
 /// `heads.wgsl`: the output heads, full or decoded for one pick.
 pub const HEADS: &str = include_str!("../../shaders/heads.wgsl");
 /// `relayout.wgsl`: state between the store's customer-major and the device's feature-major
@@ -17,8 +21,9 @@ pub const HEADS: &str = include_str!("../../shaders/heads.wgsl");
 pub const RELAYOUT: &str = include_str!("../../shaders/relayout.wgsl");
 
 /// Every kernel: `(file name, source)`.
-pub const ALL: [(&str, &str); 3] = [
+pub const ALL: [(&str, &str); 4] = [
     ("lstm_step.wgsl", LSTM_STEP),
+    ("lstm_step_tiled.wgsl", LSTM_STEP_TILED),
     ("heads.wgsl", HEADS),
     ("relayout.wgsl", RELAYOUT),
 ];
@@ -129,7 +134,86 @@ impl Shape {
     }
 }
 
-/// `lstm_step.wgsl`'s `Params`.
+/// The compile-time shape of one `lstm_step_tiled.wgsl` pipeline: one model, one kind of layer
+/// (the first, reading the customer features, or a later one, reading the `h` below).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TiledShape {
+    /// Hidden size `H`.
+    pub hidden: u32,
+    /// Per-customer features.
+    pub customer_features: u32,
+    /// Invocations per workgroup.
+    pub workgroup: u32,
+    /// The first layer (inputs: the customer features) or a later one (inputs: the `h` below).
+    pub first: bool,
+    /// Whether the layer's weights are copied into workgroup memory (else read from storage).
+    pub use_shared: bool,
+}
+
+impl TiledShape {
+    /// Customers per tile (the shader's `TC`); the state's row stride is a multiple of it.
+    pub const TILE: u32 = 64;
+
+    /// `H` rounded up to a multiple of 4: units and `h` rows as the kernel lays them out.
+    pub fn hp(&self) -> u32 {
+        self.hidden.div_ceil(4) * 4
+    }
+
+    /// The layer's input rows, a multiple of 4.
+    pub fn kin(&self) -> u32 {
+        if self.first {
+            self.customer_features.div_ceil(4) * 4
+        } else {
+            self.hp()
+        }
+    }
+
+    /// Rows of a tile and of the layer's weights: inputs, then `h`.
+    pub fn rows(&self) -> u32 {
+        self.kin() + self.hp()
+    }
+
+    /// Vec4s of the layer's weights (`rows x hp`).
+    pub fn weight_v4(&self) -> u32 {
+        self.rows() * self.hp()
+    }
+
+    /// Bytes of workgroup memory for the tile alone.
+    pub fn tile_bytes(&self) -> u64 {
+        u64::from(self.rows()) * u64::from(Self::TILE) * 4
+    }
+
+    /// Bytes of workgroup memory for the tile and the weights.
+    pub fn shared_bytes(&self) -> u64 {
+        self.tile_bytes() + 16 * u64::from(self.weight_v4())
+    }
+
+    /// `lstm_step_tiled.wgsl` for this shape.
+    ///
+    /// # Errors
+    /// The shader lacks one of the constants (a bug).
+    pub fn source(&self) -> Result<String, String> {
+        specialize(
+            LSTM_STEP_TILED,
+            &[
+                ("HIDDEN", format!("{}u", self.hidden)),
+                ("HP", format!("{}u", self.hp())),
+                ("CF", format!("{}u", self.customer_features)),
+                ("KIN", format!("{}u", self.kin())),
+                ("FIRST", self.first.to_string()),
+                ("WG", format!("{}u", self.workgroup)),
+                ("USE_SHARED", self.use_shared.to_string()),
+                (
+                    "WS_V4",
+                    format!("{}u", if self.use_shared { self.weight_v4() } else { 1 }),
+                ),
+                ("TC", format!("{}u", Self::TILE)),
+            ],
+        )
+    }
+}
+
+/// `lstm_step.wgsl`'s and `lstm_step_tiled.wgsl`'s `Params`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct StepParams {

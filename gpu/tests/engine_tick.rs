@@ -11,18 +11,21 @@
 
 use shadowbucket::model::{LstmModel, ModelSpec};
 use shadowbucket::{Contract, CreateOptions, Engine, EngineConfig, Predictor, Rate};
-use shadowbucket_gpu::{AdapterChoice, GpuBackend, GpuOptions};
+use shadowbucket_gpu::{AdapterChoice, GpuBackend, GpuOptions, StepKernel};
 
 const SEC: u64 = 1_000_000_000;
 const MIN: u64 = 60 * SEC;
 
-fn gpu() -> Option<GpuBackend> {
+fn gpu(kernel: StepKernel) -> Option<GpuBackend> {
     let opts = GpuOptions {
         choice: AdapterChoice::AnyGpu,
         sync_every: 2,
         // small chunks, so that the engine's customers span several
         max_binding_bytes: Some(16 << 10),
         workgroup: 64,
+        kernel,
+        tiled_groups: GpuOptions::DEFAULT_TILED_GROUPS,
+        upload_piece: 50,
     };
     match GpuBackend::new(opts) {
         Ok(g) => Some(g),
@@ -42,13 +45,19 @@ fn close(a: f64, b: f64, rel: f64, abs: f64) -> bool {
 
 #[test]
 fn gpu_tick_matches_cpu_tick() {
-    let Some(g) = gpu() else { return };
+    for kernel in [StepKernel::Tiled, StepKernel::Simple] {
+        tick_matches(kernel);
+    }
+}
+
+fn tick_matches(kernel: StepKernel) {
+    let Some(g) = gpu(kernel) else { return };
     let spec = ModelSpec {
         hidden: 16,
         ..ModelSpec::default()
     };
     let model = LstmModel::random(spec.clone(), 17).unwrap();
-    let dir = std::env::temp_dir().join(format!("sb-gpu-engine-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sb-gpu-engine-{}-{kernel}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = EngineConfig::new(1 << 34, Rate::tokens_per_sec(1 << 24));

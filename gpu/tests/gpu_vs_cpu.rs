@@ -1,7 +1,7 @@
 //! The GPU step against the CPU path on random weights and inputs: several sizes (some not a
 //! multiple of the workgroup size), several model shapes, chunking forced by a lowered binding
 //! limit, several ticks of recurrent state, `step_pick` against the CPU decode, and
-//! `invalidate`/`sync_state`.
+//! `invalidate`/`sync_state`. Every comparison runs with both step kernels (tiled and simple).
 //!
 //! Tolerance: 1e-5 absolute on every state value and head output after each of several ticks
 //! (the kernels use the CPU batch's own `tanh` approximation, so the two differ only by
@@ -19,13 +19,15 @@ use shadowbucket::model::backend::Pick;
 use shadowbucket::model::{
     CUSTOMER_FEATURES, CpuBackend, LstmModel, ModelSpec, StepBackend, step_one,
 };
-use shadowbucket_gpu::{AdapterChoice, GpuBackend, GpuOptions};
+use shadowbucket_gpu::{AdapterChoice, GpuBackend, GpuOptions, StepKernel};
 
 const TOL: f32 = 1e-5;
 const PICK_TOL: f32 = 1e-4;
+const KERNELS: [StepKernel; 2] = [StepKernel::Tiled, StepKernel::Simple];
 
-/// The GPU backend on any adapter (software included), or `None` after a loud skip message.
-fn gpu(max_binding_bytes: Option<u64>) -> Option<GpuBackend> {
+/// The GPU backend on any adapter (software included) with `kernel`, or `None` after a loud skip
+/// message.
+fn gpu(max_binding_bytes: Option<u64>, kernel: StepKernel) -> Option<GpuBackend> {
     let choice = match AdapterChoice::from_env() {
         AdapterChoice::Auto | AdapterChoice::Cpu => AdapterChoice::AnyGpu,
         c => c,
@@ -35,10 +37,15 @@ fn gpu(max_binding_bytes: Option<u64>) -> Option<GpuBackend> {
         sync_every: 3,
         max_binding_bytes,
         workgroup: 256,
+        kernel,
+        // few workgroups, so that each takes several tiles
+        tiled_groups: 3,
+        // small upload pieces, so that a chunk's features go up in several
+        upload_piece: 100,
     };
     match GpuBackend::new(opts) {
         Ok(g) => {
-            eprintln!("GPU test on {:?}", g.adapter());
+            eprintln!("GPU test ({kernel} kernel) on {:?}", g.adapter());
             Some(g)
         }
         Err(e) => {
@@ -81,20 +88,28 @@ fn close(what: &str, tick: usize, gpu: &[f32], cpu: &[f32], tol: impl Fn(usize) 
 }
 
 /// Steps `n` customers `ticks` times on both backends and compares state and outputs; returns
-/// how many chunks the GPU used.
+/// how many chunks the GPU used and the kernel it ran.
 fn compare(
     spec: ModelSpec,
     n: usize,
     ticks: usize,
     seed: u64,
     max_binding: Option<u64>,
-) -> Option<usize> {
-    let mut g = gpu(max_binding)?;
+    kernel: StepKernel,
+) -> Option<(usize, StepKernel)> {
+    let mut g = gpu(max_binding, kernel)?;
     let m = model(spec, seed);
     let (sd, hd, glob_n) = (m.spec.state_dim(), m.spec.head_dim(), m.spec.global_dim());
     let mut c = CpuBackend::new();
     c.set_model(&m).unwrap();
     g.set_model(&m).unwrap();
+    let used = g.kernel().unwrap();
+    eprintln!(
+        "  H = {} x {} layers, n = {n}: {used} kernel, weights in workgroup memory: {:?}",
+        m.spec.hidden,
+        m.spec.layers,
+        g.weights_in_workgroup_memory()
+    );
     let mut rng = StdRng::seed_from_u64(seed + 1);
     let init: Vec<f32> = (0..n * sd).map(|_| rng.random_range(-1.0..1.0)).collect();
     let (mut st_cpu, mut st_ref, mut st_gpu) = (init.clone(), init.clone(), init);
@@ -142,14 +157,18 @@ fn compare(
             }
         }
     }
-    Some(g.chunks())
+    Some((g.chunks(), used))
 }
 
 #[test]
 fn default_model_several_sizes() {
-    for (i, n) in [1usize, 255, 256, 257, 1000].into_iter().enumerate() {
-        if compare(ModelSpec::default(), n, 4, 10 + i as u64, None).is_none() {
-            return;
+    for kernel in KERNELS {
+        for (i, n) in [1usize, 255, 256, 257, 1000].into_iter().enumerate() {
+            let Some((_, used)) = compare(ModelSpec::default(), n, 4, 10 + i as u64, None, kernel)
+            else {
+                return;
+            };
+            assert_eq!(used, kernel, "H = 32 runs the kernel asked for");
         }
     }
 }
@@ -176,35 +195,46 @@ fn other_shapes() {
             feeds: vec![],
         },
     ];
-    for (i, spec) in specs.into_iter().enumerate() {
-        if compare(spec, 300, 3, 20 + i as u64, None).is_none() {
-            return;
+    for kernel in KERNELS {
+        for (i, spec) in specs.iter().enumerate() {
+            if compare(spec.clone(), 300, 3, 20 + i as u64, None, kernel).is_none() {
+                return;
+            }
         }
     }
 }
 
 #[test]
 fn chunking_above_a_lowered_binding_limit() {
-    // 64 floats of state per customer: a 64 KiB limit allows 256 customers per chunk.
-    let Some(chunks) = compare(ModelSpec::default(), 1000, 4, 30, Some(64 * 1024)) else {
-        return;
-    };
-    assert_eq!(chunks, 4, "1000 customers in chunks of at most 256");
-    let spec = ModelSpec {
-        hidden: 8,
-        layers: 2,
-        horizons: vec![1, 3],
-        feeds: vec![],
-    };
-    let Some(chunks) = compare(spec, 777, 3, 31, Some(8 * 1024)) else {
-        return;
-    };
-    assert!(chunks > 1);
+    for kernel in KERNELS {
+        // 64 floats of state per customer: a 64 KiB limit allows 256 customers per chunk.
+        let Some((chunks, _)) = compare(ModelSpec::default(), 1000, 4, 30, Some(64 * 1024), kernel)
+        else {
+            return;
+        };
+        assert_eq!(chunks, 4, "1000 customers in chunks of at most 256");
+        let spec = ModelSpec {
+            hidden: 8,
+            layers: 2,
+            horizons: vec![1, 3],
+            feeds: vec![],
+        };
+        let Some((chunks, _)) = compare(spec, 777, 3, 31, Some(8 * 1024), kernel) else {
+            return;
+        };
+        assert!(chunks > 1);
+    }
 }
 
 #[test]
 fn pick_matches_cpu_decode() {
-    let Some(mut g) = gpu(Some(64 * 1024)) else {
+    for kernel in KERNELS {
+        pick_matches_cpu_decode_with(kernel);
+    }
+}
+
+fn pick_matches_cpu_decode_with(kernel: StepKernel) {
+    let Some(mut g) = gpu(Some(64 * 1024), kernel) else {
         return;
     };
     let m = model(ModelSpec::default(), 40);
@@ -239,7 +269,15 @@ fn pick_matches_cpu_decode() {
 
 #[test]
 fn invalidate_takes_the_durable_copy() {
-    let Some(mut g) = gpu(None) else { return };
+    for kernel in KERNELS {
+        invalidate_takes_the_durable_copy_with(kernel);
+    }
+}
+
+fn invalidate_takes_the_durable_copy_with(kernel: StepKernel) {
+    let Some(mut g) = gpu(None, kernel) else {
+        return;
+    };
     let m = model(ModelSpec::default(), 50);
     let mut c = CpuBackend::new();
     c.set_model(&m).unwrap();
@@ -274,7 +312,9 @@ fn invalidate_takes_the_durable_copy() {
 
 #[test]
 fn bad_lengths_are_errors() {
-    let Some(mut g) = gpu(None) else { return };
+    let Some(mut g) = gpu(None, StepKernel::default()) else {
+        return;
+    };
     let m = model(ModelSpec::default(), 60);
     let mut st = vec![0f32; 10 * m.spec.state_dim()];
     let mut out = vec![0f32; 10 * m.spec.head_dim()];

@@ -2,7 +2,7 @@
 //! the shapes the runtime builds (hidden sizes not a multiple of 4, weights in workgroup memory
 //! or not, other workgroup sizes). Needs no GPU.
 
-use shadowbucket_gpu::shaders::{ALL, Shape};
+use shadowbucket_gpu::shaders::{ALL, Shape, TiledShape};
 
 fn validate(name: &str, src: &str) {
     let module = naga::front::wgsl::parse_str(src)
@@ -41,6 +41,25 @@ fn specialized_shaders_validate() {
             validate(&format!("lstm_step {tag}"), &shape.lstm_step().unwrap());
             validate(&format!("heads {tag}"), &shape.heads().unwrap());
             validate(&format!("relayout {tag}"), &shape.relayout().unwrap());
+        }
+    }
+}
+
+#[test]
+fn specialized_tiled_shaders_validate() {
+    for hidden in [1u32, 5, 8, 32, 64, 1024] {
+        for first in [true, false] {
+            for (use_shared, workgroup) in [(true, 256u32), (false, 64), (true, 1), (false, 1024)] {
+                let shape = TiledShape {
+                    hidden,
+                    customer_features: 7,
+                    workgroup,
+                    first,
+                    use_shared,
+                };
+                let tag = format!("H={hidden} first={first} shared={use_shared} wg={workgroup}");
+                validate(&format!("lstm_step_tiled {tag}"), &shape.source().unwrap());
+            }
         }
     }
 }

@@ -1,0 +1,271 @@
+// lstm_step_tiled.wgsl: one LSTM layer's step for one chunk of customers, register-tiled.
+//
+// The math is lstm_step.wgsl's (`shadowbucket::model::step::step_one` with the batched CPU step's
+// choices: normalization and global features folded into layer 0's weights and bias on the host,
+// the rational `tanh_r`, sigmoid(x) = 0.5 + 0.5 tanh(x/2)); only the summation order differs
+// (here: bias first, then the inputs in order, then the old `h`, as step_one; with fused
+// multiply-adds).
+//
+// Work split. A workgroup owns a tile of TC = 64 customers at a time. Workgroups are persistent:
+// the host dispatches a bounded number of them (`GpuOptions::tiled_groups`, at most the tiles),
+// each copies the layer's weights to workgroup memory once and then takes tile after tile from
+// an atomic counter (`counters[layer]`, zeroed by the host before every tick) until none is left,
+// so the work balances whatever number of workgroups the device keeps resident. Per tile:
+//   1. load the tile: the layer's input rows then the layer's own `h` rows, feature-major,
+//      `tile[k][c]` as vec4s of 4 customers (coalesced loads from x and from the state);
+//   2. barrier; each invocation computes a register tile of 2 units x 4 gates x 4 customers
+//      (8 vec4 accumulators): per input row k one vec4 of 4 customers' inputs from the tile and
+//      one vec4 of weights per unit (the four gates of unit j at input k are one vec4,
+//      `w[k][j]`), 32 FMAs for 3 workgroup-memory loads. Consecutive invocations take
+//      consecutive customer quads of the same unit pair (weight reads broadcast, tile reads
+//      contiguous);
+//   3. the invocation then holds every gate of its units for its customers: it reads the old
+//      `c`, writes `c'` and `h'` straight to the feature-major state (one vec4 store per row,
+//      consecutive invocations contiguous). The tile already holds the old `h`, which was read
+//      before the barrier, so overwriting it is safe; a barrier ends each tile before the next
+//      tile's loads.
+// Customers past `n` in the last tile compute on zero inputs and store only inside the row
+// stride (`ld`, a multiple of TC), never past the buffer; quads wholly past `n` store nothing.
+//
+// Bindings (group 0; lstm_step.wgsl's layout, with different element types and binding 5):
+//   0  params   uniform              Params (below)
+//   1  weights  storage, read        per layer, KT x HP vec4s: row k (the layer's KIN input rows,
+//                                    zero padded, then its HP `h` rows, zero padded), unit j:
+//                                    the gates (i, f, g, o) of unit j on input k; the layer
+//                                    starts at vec4 `params.w_off`
+//   2  bias     storage, read        per layer, `b_ih + b_hh` per unit as one vec4 of gates
+//                                    (i, f, g, o); the layer starts at float `params.b_off`;
+//                                    layer 0's includes this tick's global features
+//   3  x        storage, read        this chunk's per-customer features, customer-major `n x CF`
+//                                    (the first layer only)
+//   4  state    storage, read_write  this chunk's recurrent state, feature-major (value `k` of
+//                                    customer `c` at float `k * ld + c`), read as vec4s
+//   5  counters storage, read_write  per layer, the next tile to take (zero before the dispatch)
+//
+// One pipeline per kind of layer (FIRST: the first layer, inputs from x; otherwise inputs from
+// the layer below's `h`), so every loop has a constant trip count. The `const` lines below are
+// the defaults the naga test validates; the runtime rewrites them (`shaders::TiledShape`).
+
+const HIDDEN: u32 = 32u;       // H
+const HP: u32 = 32u;           // H rounded up to a multiple of 4: units and `h` rows as laid out
+const CF: u32 = 7u;            // per-customer features
+const KIN: u32 = 8u;           // this layer's input rows, a multiple of 4 (first: CF rounded up)
+const FIRST: bool = true;      // the first layer (inputs from x) or a later one (the h below)
+const WG: u32 = 256u;          // invocations per workgroup
+const USE_SHARED: bool = true; // weights in workgroup memory (false: read from storage)
+const WS_V4: u32 = 1280u;      // vec4 slots of workgroup memory for the weights (KT * HP, or 1)
+const TC: u32 = 64u;           // customers per tile (divides `ld`)
+const KT: u32 = KIN + HP;      // tile rows
+const CG: u32 = TC / 4u;       // customer quads per tile
+const UG: u32 = HP / 2u;       // unit pairs
+
+struct Params {
+    n: u32,      // customers in this chunk
+    ld: u32,     // stride between state rows (>= n, a multiple of TC)
+    layer: u32,  // this layer's index
+    w_off: u32,  // this layer's first vec4 in `weights`
+    b_off: u32,  // this layer's first float in `bias` (a multiple of 4)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> weights: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(4) var<storage, read_write> state: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> counters: array<atomic<u32>>;
+
+var<workgroup> ws: array<vec4<f32>, WS_V4>;
+var<workgroup> tile: array<vec4<f32>, KT * CG>;
+var<workgroup> next_tile: u32;
+
+// step::fast_tanh, term for term, on four values.
+fn tanh4(v: vec4<f32>) -> vec4<f32> {
+    let x = clamp(v, vec4<f32>(-7.905311), vec4<f32>(7.905311));
+    let x2 = x * x;
+    var a = fma(x2, vec4<f32>(-2.7607685e-16), vec4<f32>(2.000188e-13));
+    a = fma(a, x2, vec4<f32>(-8.604672e-11));
+    a = fma(a, x2, vec4<f32>(5.122297e-8));
+    a = fma(a, x2, vec4<f32>(1.4857224e-5));
+    a = fma(a, x2, vec4<f32>(6.3726193e-4));
+    a = fma(a, x2, vec4<f32>(4.8935246e-3));
+    a = a * x;
+    var b = fma(x2, vec4<f32>(1.1982584e-6), vec4<f32>(1.185347e-4));
+    b = fma(b, x2, vec4<f32>(2.2684346e-3));
+    b = fma(b, x2, vec4<f32>(4.893525e-3));
+    return a / b;
+}
+
+fn sigmoid4(v: vec4<f32>) -> vec4<f32> {
+    return fma(vec4<f32>(0.5), tanh4(0.5 * v), vec4<f32>(0.5));
+}
+
+fn wv(i: u32) -> vec4<f32> {
+    if USE_SHARED {
+        return ws[i];
+    }
+    return weights[p.w_off + i];
+}
+
+fn bias_of(j: u32) -> vec4<f32> {
+    if j < HIDDEN {
+        return bias[p.b_off / 4u + j];
+    }
+    return vec4<f32>(0.0);
+}
+
+// Unit `j`'s new `c` and `h` for the customer quad at vec4 column `col`, from its gates
+// `z0 .. z3` (one vec4 (i, f, g, o) per customer).
+fn cell(j: u32, col: u32, z0: vec4<f32>, z1: vec4<f32>, z2: vec4<f32>, z3: vec4<f32>) {
+    let ld4 = p.ld / 4u;
+    let hrow = 2u * p.layer * HIDDEN + j;
+    let ig = sigmoid4(vec4<f32>(z0.x, z1.x, z2.x, z3.x));
+    let fg = sigmoid4(vec4<f32>(z0.y, z1.y, z2.y, z3.y));
+    let gg = tanh4(vec4<f32>(z0.z, z1.z, z2.z, z3.z));
+    let og = sigmoid4(vec4<f32>(z0.w, z1.w, z2.w, z3.w));
+    let ci = (hrow + HIDDEN) * ld4 + col;
+    let cn = fg * state[ci] + ig * gg;
+    state[ci] = cn;
+    state[hrow * ld4 + col] = og * tanh4(cn);
+}
+
+// Loads tile `t0 / TC`: rows [inputs (KIN) | own h (HP)], each TC customers as CG vec4s.
+fn load_tile(t0: u32, lid: u32) {
+    let ld4 = p.ld / 4u;
+    let col0 = t0 / 4u;
+    let hrow = 2u * p.layer * HIDDEN;
+    for (var i = lid; i < KT * CG; i += WG) {
+        let r = i / CG;
+        let q = i % CG;
+        var v = vec4<f32>(0.0);
+        if r < KIN {
+            if FIRST {
+                if r < CF {
+                    continue; // from x, below
+                }
+            } else if r < HIDDEN {
+                v = state[(hrow - 2u * HIDDEN + r) * ld4 + col0 + q];
+            }
+        } else if r - KIN < HIDDEN {
+            v = state[(hrow + r - KIN) * ld4 + col0 + q];
+        }
+        tile[i] = v;
+    }
+    if FIRST {
+        // x is customer-major: the tile's TC x CF values are contiguous.
+        for (var i = lid; i < TC * CF; i += WG) {
+            let c = i / CF;
+            let k = i % CF;
+            var v = 0.0;
+            if t0 + c < p.n {
+                v = x[t0 * CF + i];
+            }
+            tile[k * CG + c / 4u][c % 4u] = v;
+        }
+    }
+}
+
+// The register tile of unit pair `ug` and customer quad `cg` of the tile starting at `t0`.
+fn compute(ug: u32, cg: u32, t0: u32) {
+    let j0 = 2u * ug;
+    let j1 = j0 + 1u;
+    let b0 = bias_of(j0);
+    let b1 = bias_of(j1);
+    // a<u><e>: gates of unit j<u> for customer e of the quad
+    var a00 = b0;
+    var a01 = b0;
+    var a02 = b0;
+    var a03 = b0;
+    var a10 = b1;
+    var a11 = b1;
+    var a12 = b1;
+    var a13 = b1;
+    for (var k = 0u; k < KT; k += 4u) {
+        // four rows per trip, written out (KT is a multiple of 4)
+        var xv = tile[k * CG + cg];
+        var w0 = wv(k * HP + j0);
+        var w1 = wv(k * HP + j1);
+        a00 = fma(w0, vec4<f32>(xv.x), a00);
+        a01 = fma(w0, vec4<f32>(xv.y), a01);
+        a02 = fma(w0, vec4<f32>(xv.z), a02);
+        a03 = fma(w0, vec4<f32>(xv.w), a03);
+        a10 = fma(w1, vec4<f32>(xv.x), a10);
+        a11 = fma(w1, vec4<f32>(xv.y), a11);
+        a12 = fma(w1, vec4<f32>(xv.z), a12);
+        a13 = fma(w1, vec4<f32>(xv.w), a13);
+        xv = tile[(k + 1u) * CG + cg];
+        w0 = wv((k + 1u) * HP + j0);
+        w1 = wv((k + 1u) * HP + j1);
+        a00 = fma(w0, vec4<f32>(xv.x), a00);
+        a01 = fma(w0, vec4<f32>(xv.y), a01);
+        a02 = fma(w0, vec4<f32>(xv.z), a02);
+        a03 = fma(w0, vec4<f32>(xv.w), a03);
+        a10 = fma(w1, vec4<f32>(xv.x), a10);
+        a11 = fma(w1, vec4<f32>(xv.y), a11);
+        a12 = fma(w1, vec4<f32>(xv.z), a12);
+        a13 = fma(w1, vec4<f32>(xv.w), a13);
+        xv = tile[(k + 2u) * CG + cg];
+        w0 = wv((k + 2u) * HP + j0);
+        w1 = wv((k + 2u) * HP + j1);
+        a00 = fma(w0, vec4<f32>(xv.x), a00);
+        a01 = fma(w0, vec4<f32>(xv.y), a01);
+        a02 = fma(w0, vec4<f32>(xv.z), a02);
+        a03 = fma(w0, vec4<f32>(xv.w), a03);
+        a10 = fma(w1, vec4<f32>(xv.x), a10);
+        a11 = fma(w1, vec4<f32>(xv.y), a11);
+        a12 = fma(w1, vec4<f32>(xv.z), a12);
+        a13 = fma(w1, vec4<f32>(xv.w), a13);
+        xv = tile[(k + 3u) * CG + cg];
+        w0 = wv((k + 3u) * HP + j0);
+        w1 = wv((k + 3u) * HP + j1);
+        a00 = fma(w0, vec4<f32>(xv.x), a00);
+        a01 = fma(w0, vec4<f32>(xv.y), a01);
+        a02 = fma(w0, vec4<f32>(xv.z), a02);
+        a03 = fma(w0, vec4<f32>(xv.w), a03);
+        a10 = fma(w1, vec4<f32>(xv.x), a10);
+        a11 = fma(w1, vec4<f32>(xv.y), a11);
+        a12 = fma(w1, vec4<f32>(xv.z), a12);
+        a13 = fma(w1, vec4<f32>(xv.w), a13);
+    }
+    if t0 + 4u * cg >= p.n {
+        return; // the whole quad is past the chunk's customers
+    }
+    let col = t0 / 4u + cg;
+    if j0 < HIDDEN {
+        cell(j0, col, a00, a01, a02, a03);
+    }
+    if j1 < HIDDEN {
+        cell(j1, col, a10, a11, a12, a13);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) lid: u32) {
+    if USE_SHARED {
+        // ordered before the first tile's reads by the barrier in workgroupUniformLoad
+        for (var i = lid; i < KT * HP; i += WG) {
+            ws[i] = weights[p.w_off + i];
+        }
+    }
+    let tiles = (p.n + TC - 1u) / TC;
+    loop {
+        if lid == 0u {
+            next_tile = atomicAdd(&counters[p.layer], 1u);
+        }
+        // a barrier, then the same value for every invocation (uniform control flow below)
+        let t = workgroupUniformLoad(&next_tile);
+        if t >= tiles {
+            break;
+        }
+        let t0 = t * TC;
+        load_tile(t0, lid);
+        workgroupBarrier();
+        for (var pr = lid; pr < UG * CG; pr += WG) {
+            compute(pr / CG, pr % CG, t0);
+        }
+        // every read of this tile (and of next_tile) before the next tile's writes
+        workgroupBarrier();
+    }
+}
