@@ -23,9 +23,10 @@
 //! - Ignored, reported discrepancies with the docs: [`grants_at_one_instant_never_exceed_pool_burst`]
 //!   (I2 as literally stated) and [`an_idle_interval_resets_the_contention_streak`].
 //!
-//! The batch path only runs its parallel algorithm above a size threshold and over shards of
-//! 4096 slots; every test here first calls `tuning::set(1, 64)` (process-global, identical in
-//! every test of this file) so that small batches exercise it across several shards.
+//! The batch path only runs its parallel algorithm above a size threshold, over shards of 16384
+//! slots, and scans the pool phase in chunks of 32768 requests; every test here first calls
+//! `tuning::set(1, 64)` and `tuning::set_pool_chunk(3)` (process-global, identical in every test
+//! of this file) so that small batches exercise it across several shards and several chunks.
 //!
 //! Two readings of `docs/engine.md` the model makes where the text leaves room (both are what the
 //! engine does): a zero-token request still touches its customer (its shadow overflow goes to the
@@ -70,6 +71,8 @@ fn femto(tokens: u64) -> i128 {
 /// The batch tuning every test of this file uses.
 fn tune() {
     shadowbucket::batch::tuning::set(1, 64);
+    // chunks of 3 requests: the pool phase's runs of credits cross chunk boundaries
+    shadowbucket::batch::tuning::set_pool_chunk(3);
 }
 
 fn cfg_cases(cases: u32) -> ProptestConfig {

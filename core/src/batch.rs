@@ -1,19 +1,22 @@
 //! The batch allocation path: millions of requests per call, in parallel, with exactly the
 //! outcomes and end state of applying them one at a time in order (semantics I5).
 //!
-//! 1. **Bucket by shard.** Slots are cut into shards of [`SHARD_SLOTS`] consecutive slots (512 KiB
-//!    of records, so a shard's records stay in L2 while its requests run). A parallel counting
-//!    sort packs each request with its slot and size into its shard's list, in batch order.
+//! 1. **Bucket by shard.** Slots are cut into shards of [`SHARD_SLOTS`] consecutive slots (2 MiB
+//!    of records). A parallel counting sort packs each request with its slot and size into its
+//!    shard's list, in batch order.
 //! 2. **Customer-local phase, shards in parallel.** A request whose outcome depends only on its
 //!    customer (a shadow grant, a contract denial, exceeds-burst, invalid) is decided at once.
 //!    The first request of a customer that needs the pool is left *pending*, and every later
 //!    request of that customer is *deferred*, because its state now depends on the pool. A
 //!    customer's first touch may return shadow overflow to the pool: that is a *credit* event at
-//!    that request's position. Both are marked in a byte per request.
-//! 3. **Pool phase, in batch order.** One pass over the marks applies the credits and decides the
-//!    pending and deferred requests sequentially against the pool. Everything the first phase
-//!    decided commutes with them: it touched no shared state, and no state it read depends on the
-//!    pool.
+//!    that request's position. Both are marked in a byte per request, and credits are stored by
+//!    batch index.
+//! 3. **Pool phase, in batch order.** Chunks of the marks are scanned in parallel: each lists its
+//!    pending and deferred requests and sums the credits between them (a run of credits with no
+//!    pool request between them acts on the pool exactly as one credit of their sums). Then one
+//!    sequential pass applies each run's credit and decides each listed request against the pool.
+//!    Everything the first phase decided commutes with them: it touched no shared state, and no
+//!    state it read depends on the pool.
 //!
 //! So the pool sees its events in exactly the order a one-at-a-time loop would, and the parallel
 //! phase does the bulk of the work when most traffic is predicted.
@@ -21,8 +24,11 @@
 //! Memory, not arithmetic, sets the pace: each request's first touch of a customer misses the
 //! cache (its record, its journal entry, its output slot). Both phases prefetch those lines
 //! [`AHEAD`] requests in advance so the misses overlap (the `allocate_batch` bench measured the
-//! batch path at 71 ns per request before prefetching and 43-51 after, on 1M customers); the
-//! buffers are reused from batch to batch.
+//! batch path at 71 ns per request before prefetching and 43-51 after, on 1M customers); the pool
+//! phase's list carries each request's slot and size, so its only random read is the record it
+//! prefetched. On the uniform 1M bench that and the merged credits took the sequential pool phase
+//! from 17-23 ms to about 10 ms per batch, and mapping the store with huge pages where the kernel
+//! allows (see `docs/engine.md`) to about 4 ms. The buffers are reused from batch to batch.
 
 use rayon::prelude::*;
 
@@ -34,7 +40,9 @@ use crate::layout::{Bucket, Globals, StatsRaw};
 use crate::store::journal_bucket;
 
 /// Slots per shard (the default; see [`tuning`]).
-pub const SHARD_SLOTS: usize = 4096;
+pub const SHARD_SLOTS: usize = 16384;
+/// Requests per chunk of the pool phase's parallel scan (the default; see [`tuning`]).
+pub const POOL_CHUNK: usize = 1 << 15;
 /// Marker for a request whose id resolved to no customer.
 pub const NO_SLOT: u32 = u32::MAX;
 
@@ -45,9 +53,10 @@ pub mod tuning {
 
     static PARALLEL_MIN: AtomicUsize = AtomicUsize::new(8192);
     static SHARD_SLOTS: AtomicUsize = AtomicUsize::new(super::SHARD_SLOTS);
+    static POOL_CHUNK: AtomicUsize = AtomicUsize::new(super::POOL_CHUNK);
 
     /// Batches shorter than `parallel_min` run sequentially; shards hold `shard_slots` slots
-    /// (rounded to a power of two in `64..=4096`).
+    /// (rounded to a power of two in `64..=16384`).
     pub fn set(parallel_min: usize, shard_slots: usize) {
         PARALLEL_MIN.store(parallel_min, Ordering::Relaxed);
         let s = shard_slots
@@ -56,9 +65,19 @@ pub mod tuning {
         SHARD_SLOTS.store(s.min(super::SHARD_SLOTS), Ordering::Relaxed);
     }
 
+    /// The pool phase's parallel scan cuts the batch into chunks of `requests` (at least 1).
+    pub fn set_pool_chunk(requests: usize) {
+        POOL_CHUNK.store(requests.max(1), Ordering::Relaxed);
+    }
+
     /// Back to the defaults.
     pub fn reset() {
         set(8192, super::SHARD_SLOTS);
+        set_pool_chunk(super::POOL_CHUNK);
+    }
+
+    pub(crate) fn pool_chunk() -> usize {
+        POOL_CHUNK.load(Ordering::Relaxed)
     }
 
     pub(crate) fn parallel_min() -> usize {
@@ -106,9 +125,26 @@ impl<T> Out<T> {
 /// What one shard leaves for the pool phase.
 #[derive(Default)]
 struct ShardOut {
-    /// Shadow overflow returned on first touch, in batch order.
-    credits: Vec<Overflow>,
     stats: StatsRaw,
+}
+
+/// One pool-phase request: its batch index, slot and size (copied here by the parallel scan, so
+/// the sequential pass reads nothing at random but the customer's record), and the shadow
+/// overflow credited since the previous pool-phase request (its own refill's included), summed.
+#[derive(Clone, Copy, Default)]
+struct Pending {
+    idx: u32,
+    slot: u32,
+    tokens: u64,
+    credit_before: Overflow,
+}
+
+/// One chunk of the batch as the pool phase replays it: its pool-phase requests in batch order,
+/// and the overflow credited after the last of them.
+#[derive(Default)]
+struct Segment {
+    pending: Vec<Pending>,
+    credit_after: Overflow,
 }
 
 /// Buffers a batch reuses from the previous one (no page faults, no allocation per batch).
@@ -116,7 +152,10 @@ struct ShardOut {
 pub(crate) struct Scratch {
     reqs: Vec<Req>,
     marks: Vec<u8>,
-    later: Vec<u32>,
+    /// Shadow overflow by batch index; valid only where the mark says `CREDIT` (never cleared:
+    /// rewriting it every batch would cost more than the batch's own credits).
+    credits: Vec<Overflow>,
+    segments: Vec<Segment>,
 }
 
 /// How many requests ahead the loops prefetch their customer's record.
@@ -217,6 +256,10 @@ pub(crate) fn run(
     marks.clear();
     marks.resize(slots.len(), 0);
     let out_m = Out(marks.as_mut_ptr());
+    if scratch.credits.len() < slots.len() {
+        scratch.credits.resize(slots.len(), Overflow::default());
+    }
+    let out_c = Out(scratch.credits.as_mut_ptr());
     let reqs_all = &scratch.reqs;
     let full_at = g.pool.full_at_ns;
 
@@ -262,7 +305,9 @@ pub(crate) fn run(
                 let over = refill_bucket(b, now, full_at);
                 let mut mark = 0;
                 if over != Overflow::default() {
-                    out.credits.push(over);
+                    // SAFETY: request `ri` belongs to this shard only, and the credits are at
+                    // least as long as the batch.
+                    unsafe { out_c.write(ri, over) };
                     mark = CREDIT;
                 }
                 match decide_local(b, r.tokens, &mut out.stats) {
@@ -287,43 +332,67 @@ pub(crate) fn run(
         })
         .collect();
 
-    // Phase 3: the pool's events in batch order: one pass over the marks, each shard's credits
-    // taken in order (they were recorded in batch order).
-    let mut cursor = vec![0usize; shard_outs.len()];
     for so in &shard_outs {
         add_stats(&mut g.stats, &so.stats);
     }
-    let later = &mut scratch.later;
-    later.clear();
-    later.extend(
-        marks
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| **m != 0)
-            .map(|(i, _)| i as u32),
-    );
-    for (k, &ri) in later.iter().enumerate() {
-        if let Some(&f) = later.get(k + AHEAD) {
-            prefetch(&buckets[slots[f as usize] as usize]);
-        }
-        let ri = ri as usize;
-        let m = marks[ri];
-        let slot = slots[ri] as usize;
-        if m & CREDIT != 0 {
-            // A credit comes first: it happened on this request's refill.
-            let s = slot / shard_slots;
-            credit_overflow(g, shard_outs[s].credits[cursor[s]]);
-            cursor[s] += 1;
-        }
-        if m & LATER != 0 {
-            let b = &mut buckets[slot];
-            let d = match decide_local(b, tokens[ri], &mut g.stats) {
+
+    // Phase 3a, chunks of the batch in parallel: list the pool-phase requests in batch order and
+    // sum the credits between them. Consecutive credits commute into one: every operation leaves
+    // the overflow allowance within the room under the cap, so a credit never pushes the pool
+    // over its cap, and a run of credits takes `min(sum of fresh, allowance)` in total, exactly
+    // as one credit of the sums (see `credit_overflow`).
+    let credits = &scratch.credits;
+    let segment = tuning::pool_chunk();
+    let nseg = slots.len().div_ceil(segment);
+    let segments = &mut scratch.segments;
+    segments.resize_with(nseg.max(segments.len()), Segment::default);
+    segments[..nseg]
+        .par_iter_mut()
+        .zip(marks.par_chunks(segment))
+        .enumerate()
+        .for_each(|(c, (seg, ms))| {
+            seg.pending.clear();
+            let first = c * segment;
+            let mut sum = Overflow::default();
+            for (k, &m) in ms.iter().enumerate() {
+                if m == 0 {
+                    continue;
+                }
+                let ri = first + k;
+                if m & CREDIT != 0 {
+                    sum = sum + credits[ri];
+                }
+                if m & LATER != 0 {
+                    seg.pending.push(Pending {
+                        idx: ri as u32,
+                        slot: slots[ri],
+                        tokens: tokens[ri],
+                        credit_before: sum,
+                    });
+                    sum = Overflow::default();
+                }
+            }
+            seg.credit_after = sum;
+        });
+
+    // Phase 3b: the pool's events in batch order, one credit per run of credits.
+    for seg in &segments[..nseg] {
+        for (k, p) in seg.pending.iter().enumerate() {
+            if let Some(f) = seg.pending.get(k + AHEAD) {
+                prefetch(&buckets[f.slot as usize]);
+            }
+            credit_overflow(g, p.credit_before);
+            let ri = p.idx as usize;
+            let n = p.tokens;
+            let b = &mut buckets[p.slot as usize];
+            let d = match decide_local(b, n, &mut g.stats) {
                 Local::Done(d) => d,
-                Local::NeedsPool => decide_pool(b, tokens[ri], g),
+                Local::NeedsPool => decide_pool(b, n, g),
             };
             outcomes[ri] = d.outcome;
             retry[ri] = d.retry_after_ns;
         }
+        credit_overflow(g, seg.credit_after);
     }
 }
 
@@ -415,8 +484,10 @@ fn bucket_by_shard(
         }
     }
     starts[nshards] = pos;
-    reqs.clear();
-    reqs.resize(pos, Req::default());
+    // Every position below `pos` is written below; the buffer only ever grows.
+    if reqs.len() < pos {
+        reqs.resize(pos, Req::default());
+    }
     let out = Out(reqs.as_mut_ptr());
     let unknown = slots
         .par_chunks(chunk)

@@ -151,6 +151,9 @@ impl EngineConfig {
 
 /// `ppm` parts per million of `value`, rounded down (the reservable budgets).
 pub(crate) fn ppm_share(value: u64, ppm: u32) -> u64 {
+    if let Some(v) = value.checked_mul(u64::from(ppm)) {
+        return v / 1_000_000;
+    }
     (value as u128 * ppm as u128 / 1_000_000) as u64
 }
 
@@ -163,4 +166,28 @@ pub struct Reservation {
     pub rate: Rate,
     /// Shadow capacity `sigma`, in tokens.
     pub capacity: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ppm_share;
+
+    /// The 64-bit fast path gives what the 128-bit product gives, on both sides of its limit.
+    #[test]
+    fn ppm_share_fast_path_is_the_wide_product() {
+        let wide = |v: u64, p: u32| (v as u128 * p as u128 / 1_000_000) as u64;
+        for v in [
+            0,
+            1,
+            999_999,
+            1 << 40,
+            (1 << 44) + 7,
+            u64::MAX / 1_000_000,
+            u64::MAX,
+        ] {
+            for p in [0, 1, 500_000, 999_999, 1_000_000, u32::MAX] {
+                assert_eq!(ppm_share(v, p), wide(v, p), "{v} ppm {p}");
+            }
+        }
+    }
 }

@@ -237,6 +237,8 @@ pub struct Engine {
     pub(crate) store: Store,
     recovered: Option<u64>,
     scratch: batch::Scratch,
+    /// The slots of the last batch given by id (a buffer reused by the next one).
+    resolved: Vec<u32>,
     pub(crate) predictive: Predictive,
 }
 
@@ -313,6 +315,7 @@ impl Engine {
             store,
             recovered: None,
             scratch: batch::Scratch::default(),
+            resolved: Vec::new(),
             predictive: Predictive::default(),
         })
     }
@@ -329,6 +332,7 @@ impl Engine {
             store,
             recovered,
             scratch: batch::Scratch::default(),
+            resolved: Vec::new(),
             predictive: Predictive::default(),
         };
         e.load_sidecar()?;
@@ -346,6 +350,7 @@ impl Engine {
             store,
             recovered: None,
             scratch: batch::Scratch::default(),
+            resolved: Vec::new(),
             predictive: Predictive::default(),
         };
         e.load_sidecar()?;
@@ -751,13 +756,13 @@ impl Engine {
             return Err(Error::ReadOnly);
         }
         // Slots at or past the capacity are unknown customers: the batch path checks.
-        let resolved;
+        // The resolved slots' buffer is reused from batch to batch (`resolve` writes every one).
+        let mut resolved = std::mem::take(&mut self.resolved);
         let slots: &[u32] = match keys {
             Keys::Ids(ids) => {
-                let mut v = vec![NO_SLOT; n];
-                self.resolve(ids, &mut v)?;
-                resolved = v;
-                &resolved
+                resolved.resize(n, NO_SLOT);
+                self.resolve(ids, &mut resolved[..n])?;
+                &resolved[..n]
             }
             Keys::Slots(s) => s,
         };
@@ -777,6 +782,7 @@ impl Engine {
         );
         c.state.globals.stats.batches += 1;
         txn.commit(c.state);
+        self.resolved = resolved;
         Ok(())
     }
 

@@ -93,6 +93,10 @@ pub fn time_to_cover(deficit: i128, rate_micros: u64) -> u64 {
     if rate_micros == 0 {
         return u64::MAX;
     }
+    if let Ok(d) = u64::try_from(deficit) {
+        // the common case, in one 64-bit division instead of two 128-bit ones
+        return d / rate_micros + u64::from(!d.is_multiple_of(rate_micros));
+    }
     let r = rate_micros as i128;
     let t = deficit / r + (deficit % r != 0) as i128;
     u64::try_from(t).unwrap_or(u64::MAX)
@@ -124,5 +128,32 @@ mod tests {
         assert_eq!(time_to_cover(9, 3), 3);
         assert_eq!(time_to_cover(1, 0), u64::MAX);
         assert_eq!(time_to_cover(i128::MAX, 1), u64::MAX);
+    }
+
+    /// The 64-bit fast path gives what the 128-bit division gives, on both sides of its limit.
+    #[test]
+    fn time_to_cover_fast_path_is_the_wide_division() {
+        let wide = |d: i128, r: u64| {
+            let r = r as i128;
+            u64::try_from(d / r + (d % r != 0) as i128).unwrap_or(u64::MAX)
+        };
+        let mut x = 0x243F_6A88_85A3_08D3u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let edge = u64::MAX as i128;
+        for k in 0..20_000 {
+            let d = match k % 4 {
+                0 => (next() >> (next() % 64)) as i128,
+                1 => edge - (next() % 1000) as i128,
+                2 => edge + 1 + (next() % 1000) as i128,
+                _ => (next() as i128) << (next() % 40),
+            };
+            let r = (next() >> (next() % 64)).max(1);
+            assert_eq!(time_to_cover(d, r), wide(d, r), "deficit {d}, rate {r}");
+        }
     }
 }

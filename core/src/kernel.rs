@@ -300,8 +300,12 @@ pub(crate) fn bump_reservation(b: &mut Bucket, n: u64, g: &mut Globals) {
     let cfg = &g.config;
     let rate_budget = ppm_share(cfg.pool_rate, cfg.alpha_ppm);
     let cap_budget = ppm_share(cfg.pool_burst, cfg.alpha_ppm);
-    let want_rate = (n as u128 * 1_000_000 * 1_000_000_000 / cfg.interval_ns as u128)
-        .min(u64::MAX as u128) as u64;
+    let want_rate = match n.checked_mul(1_000_000 * 1_000_000_000) {
+        // one 64-bit division for any request below 18,446 tokens
+        Some(micro_ns) => micro_ns / cfg.interval_ns,
+        None => (n as u128 * 1_000_000 * 1_000_000_000 / cfg.interval_ns as u128)
+            .min(u64::MAX as u128) as u64,
+    };
     let d_rate = want_rate.min(rate_budget.saturating_sub(g.pool.rho_sum));
     let d_cap = n.min(cap_budget.saturating_sub(g.pool.sigma_sum));
     if d_rate == 0 && d_cap == 0 {
