@@ -1,6 +1,12 @@
 // heads.wgsl: the output heads for one chunk of customers, one invocation per customer; either
 // every head output, or only the one decoded value the reservation reads.
 //
+// Every output (full mode) is customer-major, `head_dim` consecutive floats per customer: one
+// invocation writing its own customer's would make every store of a warp touch as many memory
+// sectors as it has lanes. With STAGE the workgroup's outputs go through workgroup memory (rows
+// padded to HD + 1 floats, so the lanes' writes fall in distinct banks) and out as one
+// contiguous run, consecutive invocations writing consecutive floats.
+//
 // `y = W_head · h'_top + b_head` on the top layer's new `h` (core/src/model/mod.rs). In pick mode
 // the invocation computes only the picked horizon's four outputs and decodes them as
 // `shadowbucket::model::step::decode` does (the residual head, from the customer's raw usage
@@ -23,17 +29,19 @@
 const HIDDEN: u32 = 32u;  // H
 const HV: u32 = 8u;       // ceil(H / 4)
 const CF: u32 = 7u;       // per-customer features (x_u is the first)
+const HD: u32 = 20u;      // head outputs per customer (`head_dim`)
+const STAGE: bool = true; // full mode: outputs staged in workgroup memory (false: written directly)
 const WG: u32 = 256u;     // invocations per workgroup
 
 struct Params {
-    n: u32,         // customers in this chunk
+    n: u32,         // end of this dispatch's customers (the chunk's, or an upload piece's)
     ld: u32,        // stride between state rows
     top_row: u32,   // first state row of the top layer's h
-    head_dim: u32,  // outputs per customer
+    head_dim: u32,  // outputs per customer (HD)
     mode: u32,      // 0: every output; 1: the picked value, decoded
     first: u32,     // pick mode: the horizon's first output (4 * horizon)
     quantile: u32,  // pick mode: 0 mean, 1 p50, 2 p90, 3 p99
-    _pad0: u32,
+    start: u32,     // first customer of this dispatch (`n`: its end)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -43,6 +51,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read> scale: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read> x: array<f32>;
+
+// full mode with STAGE: this workgroup's outputs, customer l's at `l * (HD + 1)`
+var<workgroup> stage: array<f32, select(1u, WG * (HD + 1u), STAGE)>;
 
 fn softplus(v: f32) -> f32 {
     if v > 20.0 {
@@ -71,26 +82,47 @@ fn head(r: u32, h: ptr<function, array<vec4<f32>, HV>>) -> f32 {
 }
 
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
-    if c >= p.n {
-        return;
-    }
+fn main(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    // the workgroup's first customer (below p.n: the dispatch covers the range in workgroups)
+    let c0 = p.start + wid.x * WG;
+    let c = c0 + lid;
+    let live = c < p.n;
     var h: array<vec4<f32>, HV>;
-    for (var v = 0u; v < HV; v++) {
-        var t = vec4<f32>(0.0);
-        for (var e = 0u; e < 4u; e++) {
-            let k = 4u * v + e;
-            if k < HIDDEN {
-                t[e] = state[(p.top_row + k) * p.ld + c];
+    if live {
+        for (var v = 0u; v < HV; v++) {
+            var t = vec4<f32>(0.0);
+            for (var e = 0u; e < 4u; e++) {
+                let k = 4u * v + e;
+                if k < HIDDEN {
+                    t[e] = state[(p.top_row + k) * p.ld + c];
+                }
             }
+            h[v] = t;
         }
-        h[v] = t;
     }
     if p.mode == 0u {
-        for (var r = 0u; r < p.head_dim; r++) {
-            out[c * p.head_dim + r] = head(r, &h);
+        if STAGE {
+            if live {
+                for (var r = 0u; r < HD; r++) {
+                    stage[lid * (HD + 1u) + r] = head(r, &h);
+                }
+            }
+            workgroupBarrier();
+            let count = min(WG, p.n - c0) * HD;
+            for (var e = lid; e < count; e += WG) {
+                out[c0 * HD + e] = stage[(e / HD) * (HD + 1u) + e % HD];
+            }
+        } else if live {
+            for (var r = 0u; r < HD; r++) {
+                out[c * HD + r] = head(r, &h);
+            }
         }
+        return;
+    }
+    if !live {
         return;
     }
     let s = scale[c];

@@ -89,18 +89,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         choice,
         ..GpuOptions::from_env()
     };
-    // the default kernel (SB_GPU_KERNEL, else tiled) first, then the other one
+    // the default kernel (SB_GPU_KERNEL, else tiled) first, then the others
     let default = base.kernel;
-    let other = match default {
-        StepKernel::Tiled => StepKernel::Simple,
-        StepKernel::Simple => StepKernel::Tiled,
-    };
     let mut runs: Vec<Run> = Vec::new();
-    let kernels = if std::env::var("SB_BENCH_OTHER").is_ok_and(|v| v == "0") {
-        vec![default]
-    } else {
-        vec![default, other]
-    };
+    let mut kernels = vec![default];
+    if std::env::var("SB_BENCH_OTHER").map_or(true, |v| v != "0") {
+        kernels.extend(
+            [StepKernel::Tiled, StepKernel::Simple]
+                .into_iter()
+                .filter(|&k| k != default),
+        );
+    }
     for kernel in kernels {
         let opts = GpuOptions {
             kernel,
@@ -123,6 +122,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("driver".into(), json_str(&a.driver)),
             ("device_type".into(), json_str(&a.device_type)),
             ("kernel".into(), json_str(d.kernel.name())),
+            ("activation".into(), json_str(base.activation.name())),
+            ("workgroup".into(), base.workgroup.to_string()),
+            ("tiled_groups".into(), base.tiled_groups.to_string()),
+            ("upload_piece".into(), base.upload_piece.to_string()),
             ("chunks".into(), d.chunks.to_string()),
             (
                 "weights_in_workgroup_memory".into(),
@@ -160,27 +163,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 (format!("tick_pick_submit_gpu_ms_{k}"), ms(r.submit_gpu_ms)),
                 (format!("tick_pick_copy_out_ms_{k}"), ms(r.copy_out_ms)),
             ]);
+            for (label, v) in r.profile.iter().flatten() {
+                fields.push((format!("device_{label}_ms_{k}"), ms(*v)));
+            }
         }
         let find = |k: StepKernel| runs.iter().find(|r| r.asked == k);
-        if let (Some(t), Some(s)) = (find(StepKernel::Tiled), find(StepKernel::Simple)) {
+        for k in [StepKernel::Tiled] {
+            let (Some(t), Some(s)) = (find(k), find(StepKernel::Simple)) else {
+                continue;
+            };
             let worst = t
                 .last_pick
                 .iter()
                 .zip(&s.last_pick)
                 .map(|(a, b)| f64::from((a - b).abs()) / f64::from(a.abs().max(b.abs()).max(1.0)))
                 .fold(0f64, f64::max);
+            let k = k.name();
             fields.extend([
                 (
-                    "step_speedup_tiled_vs_simple".into(),
+                    format!("step_speedup_{k}_vs_simple"),
                     format!("{:.2}", s.step_ms / t.step_ms),
                 ),
                 (
-                    "tick_pick_speedup_tiled_vs_simple".into(),
+                    format!("tick_pick_speedup_{k}_vs_simple"),
                     format!("{:.2}", s.pick_ms / t.pick_ms),
                 ),
                 // the same inputs and tick sequence on both: they agree up to summation order
                 (
-                    "pick_max_rel_diff_tiled_vs_simple".into(),
+                    format!("pick_max_rel_diff_{k}_vs_simple"),
                     format!("{worst:.2e}"),
                 ),
             ]);
@@ -243,6 +253,8 @@ struct Run {
     copy_out_ms: f64,
     full_ms: Option<f64>,
     last_pick: Vec<f32>,
+    /// Device time per kernel of one step (timestamp queries), the least of three.
+    profile: Option<Vec<(String, f64)>>,
 }
 
 /// Warms `g` up with one full step, then times `ticks` device steps, `ticks` pick ticks (with
@@ -263,6 +275,19 @@ fn measure(
     g.step(inp.x, inp.glob, &mut state, &mut out)?; // uploads the state, compiles, warms up
     let step_ms =
         g.bench_device_steps(ticks, inp.glob, &state)?.as_secs_f64() * 1e3 / f64::from(ticks);
+    let mut profile: Option<Vec<(String, f64)>> = None;
+    for _ in 0..3 {
+        if let Some(p) = g.profile_device_step(inp.glob)? {
+            profile = Some(match profile {
+                Some(best) => best
+                    .into_iter()
+                    .zip(p)
+                    .map(|((l, a), (_, b))| (l, a.min(b)))
+                    .collect(),
+                None => p,
+            });
+        }
+    }
     let (mut copy_in, mut submit_gpu, mut copy_out) = (0f64, 0f64, 0f64);
     let t = Instant::now();
     for _ in 0..ticks {
@@ -298,6 +323,7 @@ fn measure(
         copy_out_ms: per_tick(copy_out),
         full_ms,
         last_pick: one,
+        profile,
     })
 }
 

@@ -45,7 +45,7 @@ mod backend;
 mod context;
 pub mod shaders;
 
-pub use backend::{GpuBackend, GpuOptions, StepKernel, TickTimings};
+pub use backend::{Activation, GpuBackend, GpuOptions, StepKernel, TickTimings};
 pub use context::{AdapterChoice, AdapterDesc, Unavailable};
 
 use shadowbucket::model::{CpuBackend, StepBackend};

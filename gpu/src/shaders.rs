@@ -77,6 +77,10 @@ pub struct Shape {
     pub use_shared: bool,
     /// Vec4 slots of workgroup memory the step kernel declares (the largest layer's weights).
     pub shared_v4: u32,
+    /// The gates' `tanh` and sigmoid from `exp` (else `step::fast_tanh`'s rational).
+    pub act_exp: bool,
+    /// Head outputs per customer.
+    pub head_dim: u32,
 }
 
 impl Shape {
@@ -105,21 +109,29 @@ impl Shape {
                 ("WG", format!("{}u", self.workgroup)),
                 ("USE_SHARED", self.use_shared.to_string()),
                 ("SHARED_V4", format!("{}u", self.shared_v4.max(1))),
+                ("ACT_EXP", self.act_exp.to_string()),
             ],
         )
     }
 
-    /// `heads.wgsl` for this shape.
+    /// Bytes of workgroup memory `heads.wgsl` stages every output through (full mode).
+    pub fn heads_stage_bytes(&self) -> u64 {
+        4 * u64::from(self.workgroup) * (u64::from(self.head_dim) + 1)
+    }
+
+    /// `heads.wgsl` for this shape, staging the full outputs in workgroup memory when `stage`.
     ///
     /// # Errors
     /// The shader lacks one of the constants (a bug).
-    pub fn heads(&self) -> Result<String, String> {
+    pub fn heads(&self, stage: bool) -> Result<String, String> {
         specialize(
             HEADS,
             &[
                 ("HIDDEN", format!("{}u", self.hidden)),
                 ("HV", format!("{}u", self.hv())),
                 ("CF", format!("{}u", self.customer_features)),
+                ("HD", format!("{}u", self.head_dim.max(1))),
+                ("STAGE", stage.to_string()),
                 ("WG", format!("{}u", self.workgroup)),
             ],
         )
@@ -148,11 +160,23 @@ pub struct TiledShape {
     pub first: bool,
     /// Whether the layer's weights are copied into workgroup memory (else read from storage).
     pub use_shared: bool,
+    /// The gates' `tanh` and sigmoid from `exp` (else `step::fast_tanh`'s rational).
+    pub act_exp: bool,
+    /// Load the next tile into registers while computing this one.
+    pub prefetch: bool,
 }
 
 impl TiledShape {
-    /// Customers per tile (the shader's `TC`); the state's row stride is a multiple of it.
-    pub const TILE: u32 = 64;
+    /// The largest tile ([`TiledShape::tile`]); the state's row stride and the upload pieces are
+    /// multiples of it.
+    pub const MAX_TILE: u32 = 128;
+
+    /// Customers per tile (the shader's `TC`): 64, or 128 for workgroups of 512 invocations or
+    /// more (each invocation computes 2 units of 4 customers: 64 customers give 256 invocations
+    /// work at H = 32).
+    pub fn tile(&self) -> u32 {
+        if self.workgroup >= 512 { 128 } else { 64 }
+    }
 
     /// `H` rounded up to a multiple of 4: units and `h` rows as the kernel lays them out.
     pub fn hp(&self) -> u32 {
@@ -180,7 +204,7 @@ impl TiledShape {
 
     /// Bytes of workgroup memory for the tile alone.
     pub fn tile_bytes(&self) -> u64 {
-        u64::from(self.rows()) * u64::from(Self::TILE) * 4
+        u64::from(self.rows()) * u64::from(self.tile()) * 4
     }
 
     /// Bytes of workgroup memory for the tile and the weights.
@@ -207,7 +231,9 @@ impl TiledShape {
                     "WS_V4",
                     format!("{}u", if self.use_shared { self.weight_v4() } else { 1 }),
                 ),
-                ("TC", format!("{}u", Self::TILE)),
+                ("TC", format!("{}u", self.tile())),
+                ("ACT_EXP", self.act_exp.to_string()),
+                ("PREFETCH", self.prefetch.to_string()),
             ],
         )
     }
@@ -217,7 +243,7 @@ impl TiledShape {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct StepParams {
-    /// Customers in the chunk.
+    /// End of the dispatch's customers in the chunk.
     pub n: u32,
     /// Stride between state rows.
     pub ld: u32,
@@ -227,8 +253,10 @@ pub struct StepParams {
     pub w_off: u32,
     /// The layer's first float in the bias buffer.
     pub b_off: u32,
+    /// The dispatch's first customer in the chunk (`n` is its end).
+    pub start: u32,
     /// Padding to 32 bytes (a multiple of 16, as uniforms want).
-    pub _pad: [u32; 3],
+    pub _pad: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<StepParams>() == 32);
 
@@ -236,7 +264,7 @@ const _: () = assert!(std::mem::size_of::<StepParams>() == 32);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct HeadsParams {
-    /// Customers in the chunk.
+    /// End of the dispatch's customers in the chunk.
     pub n: u32,
     /// Stride between state rows.
     pub ld: u32,
@@ -250,8 +278,8 @@ pub struct HeadsParams {
     pub first: u32,
     /// Pick mode: 0 mean, 1 p50, 2 p90, 3 p99.
     pub quantile: u32,
-    /// Padding to 32 bytes.
-    pub _pad: u32,
+    /// The dispatch's first customer in the chunk (`n` is its end).
+    pub start: u32,
 }
 const _: () = assert!(std::mem::size_of::<HeadsParams>() == 32);
 

@@ -26,6 +26,7 @@ fn gpu(kernel: StepKernel) -> Option<GpuBackend> {
         kernel,
         tiled_groups: GpuOptions::DEFAULT_TILED_GROUPS,
         upload_piece: 50,
+        activation: GpuOptions::from_env().activation,
     };
     match GpuBackend::new(opts) {
         Ok(g) => Some(g),

@@ -36,12 +36,14 @@ fn gpu(max_binding_bytes: Option<u64>, kernel: StepKernel) -> Option<GpuBackend>
         choice,
         sync_every: 3,
         max_binding_bytes,
-        workgroup: 256,
+        // 256 unless SB_GPU_WORKGROUP says otherwise (512: the tiled kernel's 128-customer tiles)
+        workgroup: GpuOptions::from_env().workgroup,
         kernel,
         // few workgroups, so that each takes several tiles
         tiled_groups: 3,
         // small upload pieces, so that a chunk's features go up in several
         upload_piece: 100,
+        activation: GpuOptions::from_env().activation,
     };
     match GpuBackend::new(opts) {
         Ok(g) => {

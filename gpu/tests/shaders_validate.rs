@@ -25,7 +25,10 @@ fn shaders_as_written_validate() {
 #[test]
 fn specialized_shaders_validate() {
     for hidden in [1u32, 5, 8, 32, 64, 1024] {
-        for (use_shared, workgroup) in [(true, 256u32), (false, 64), (true, 1)] {
+        for (i, (use_shared, workgroup)) in [(true, 256u32), (false, 64), (true, 1)]
+            .into_iter()
+            .enumerate()
+        {
             let shape = Shape {
                 hidden,
                 customer_features: 7,
@@ -36,10 +39,20 @@ fn specialized_shaders_validate() {
                 } else {
                     1
                 },
+                act_exp: i % 2 == 0,
+                head_dim: [20, 1, 7][i],
             };
-            let tag = format!("H={hidden} shared={use_shared} wg={workgroup}");
+            let tag = format!(
+                "H={hidden} shared={use_shared} wg={workgroup} exp={} head_dim={}",
+                shape.act_exp, shape.head_dim
+            );
             validate(&format!("lstm_step {tag}"), &shape.lstm_step().unwrap());
-            validate(&format!("heads {tag}"), &shape.heads().unwrap());
+            for stage in [true, false] {
+                validate(
+                    &format!("heads {tag} stage={stage}"),
+                    &shape.heads(stage).unwrap(),
+                );
+            }
             validate(&format!("relayout {tag}"), &shape.relayout().unwrap());
         }
     }
@@ -49,15 +62,24 @@ fn specialized_shaders_validate() {
 fn specialized_tiled_shaders_validate() {
     for hidden in [1u32, 5, 8, 32, 64, 1024] {
         for first in [true, false] {
-            for (use_shared, workgroup) in [(true, 256u32), (false, 64), (true, 1), (false, 1024)] {
+            for (i, (use_shared, workgroup)) in
+                [(true, 256u32), (false, 512), (true, 1), (false, 1024)]
+                    .into_iter()
+                    .enumerate()
+            {
                 let shape = TiledShape {
                     hidden,
                     customer_features: 7,
                     workgroup,
                     first,
                     use_shared,
+                    act_exp: i % 2 == 0,
+                    prefetch: i < 2,
                 };
-                let tag = format!("H={hidden} first={first} shared={use_shared} wg={workgroup}");
+                let tag = format!(
+                    "H={hidden} first={first} shared={use_shared} wg={workgroup} exp={}",
+                    shape.act_exp
+                );
                 validate(&format!("lstm_step_tiled {tag}"), &shape.source().unwrap());
             }
         }
