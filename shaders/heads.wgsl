@@ -1,12 +1,6 @@
 // heads.wgsl: the output heads for one chunk of customers, one invocation per customer; either
 // every head output, or only the one decoded value the reservation reads.
 //
-// Every output (full mode) is customer-major, `head_dim` consecutive floats per customer: one
-// invocation writing its own customer's would make every store of a warp touch as many memory
-// sectors as it has lanes. With STAGE the workgroup's outputs go through workgroup memory (rows
-// padded to HD + 1 floats, so the lanes' writes fall in distinct banks) and out as one
-// contiguous run, consecutive invocations writing consecutive floats.
-//
 // `y = W_head · h'_top + b_head` on the top layer's new `h` (core/src/model/mod.rs). In pick mode
 // the invocation computes only the picked horizon's four outputs and decodes them as
 // `shadowbucket::model::step::decode` does (the residual head, from the customer's raw usage
@@ -30,7 +24,6 @@ const HIDDEN: u32 = 32u;  // H
 const HV: u32 = 8u;       // ceil(H / 4)
 const CF: u32 = 7u;       // per-customer features (x_u is the first)
 const HD: u32 = 20u;      // head outputs per customer (`head_dim`)
-const STAGE: bool = true; // full mode: outputs staged in workgroup memory (false: written directly)
 const WG: u32 = 256u;     // invocations per workgroup
 
 struct Params {
@@ -51,9 +44,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read> scale: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read> x: array<f32>;
-
-// full mode with STAGE: this workgroup's outputs, customer l's at `l * (HD + 1)`
-var<workgroup> stage: array<f32, select(1u, WG * (HD + 1u), STAGE)>;
 
 fn softplus(v: f32) -> f32 {
     if v > 20.0 {
@@ -82,47 +72,26 @@ fn head(r: u32, h: ptr<function, array<vec4<f32>, HV>>) -> f32 {
 }
 
 @compute @workgroup_size(WG)
-fn main(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-) {
-    // the workgroup's first customer (below p.n: the dispatch covers the range in workgroups)
-    let c0 = p.start + wid.x * WG;
-    let c = c0 + lid;
-    let live = c < p.n;
-    var h: array<vec4<f32>, HV>;
-    if live {
-        for (var v = 0u; v < HV; v++) {
-            var t = vec4<f32>(0.0);
-            for (var e = 0u; e < 4u; e++) {
-                let k = 4u * v + e;
-                if k < HIDDEN {
-                    t[e] = state[(p.top_row + k) * p.ld + c];
-                }
-            }
-            h[v] = t;
-        }
-    }
-    if p.mode == 0u {
-        if STAGE {
-            if live {
-                for (var r = 0u; r < HD; r++) {
-                    stage[lid * (HD + 1u) + r] = head(r, &h);
-                }
-            }
-            workgroupBarrier();
-            let count = min(WG, p.n - c0) * HD;
-            for (var e = lid; e < count; e += WG) {
-                out[c0 * HD + e] = stage[(e / HD) * (HD + 1u) + e % HD];
-            }
-        } else if live {
-            for (var r = 0u; r < HD; r++) {
-                out[c * HD + r] = head(r, &h);
-            }
-        }
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = p.start + gid.x;
+    if c >= p.n {
         return;
     }
-    if !live {
+    var h: array<vec4<f32>, HV>;
+    for (var v = 0u; v < HV; v++) {
+        var t = vec4<f32>(0.0);
+        for (var e = 0u; e < 4u; e++) {
+            let k = 4u * v + e;
+            if k < HIDDEN {
+                t[e] = state[(p.top_row + k) * p.ld + c];
+            }
+        }
+        h[v] = t;
+    }
+    if p.mode == 0u {
+        for (var r = 0u; r < HD; r++) {
+            out[c * HD + r] = head(r, &h);
+        }
         return;
     }
     let s = scale[c];

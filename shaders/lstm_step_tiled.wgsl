@@ -44,10 +44,25 @@
 //                                    (the first layer only)
 //   4  state    storage, read_write  this chunk's recurrent state, feature-major (value `k` of
 //                                    customer `c` at float `k * ld + c`), read as vec4s
+//   5  head_w   storage, read        heads.wgsl's (LAST only): HD rows of HP / 4 vec4s
+//   6  head_b   storage, read        heads.wgsl's: HD floats
+//   7  scale    storage, read        heads.wgsl's: per customer, the scale (pick mode)
+//   8  out      storage, read_write  heads.wgsl's: `n x HD` customer-major, or `n` picks
+//   9  hp       uniform              heads.wgsl's Params (mode, first, quantile)
+//
+// LAST: the top layer with the heads fused in (heads.wgsl's math, see there): once every
+// invocation's products are done (a barrier), the new `h` goes into the tile's `h` rows as well
+// as to the state, and after another barrier the workgroup computes the tile's head outputs from
+// workgroup memory: invocation (row group g, quad q) takes rows g, g + WG / CG, ... of the
+// quad's 4 customers (full mode), or, in pick mode, the picked horizon's row g < 4, handed to the
+// quad's decoding invocation through `ys`. The host fuses only where every invocation has at
+// most one register tile (UG * CG <= WG), so the products' accumulators can wait in registers
+// across the barrier; otherwise it runs heads.wgsl after the layers.
 //
 // One pipeline per kind of layer (FIRST: the first layer, inputs from x; otherwise inputs from
-// the layer below's `h`), so every loop has a constant trip count. The `const` lines below are
-// the defaults the naga test validates; the runtime rewrites them (`shaders::TiledShape`).
+// the layer below's `h`; LAST: the top one with the heads), so every loop has a constant trip
+// count. The `const` lines below are the defaults the naga test validates; the runtime rewrites
+// them (`shaders::TiledShape`).
 
 const HIDDEN: u32 = 32u;       // H
 const HP: u32 = 32u;           // H rounded up to a multiple of 4: units and `h` rows as laid out
@@ -60,6 +75,8 @@ const WS_V4: u32 = 1280u;      // vec4 slots of workgroup memory for the weights
 const TC: u32 = 64u;           // customers per tile, a multiple of 4 (divides `ld`)
 const ACT_EXP: bool = false;   // activations from `exp` (false: step::fast_tanh's rational)
 const PREFETCH: bool = true;   // load the next tile into registers during the products
+const LAST: bool = false;      // the top layer, the heads fused in (needs UG * CG <= WG)
+const HD: u32 = 20u;           // head outputs per customer (LAST)
 const KT: u32 = KIN + HP;      // tile rows
 const CG: u32 = TC / 4u;       // customer quads per tile
 const UG: u32 = HP / 2u;       // unit pairs
@@ -83,8 +100,27 @@ struct Params {
 @group(0) @binding(3) var<storage, read> x: array<f32>;
 @group(0) @binding(4) var<storage, read_write> state: array<vec4<f32>>;
 
+struct HeadsParams {
+    n: u32,         // (heads.wgsl's; unused here)
+    ld: u32,        // (unused)
+    top_row: u32,   // (unused)
+    head_dim: u32,  // (unused: HD)
+    mode: u32,      // 0: every output; 1: the picked value, decoded
+    first: u32,     // pick mode: the horizon's first output (4 * horizon)
+    quantile: u32,  // pick mode: 0 mean, 1 p50, 2 p90, 3 p99
+    start: u32,     // (unused)
+}
+
+@group(0) @binding(5) var<storage, read> head_w: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> head_b: array<f32>;
+@group(0) @binding(7) var<storage, read> scale: array<f32>;
+@group(0) @binding(8) var<storage, read_write> out: array<f32>;
+@group(0) @binding(9) var<uniform> hp: HeadsParams;
+
 var<workgroup> ws: array<vec4<f32>, WS_V4>;
 var<workgroup> tile: array<vec4<f32>, KT * CG>;
+// LAST, pick mode: the picked horizon's 4 outputs per quad, row-major (`ys[g * CG + q]`)
+var<workgroup> ys: array<vec4<f32>, select(1u, 4u * CG, LAST)>;
 
 // this invocation's share of a tile, between its loads and its store into `tile`: vec4 `m` is
 // tile element `lid + m * WG`, feature `m` is element `lid + m * WG` of the tile's `TC x CF`
@@ -142,9 +178,9 @@ fn old_c(j: u32, col: u32) -> vec4<f32> {
 }
 
 // Unit `j`'s new `c` and `h` for the customer quad at vec4 column `col`, from its gates
-// `z0 .. z3` (one vec4 (i, f, g, o) per customer) and its old `c`.
+// `z0 .. z3` (one vec4 (i, f, g, o) per customer) and its old `c`; returns the new `h`.
 fn cell(j: u32, col: u32, z0: vec4<f32>, z1: vec4<f32>, z2: vec4<f32>, z3: vec4<f32>,
-        c_old: vec4<f32>) {
+        c_old: vec4<f32>) -> vec4<f32> {
     let ld4 = p.ld / 4u;
     let hrow = 2u * p.layer * HIDDEN + j;
     let ig = sigmoid4(vec4<f32>(z0.x, z1.x, z2.x, z3.x));
@@ -152,8 +188,10 @@ fn cell(j: u32, col: u32, z0: vec4<f32>, z1: vec4<f32>, z2: vec4<f32>, z3: vec4<
     let gg = tanh4(vec4<f32>(z0.z, z1.z, z2.z, z3.z));
     let og = sigmoid4(vec4<f32>(z0.w, z1.w, z2.w, z3.w));
     let cn = fg * c_old + ig * gg;
+    let hn = og * tanh4(cn);
     state[(hrow + HIDDEN) * ld4 + col] = cn;
-    state[hrow * ld4 + col] = og * tanh4(cn);
+    state[hrow * ld4 + col] = hn;
+    return hn;
 }
 
 // Loads this invocation's share of the tile starting at customer `t0` into `fetched`: rows
@@ -212,8 +250,23 @@ fn store_tile(lid: u32) {
     }
 }
 
-// The register tile of unit pair `ug` and customer quad `cg` of the tile starting at `t0`.
-fn compute(ug: u32, cg: u32, t0: u32) {
+// A register tile: the gates of unit pair `ug` for customer quad `cg` (`a<u><e>`: unit 2ug + u,
+// customer e of the quad), and the two units' old `c`.
+struct Acc {
+    a00: vec4<f32>,
+    a01: vec4<f32>,
+    a02: vec4<f32>,
+    a03: vec4<f32>,
+    a10: vec4<f32>,
+    a11: vec4<f32>,
+    a12: vec4<f32>,
+    a13: vec4<f32>,
+    c0: vec4<f32>,
+    c1: vec4<f32>,
+}
+
+// The products of unit pair `ug` and customer quad `cg` of the tile starting at `t0`.
+fn products(ug: u32, cg: u32, t0: u32) -> Acc {
     let j0 = 2u * ug;
     let j1 = j0 + 1u;
     let col = t0 / 4u + cg;
@@ -278,16 +331,116 @@ fn compute(ug: u32, cg: u32, t0: u32) {
         a12 = fma(w1, vec4<f32>(xv.z), a12);
         a13 = fma(w1, vec4<f32>(xv.w), a13);
     }
+    return Acc(a00, a01, a02, a03, a10, a11, a12, a13, c0, c1);
+}
+
+// The cells of unit pair `ug` and customer quad `cg` from their products; with LAST also their
+// new `h` into the tile's `h` rows (every read of the tile's old `h` must be over).
+fn finish(ug: u32, cg: u32, t0: u32, a: Acc) {
     if t0 + 4u * cg >= p.n {
-        return; // the whole quad is past the chunk's customers
+        return; // the whole quad is past the dispatch's customers
     }
+    let j0 = 2u * ug;
+    let j1 = j0 + 1u;
+    let col = t0 / 4u + cg;
     if j0 < HIDDEN {
-        cell(j0, col, a00, a01, a02, a03, c0);
+        let h0 = cell(j0, col, a.a00, a.a01, a.a02, a.a03, a.c0);
+        if LAST {
+            tile[(KIN + j0) * CG + cg] = h0;
+        }
     }
     if j1 < HIDDEN {
-        cell(j1, col, a10, a11, a12, a13, c1);
+        let h1 = cell(j1, col, a.a10, a.a11, a.a12, a.a13, a.c1);
+        if LAST {
+            tile[(KIN + j1) * CG + cg] = h1;
+        }
     }
 }
+
+// Head output `r` for the 4 customers of quad `q`, from the new `h` in the tile.
+fn head4(r: u32, q: u32) -> vec4<f32> {
+    var acc = vec4<f32>(head_b[r]);
+    for (var v = 0u; v < HP / 4u; v++) {
+        let w = head_w[r * (HP / 4u) + v];
+        let k = KIN + 4u * v;
+        acc = fma(vec4<f32>(w.x), tile[k * CG + q], acc);
+        acc = fma(vec4<f32>(w.y), tile[(k + 1u) * CG + q], acc);
+        acc = fma(vec4<f32>(w.z), tile[(k + 2u) * CG + q], acc);
+        acc = fma(vec4<f32>(w.w), tile[(k + 3u) * CG + q], acc);
+    }
+    return acc;
+}
+
+fn softplus(v: f32) -> f32 {
+    if v > 20.0 {
+        return v;
+    }
+    if v < -15.0 {
+        return exp(v); // log1p(e) = e to f32 precision
+    }
+    return log(1.0 + exp(v));
+}
+
+// expm1 for z >= 0, accurate near 0 where exp(z) - 1 cancels.
+fn expm1_pos(z: f32) -> f32 {
+    if z < 1e-3 {
+        return z * (1.0 + z * (0.5 + z * (1.0 / 6.0)));
+    }
+    return exp(z) - 1.0;
+}
+
+// heads.wgsl's pick decode of one customer from its horizon's outputs y (mean, p50, and the two
+// softplus increments).
+fn decode(c: u32, y: vec4<f32>) -> f32 {
+    let xu = x[c * CF];
+    if hp.quantile == 0u {
+        return scale[c] * expm1_pos(max(xu + y.x, 0.0));
+    }
+    var z = xu + y.y;
+    if hp.quantile >= 2u {
+        z += softplus(y.z);
+    }
+    if hp.quantile >= 3u {
+        z += softplus(y.w);
+    }
+    return scale[c] * expm1_pos(max(z, 0.0));
+}
+
+// The tile's heads (LAST), from the new `h` in the tile; called in uniform control flow.
+fn heads(t0: u32, lid: u32) {
+    let q = lid % CG;
+    let g = lid / CG;
+    let c = t0 + 4u * q;
+    if hp.mode == 0u {
+        if c < p.n {
+            for (var r = g; r < HD; r += WG / CG) {
+                let y = head4(r, q);
+                for (var e = 0u; e < 4u; e++) {
+                    if c + e < p.n {
+                        out[(c + e) * HD + r] = y[e];
+                    }
+                }
+            }
+        }
+        return;
+    }
+    if g < 4u {
+        ys[g * CG + q] = head4(hp.first + g, q);
+    }
+    workgroupBarrier();
+    if g == 0u && c < p.n {
+        let y0 = ys[q];
+        let y1 = ys[CG + q];
+        let y2 = ys[2u * CG + q];
+        let y3 = ys[3u * CG + q];
+        for (var e = 0u; e < 4u; e++) {
+            if c + e < p.n {
+                out[c + e] = decode(c + e, vec4<f32>(y0[e], y1[e], y2[e], y3[e]));
+            }
+        }
+    }
+}
+
 
 @compute @workgroup_size(WG)
 fn main(
@@ -322,8 +475,24 @@ fn main(
             // in flight during the products
             fetch(p.start + next * TC, lid);
         }
-        for (var pr = lid; pr < UG * CG; pr += WG) {
-            compute(pr / CG, pr % CG, t0);
+        if LAST {
+            // one register tile per invocation (the host fuses only then)
+            let mine = lid < UG * CG;
+            var a: Acc;
+            if mine {
+                a = products(lid / CG, lid % CG, t0);
+            }
+            // every read of the tile's old h before the new h goes in
+            workgroupBarrier();
+            if mine {
+                finish(lid / CG, lid % CG, t0, a);
+            }
+            workgroupBarrier();
+            heads(t0, lid);
+        } else {
+            for (var pr = lid; pr < UG * CG; pr += WG) {
+                finish(pr / CG, pr % CG, t0, products(pr / CG, pr % CG, t0));
+            }
         }
         // every read of this tile before the next tile's stores
         workgroupBarrier();

@@ -67,8 +67,8 @@ pub struct GpuOptions {
     /// Caps the bytes of any one buffer binding below the adapter's own limits (tests lower it to
     /// force chunking); `None` uses the adapter's.
     pub max_binding_bytes: Option<u64>,
-    /// Invocations per workgroup (capped by the adapter); default
-    /// [`GpuOptions::DEFAULT_WORKGROUP`], or `SB_GPU_WORKGROUP`.
+    /// Invocations per workgroup of the simple step kernel, the heads and the relayout (capped
+    /// by the adapter), default 256.
     pub workgroup: u32,
     /// The step kernel (default [`StepKernel::Tiled`], or `SB_GPU_KERNEL`).
     pub kernel: StepKernel,
@@ -85,6 +85,16 @@ pub struct GpuOptions {
     /// How the step kernels compute the gates' `tanh` and sigmoid (default
     /// [`Activation::Exp`], or `SB_GPU_ACT`).
     pub activation: Activation,
+    /// Tiled kernel: invocations per workgroup, 256 (tiles of 64 customers) or 512 and more
+    /// (tiles of 128); default [`GpuOptions::DEFAULT_TILED_WORKGROUP`], or
+    /// `SB_GPU_TILED_WORKGROUP`. Capped by the adapter, and at 256 where a binding cannot hold
+    /// 128 customers' state.
+    pub tiled_workgroup: u32,
+    /// Tiled kernel: compute the heads in the top layer's kernel, from the new `h` in
+    /// workgroup memory, instead of in a separate pass that reads it back (where the shape
+    /// allows: every invocation at most one register tile); default true, or
+    /// `SB_GPU_FUSE_HEADS=0`.
+    pub fuse_heads: bool,
 }
 
 /// How the step kernels compute the gates' `tanh` and sigmoid.
@@ -137,14 +147,16 @@ impl GpuOptions {
     pub const DEFAULT_UPLOAD_PIECE: u32 = 1 << 20;
     /// The environment variable that overrides [`GpuOptions::upload_piece`].
     pub const UPLOAD_PIECE_ENV: &'static str = "SB_GPU_UPLOAD_PIECE";
-    /// Default [`GpuOptions::workgroup`]: 256 invocations.
-    pub const DEFAULT_WORKGROUP: u32 = 256;
-    /// The environment variable that overrides [`GpuOptions::workgroup`].
-    pub const WORKGROUP_ENV: &'static str = "SB_GPU_WORKGROUP";
+    /// Default [`GpuOptions::tiled_workgroup`]: 512 invocations, tiles of 128 customers.
+    pub const DEFAULT_TILED_WORKGROUP: u32 = 512;
+    /// The environment variable that overrides [`GpuOptions::tiled_workgroup`].
+    pub const TILED_WORKGROUP_ENV: &'static str = "SB_GPU_TILED_WORKGROUP";
+    /// The environment variable that overrides [`GpuOptions::fuse_heads`] (`0` or `1`).
+    pub const FUSE_HEADS_ENV: &'static str = "SB_GPU_FUSE_HEADS";
 
-    /// The defaults, with `SB_GPU`, `SB_GPU_SYNC_EVERY`, `SB_GPU_KERNEL`, `SB_GPU_TILED_GROUPS`
-    /// and `SB_GPU_UPLOAD_PIECE` applied (a value that does not parse is ignored, with a
-    /// warning).
+    /// The defaults, with `SB_GPU`, `SB_GPU_SYNC_EVERY`, `SB_GPU_KERNEL`, `SB_GPU_TILED_GROUPS`,
+    /// `SB_GPU_UPLOAD_PIECE`, `SB_GPU_ACT`, `SB_GPU_TILED_WORKGROUP` and `SB_GPU_FUSE_HEADS`
+    /// applied (a value that does not parse is ignored, with a warning).
     pub fn from_env() -> Self {
         let positive = |name: &str| {
             let v = std::env::var(name).ok()?;
@@ -178,11 +190,14 @@ impl GpuOptions {
             choice: AdapterChoice::from_env(),
             sync_every: positive(Self::SYNC_ENV).unwrap_or(Self::DEFAULT_SYNC_EVERY),
             max_binding_bytes: None,
-            workgroup: positive(Self::WORKGROUP_ENV).unwrap_or(Self::DEFAULT_WORKGROUP),
+            workgroup: 256,
             kernel,
             tiled_groups: positive(Self::TILED_GROUPS_ENV).unwrap_or(Self::DEFAULT_TILED_GROUPS),
             upload_piece: positive(Self::UPLOAD_PIECE_ENV).unwrap_or(Self::DEFAULT_UPLOAD_PIECE),
             activation,
+            tiled_workgroup: positive(Self::TILED_WORKGROUP_ENV)
+                .unwrap_or(Self::DEFAULT_TILED_WORKGROUP),
+            fuse_heads: std::env::var(Self::FUSE_HEADS_ENV).map_or(true, |v| v.trim() != "0"),
         }
     }
 }
@@ -352,10 +367,12 @@ struct Kernels {
     /// The state's row stride and the upload pieces are multiples of this many customers (the
     /// tiled kernel's tile, or [`LD_ALIGN`]).
     align: usize,
-    /// The step for layer 0 and for the later layers (the same pipeline for the simple kernel);
-    /// both on the step bind group layout.
-    step_first: wgpu::ComputePipeline,
-    step_rest: wgpu::ComputePipeline,
+    /// Whether the top layer's kernel computes the heads (tiled, [`GpuOptions::fuse_heads`]);
+    /// else `heads` runs after the layers.
+    fused: bool,
+    /// Per layer, its step pipeline (layers of one kind share one), all on the step bind group
+    /// layout.
+    step: Vec<wgpu::ComputePipeline>,
     step_layout: wgpu::BindGroupLayout,
     /// Per layer, its first vec4 in `weights` (the kernel's layout).
     w_off: Vec<u32>,
@@ -599,6 +616,12 @@ impl GpuBackend {
         self.kernels.as_ref().map(|k| k.use_shared)
     }
 
+    /// Whether the top layer's kernel computes the heads ([`GpuOptions::fuse_heads`], where the
+    /// tiled kernel's shape allows it); `None` before [`StepBackend::set_model`].
+    pub fn heads_fused(&self) -> Option<bool> {
+        self.kernels.as_ref().map(|k| k.fused)
+    }
+
     /// The step kernel the current model runs on ([`GpuOptions::kernel`], unless the tiled
     /// kernel's tile does not fit the adapter's workgroup memory); `None` before
     /// [`StepBackend::set_model`].
@@ -693,7 +716,8 @@ impl GpuBackend {
     }
 
     /// The step kernels' bind group layout (both kernels, every layer): params, weights, bias,
-    /// x, state.
+    /// x, state, and for the tiled kernel's fused heads head_w, head_b, scale, out and the
+    /// heads' params.
     fn step_bind_layout(&self) -> wgpu::BindGroupLayout {
         let entry = |binding: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
             binding,
@@ -716,17 +740,22 @@ impl GpuBackend {
                     entry(2, read),
                     entry(3, read),
                     entry(4, wgpu::BufferBindingType::Storage { read_only: false }),
+                    entry(5, read),
+                    entry(6, read),
+                    entry(7, read),
+                    entry(8, wgpu::BufferBindingType::Storage { read_only: false }),
+                    entry(9, wgpu::BufferBindingType::Uniform),
                 ],
             })
     }
 
-    /// The tiled kernel's shapes for layer 0 and the later layers, each with its weights in
-    /// workgroup memory when tile and weights fit the adapter's, else from storage; `None` when
-    /// a tile alone does not fit.
-    fn tiled_shapes(&self, p: &Prepared) -> Option<(TiledShape, Option<TiledShape>)> {
+    /// The tiled kernel's shape for each layer, with its weights in workgroup memory when tile
+    /// and weights fit the adapter's, else from storage, and the heads fused into the top layer
+    /// when asked and the shape allows; `None` when a tile alone does not fit.
+    fn tiled_shapes(&self, p: &Prepared) -> Option<Vec<TiledShape>> {
         let l = &self.ctx.limits;
         let limit = u64::from(l.max_compute_workgroup_storage_size);
-        // 128-customer tiles (512 invocations) only where a binding holds a tile's state
+        // 128-customer tiles only where a binding holds a tile's state
         let bind = self
             .opts
             .max_binding_bytes
@@ -734,30 +763,40 @@ impl GpuBackend {
             .min(l.max_storage_buffer_binding_size)
             .min(l.max_buffer_size);
         let big = 4 * u64::from(TiledShape::MAX_TILE) * p.state_dim as u64 <= bind;
-        let workgroup = if big {
-            self.workgroup
-        } else {
-            self.workgroup.min(256)
-        };
-        let shape = |first: bool| {
+        let workgroup = self
+            .opts
+            .tiled_workgroup
+            .clamp(1, 1024)
+            .min(l.max_compute_invocations_per_workgroup)
+            .min(l.max_compute_workgroup_size_x)
+            .min(if big { u32::MAX } else { 256 });
+        let shape = |layer: usize, fuse: bool, workgroup: u32| {
             let mut s = TiledShape {
                 hidden: p.hidden as u32,
                 customer_features: CUSTOMER_FEATURES as u32,
                 workgroup,
-                first,
+                first: layer == 0,
                 use_shared: true,
                 act_exp: self.opts.activation == Activation::Exp,
-                prefetch: std::env::var("SB_GPU_TILED_PREFETCH").map_or(true, |v| v != "0"),
+                prefetch: true,
+                last: false,
+                head_dim: p.head_dim as u32,
             };
+            s.last = fuse && layer + 1 == p.layers && s.can_fuse_heads();
+            if s.last && s.tile_bytes() > limit {
+                s.last = false;
+            }
             s.use_shared = s.shared_bytes() <= limit;
             (s.tile_bytes() <= limit).then_some(s)
         };
-        let first = shape(true)?;
-        if p.layers > 1 {
-            Some((first, Some(shape(false)?)))
-        } else {
-            Some((first, None))
-        }
+        // every layer on one tile size (the state's row stride is a multiple of it): the asked
+        // workgroup's, else 64-customer tiles where the larger ones do not fit
+        let all = |workgroup: u32| {
+            (0..p.layers)
+                .map(|layer| shape(layer, self.opts.fuse_heads, workgroup))
+                .collect::<Option<Vec<_>>>()
+        };
+        all(workgroup).or_else(|| all(workgroup.min(256)))
     }
 
     fn build_kernels(&self, p: &Prepared) -> Result<Kernels> {
@@ -778,8 +817,7 @@ impl GpuBackend {
             act_exp: self.opts.activation == Activation::Exp,
             head_dim: p.head_dim as u32,
         };
-        let stage = shape.heads_stage_bytes()
-            <= u64::from(self.ctx.limits.max_compute_workgroup_storage_size);
+
         let tiled = match self.opts.kernel {
             StepKernel::Simple => None,
             StepKernel::Tiled => {
@@ -796,25 +834,29 @@ impl GpuBackend {
             }
         };
         let src = |r: std::result::Result<String, String>| r.map_err(device_error);
-        let (kind, first_src, rest_src, all_shared) = match &tiled {
-            Some((first, rest)) => (
+        // per layer: the step kernel's source
+        let (kind, sources, all_shared, fused) = match &tiled {
+            Some(shapes) => (
                 StepKernel::Tiled,
-                src(first.source())?,
-                rest.map(|r| r.source()).transpose().map_err(device_error)?,
-                first.use_shared && rest.is_none_or(|r| r.use_shared),
+                shapes
+                    .iter()
+                    .map(|t| src(t.source()))
+                    .collect::<Result<Vec<_>>>()?,
+                shapes.iter().all(|t| t.use_shared),
+                shapes.last().is_some_and(|t| t.last),
             ),
             None => (
                 StepKernel::Simple,
-                src(shape.lstm_step())?,
-                None,
+                vec![src(shape.lstm_step())?; p.layers],
                 use_shared,
+                false,
             ),
         };
         let align = match &tiled {
-            Some((first, _)) => first.tile() as usize,
+            Some(shapes) => shapes[0].tile() as usize,
             None => LD_ALIGN,
         };
-        let heads_src = src(shape.heads(stage))?;
+        let heads_src = src(shape.heads())?;
         let relayout_src = src(shape.relayout())?;
         self.scoped("building the GPU kernels", || {
             let step_layout = self.step_bind_layout();
@@ -830,11 +872,15 @@ impl GpuBackend {
                 StepKernel::Tiled => "lstm_step_tiled",
                 StepKernel::Simple => "lstm_step",
             };
-            let step_first = self.pipeline(label, first_src, Some(&layout));
-            let step_rest = match rest_src {
-                Some(r) => self.pipeline(label, r, Some(&layout)),
-                None => step_first.clone(),
-            };
+            // one pipeline per distinct source (the middle layers share theirs)
+            let mut step: Vec<wgpu::ComputePipeline> = Vec::with_capacity(sources.len());
+            for (l, source) in sources.iter().enumerate() {
+                let same = (0..l).find(|&e| sources[e] == *source);
+                step.push(match same {
+                    Some(e) => step[e].clone(),
+                    None => self.pipeline(label, source.clone(), Some(&layout)),
+                });
+            }
             let (weights, w_off) = match kind {
                 StepKernel::Tiled => (&p.tiled_weights, &p.tiled_w_off),
                 StepKernel::Simple => (&p.weights, &p.w_off),
@@ -843,8 +889,8 @@ impl GpuBackend {
                 kind,
                 use_shared: all_shared,
                 align,
-                step_first,
-                step_rest,
+                fused,
+                step,
                 step_layout,
                 w_off: w_off.clone(),
                 heads: self.pipeline("heads", heads_src, None),
@@ -925,6 +971,7 @@ impl GpuBackend {
                                 .min(self.opts.tiled_groups.max(1) as usize)
                                 .min(self.ctx.limits.max_compute_workgroups_per_dimension as usize)
                                 .max(1) as u32;
+                            let heads_slot = base + SLOT * layers as u64;
                             let step_groups = (0..layers)
                                 .map(|l| {
                                     let sp = StepParams {
@@ -966,11 +1013,30 @@ impl GpuBackend {
                                                 binding: 4,
                                                 resource: state.as_entire_binding(),
                                             },
+                                            wgpu::BindGroupEntry {
+                                                binding: 5,
+                                                resource: k.head_w.as_entire_binding(),
+                                            },
+                                            wgpu::BindGroupEntry {
+                                                binding: 6,
+                                                resource: k.head_b.as_entire_binding(),
+                                            },
+                                            wgpu::BindGroupEntry {
+                                                binding: 7,
+                                                resource: scale.as_entire_binding(),
+                                            },
+                                            wgpu::BindGroupEntry {
+                                                binding: 8,
+                                                resource: out.as_entire_binding(),
+                                            },
+                                            wgpu::BindGroupEntry {
+                                                binding: 9,
+                                                resource: Self::binding(&params, heads_slot, 32),
+                                            },
                                         ],
                                     })
                                 })
                                 .collect();
-                            let heads_slot = base + SLOT * layers as u64;
                             let heads_group = dev.create_bind_group(&wgpu::BindGroupDescriptor {
                                 label: Some("heads"),
                                 layout: &k.heads.get_bind_group_layout(0),
@@ -1299,7 +1365,7 @@ impl GpuBackend {
         }
     }
 
-    /// Encodes the step of range `r`: every layer, then the heads (their
+    /// Encodes the step of range `r`: every layer, then the heads unless fused (their
     /// parameters written beforehand), in one compute pass, or with `timestamps` one pass per
     /// dispatch writing its begin and end at `timestamps.1 ..` (layers, then the heads).
     fn encode_range(
@@ -1334,9 +1400,12 @@ impl GpuBackend {
                 drop(pass);
                 pass = begin(enc);
             }
-            pass.set_pipeline(if l == 0 { &k.step_first } else { &k.step_rest });
+            pass.set_pipeline(&k.step[l]);
             pass.set_bind_group(0, g, &[]);
             pass.dispatch_workgroups(step_groups, 1, 1);
+        }
+        if k.fused {
+            return;
         }
         if timestamps.is_some() {
             drop(pass);
@@ -1548,8 +1617,9 @@ impl GpuBackend {
     /// Times each kernel of one device step (every layer and the heads with every output, state
     /// resident, no transfers, the whole chunk per dispatch as [`Self::bench_device_steps`]) with
     /// timestamp queries, one compute pass per dispatch: `(label, milliseconds)` summed over the
-    /// chunks, for `layer0`, `layer1`, ..., `heads`, and `span` (first begin to last end). `None`
-    /// where the device has no timestamp queries.
+    /// chunks, for `layer0`, `layer1`, ..., `heads` (absent where the top layer computes them,
+    /// [`GpuOptions::fuse_heads`]), and `span` (first begin to last end). `None` where the device
+    /// has no timestamp queries.
     ///
     /// # Errors
     /// No model or no planned customers, or a device failure.
@@ -1571,7 +1641,8 @@ impl GpuBackend {
                 expected: p.global,
             });
         }
-        let per = 2 * (p.layers as u32 + 1);
+        // a begin and an end per layer, and per heads pass unless fused
+        let per = 2 * (p.layers as u32 + u32::from(!k.fused));
         let count = per * self.chunks.len() as u32;
         let bytes = 8 * u64::from(count);
         use wgpu::BufferUsages as U;
@@ -1621,7 +1692,7 @@ impl GpuBackend {
         let ms = |t: u64| t as f64 * ns / 1e6;
         let mut out: Vec<(String, f64)> = (0..p.layers)
             .map(|l| format!("layer{l}"))
-            .chain(["heads".to_string()])
+            .chain((!k.fused).then(|| "heads".to_string()))
             .map(|l| (l, 0.0))
             .collect();
         for chunk in stamps.chunks_exact(per as usize) {

@@ -114,16 +114,11 @@ impl Shape {
         )
     }
 
-    /// Bytes of workgroup memory `heads.wgsl` stages every output through (full mode).
-    pub fn heads_stage_bytes(&self) -> u64 {
-        4 * u64::from(self.workgroup) * (u64::from(self.head_dim) + 1)
-    }
-
-    /// `heads.wgsl` for this shape, staging the full outputs in workgroup memory when `stage`.
+    /// `heads.wgsl` for this shape.
     ///
     /// # Errors
     /// The shader lacks one of the constants (a bug).
-    pub fn heads(&self, stage: bool) -> Result<String, String> {
+    pub fn heads(&self) -> Result<String, String> {
         specialize(
             HEADS,
             &[
@@ -131,7 +126,6 @@ impl Shape {
                 ("HV", format!("{}u", self.hv())),
                 ("CF", format!("{}u", self.customer_features)),
                 ("HD", format!("{}u", self.head_dim.max(1))),
-                ("STAGE", stage.to_string()),
                 ("WG", format!("{}u", self.workgroup)),
             ],
         )
@@ -147,7 +141,8 @@ impl Shape {
 }
 
 /// The compile-time shape of one `lstm_step_tiled.wgsl` pipeline: one model, one kind of layer
-/// (the first, reading the customer features, or a later one, reading the `h` below).
+/// (the first, reading the customer features, or a later one, reading the `h` below; the top
+/// one with the heads fused in, or not).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TiledShape {
     /// Hidden size `H`.
@@ -164,6 +159,10 @@ pub struct TiledShape {
     pub act_exp: bool,
     /// Load the next tile into registers while computing this one.
     pub prefetch: bool,
+    /// The top layer with the heads fused in (needs [`TiledShape::can_fuse_heads`]).
+    pub last: bool,
+    /// Head outputs per customer (for `last`).
+    pub head_dim: u32,
 }
 
 impl TiledShape {
@@ -202,9 +201,22 @@ impl TiledShape {
         self.rows() * self.hp()
     }
 
-    /// Bytes of workgroup memory for the tile alone.
+    /// Bytes of workgroup memory for the tile alone (with the fused heads' pick rows).
     pub fn tile_bytes(&self) -> u64 {
-        u64::from(self.rows()) * u64::from(self.tile()) * 4
+        let picks = if self.last {
+            16 * u64::from(self.tile())
+        } else {
+            0
+        };
+        u64::from(self.rows()) * u64::from(self.tile()) * 4 + picks
+    }
+
+    /// Whether this shape can take the heads in ([`TiledShape::last`]): every invocation has at
+    /// most one register tile (2 units x 4 customers), and there are 4 row groups of the tile's
+    /// quads for the pick.
+    pub fn can_fuse_heads(&self) -> bool {
+        let quads = self.tile() / 4;
+        (self.hp() / 2) * quads <= self.workgroup && 4 * quads <= self.workgroup
     }
 
     /// Bytes of workgroup memory for the tile and the weights.
@@ -234,6 +246,8 @@ impl TiledShape {
                 ("TC", format!("{}u", self.tile())),
                 ("ACT_EXP", self.act_exp.to_string()),
                 ("PREFETCH", self.prefetch.to_string()),
+                ("LAST", self.last.to_string()),
+                ("HD", format!("{}u", self.head_dim.max(1))),
             ],
         )
     }

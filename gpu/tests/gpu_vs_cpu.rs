@@ -36,14 +36,16 @@ fn gpu(max_binding_bytes: Option<u64>, kernel: StepKernel) -> Option<GpuBackend>
         choice,
         sync_every: 3,
         max_binding_bytes,
-        // 256 unless SB_GPU_WORKGROUP says otherwise (512: the tiled kernel's 128-customer tiles)
-        workgroup: GpuOptions::from_env().workgroup,
+        workgroup: 256,
         kernel,
         // few workgroups, so that each takes several tiles
         tiled_groups: 3,
         // small upload pieces, so that a chunk's features go up in several
         upload_piece: 100,
-        activation: GpuOptions::from_env().activation,
+        // SB_GPU_ACT, SB_GPU_TILED_WORKGROUP and SB_GPU_FUSE_HEADS apply (by default the tiled
+        // kernel runs 512 invocations on 128-customer tiles, or 256 on 64 where the lowered
+        // binding limit cannot hold 128 customers, and fuses the heads where it can)
+        ..GpuOptions::from_env()
     };
     match GpuBackend::new(opts) {
         Ok(g) => {
@@ -107,10 +109,12 @@ fn compare(
     g.set_model(&m).unwrap();
     let used = g.kernel().unwrap();
     eprintln!(
-        "  H = {} x {} layers, n = {n}: {used} kernel, weights in workgroup memory: {:?}",
+        "  H = {} x {} layers, n = {n}: {used} kernel, weights in workgroup memory: {:?}, \
+         heads fused: {:?}",
         m.spec.hidden,
         m.spec.layers,
-        g.weights_in_workgroup_memory()
+        g.weights_in_workgroup_memory(),
+        g.heads_fused()
     );
     let mut rng = StdRng::seed_from_u64(seed + 1);
     let init: Vec<f32> = (0..n * sd).map(|_| rng.random_range(-1.0..1.0)).collect();

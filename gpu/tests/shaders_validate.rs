@@ -1,6 +1,7 @@
 //! Every shader parses and validates with naga: as written (the defaults) and specialized for
 //! the shapes the runtime builds (hidden sizes not a multiple of 4, weights in workgroup memory
-//! or not, other workgroup sizes). Needs no GPU.
+//! or not, other workgroup sizes and tiles, exp or rational activations, heads fused into the
+//! tiled kernel or not). Needs no GPU.
 
 use shadowbucket_gpu::shaders::{ALL, Shape, TiledShape};
 
@@ -47,12 +48,7 @@ fn specialized_shaders_validate() {
                 shape.act_exp, shape.head_dim
             );
             validate(&format!("lstm_step {tag}"), &shape.lstm_step().unwrap());
-            for stage in [true, false] {
-                validate(
-                    &format!("heads {tag} stage={stage}"),
-                    &shape.heads(stage).unwrap(),
-                );
-            }
+            validate(&format!("heads {tag}"), &shape.heads().unwrap());
             validate(&format!("relayout {tag}"), &shape.relayout().unwrap());
         }
     }
@@ -67,20 +63,25 @@ fn specialized_tiled_shaders_validate() {
                     .into_iter()
                     .enumerate()
             {
-                let shape = TiledShape {
-                    hidden,
-                    customer_features: 7,
-                    workgroup,
-                    first,
-                    use_shared,
-                    act_exp: i % 2 == 0,
-                    prefetch: i < 2,
-                };
-                let tag = format!(
-                    "H={hidden} first={first} shared={use_shared} wg={workgroup} exp={}",
-                    shape.act_exp
-                );
-                validate(&format!("lstm_step_tiled {tag}"), &shape.source().unwrap());
+                for last in [false, true] {
+                    let shape = TiledShape {
+                        hidden,
+                        customer_features: 7,
+                        workgroup,
+                        first,
+                        use_shared,
+                        act_exp: i % 2 == 0,
+                        prefetch: i < 2,
+                        last,
+                        head_dim: [20, 4, 1, 8][i],
+                    };
+                    let tag = format!(
+                        "H={hidden} first={first} shared={use_shared} wg={workgroup} exp={} \
+                         last={last} head_dim={}",
+                        shape.act_exp, shape.head_dim
+                    );
+                    validate(&format!("lstm_step_tiled {tag}"), &shape.source().unwrap());
+                }
             }
         }
     }
