@@ -55,7 +55,8 @@
 // as to the state, and after another barrier the workgroup computes the tile's head outputs from
 // workgroup memory: invocation (row group g, quad q) takes rows g, g + WG / CG, ... of the
 // quad's 4 customers (full mode), or, in pick mode, the picked horizon's row g < 4, handed to the
-// quad's decoding invocation through `ys`. The host fuses only where every invocation has at
+// quad's decoding invocation through `ys`. With STAGE_OUT the full outputs go out through the
+// tile's memory as one contiguous run per tile. The host fuses only where every invocation has at
 // most one register tile (UG * CG <= WG), so the products' accumulators can wait in registers
 // across the barrier; otherwise it runs heads.wgsl after the layers.
 //
@@ -77,6 +78,10 @@ const ACT_EXP: bool = false;   // activations from `exp` (false: step::fast_tanh
 const PREFETCH: bool = true;   // load the next tile into registers during the products
 const LAST: bool = false;      // the top layer, the heads fused in (needs UG * CG <= WG)
 const HD: u32 = 20u;           // head outputs per customer (LAST)
+const STAGE_OUT: bool = false; // LAST, full mode: outputs through the tile's memory (HD < KT)
+const RG: u32 = max(WG / CG, 1u); // LAST: row groups of the tile's quads
+const NR: u32 = (HD + RG - 1u) / RG; // LAST, full mode: head rows per invocation
+const SO: u32 = HD + 1u;       // STAGE_OUT: staged floats per customer (padded: fewer conflicts)
 const KT: u32 = KIN + HP;      // tile rows
 const CG: u32 = TC / 4u;       // customer quads per tile
 const UG: u32 = HP / 2u;       // unit pairs
@@ -411,9 +416,38 @@ fn heads(t0: u32, lid: u32) {
     let q = lid % CG;
     let g = lid / CG;
     let c = t0 + 4u * q;
+    if hp.mode == 0u && STAGE_OUT {
+        // every output into registers, then (once every read of the tile's h is over) into the
+        // tile's memory customer-major, then out as one contiguous run: consecutive invocations
+        // write consecutive floats instead of each its customers' rows
+        var y: array<vec4<f32>, NR>;
+        for (var i = 0u; i < NR; i++) {
+            let r = g + i * RG;
+            if r < HD {
+                y[i] = head4(r, q);
+            }
+        }
+        workgroupBarrier();
+        for (var i = 0u; i < NR; i++) {
+            let r = g + i * RG;
+            if r < HD {
+                for (var e = 0u; e < 4u; e++) {
+                    let f = (4u * q + e) * SO + r;
+                    tile[f / 4u][f % 4u] = y[i][e];
+                }
+            }
+        }
+        workgroupBarrier();
+        let count = min(TC, p.n - t0) * HD;
+        for (var o = lid; o < count; o += WG) {
+            let f = (o / HD) * SO + o % HD;
+            out[t0 * HD + o] = tile[f / 4u][f % 4u];
+        }
+        return;
+    }
     if hp.mode == 0u {
         if c < p.n {
-            for (var r = g; r < HD; r += WG / CG) {
+            for (var r = g; r < HD; r += RG) {
                 let y = head4(r, q);
                 for (var e = 0u; e < 4u; e++) {
                     if c + e < p.n {

@@ -770,6 +770,8 @@ impl GpuBackend {
             .min(l.max_compute_invocations_per_workgroup)
             .min(l.max_compute_workgroup_size_x)
             .min(if big { u32::MAX } else { 256 });
+        // experimental: the fused heads' full outputs through workgroup memory
+        let stage_out = std::env::var("SB_GPU_TILED_STAGE_OUT").is_ok_and(|v| v.trim() == "1");
         let shape = |layer: usize, fuse: bool, workgroup: u32| {
             let mut s = TiledShape {
                 hidden: p.hidden as u32,
@@ -781,8 +783,10 @@ impl GpuBackend {
                 prefetch: true,
                 last: false,
                 head_dim: p.head_dim as u32,
+                stage_out: false,
             };
             s.last = fuse && layer + 1 == p.layers && s.can_fuse_heads();
+            s.stage_out = s.last && stage_out && s.head_dim < s.rows();
             if s.last && s.tile_bytes() > limit {
                 s.last = false;
             }
@@ -1614,8 +1618,9 @@ impl GpuBackend {
         Ok(t.elapsed())
     }
 
-    /// Times each kernel of one device step (every layer and the heads with every output, state
-    /// resident, no transfers, the whole chunk per dispatch as [`Self::bench_device_steps`]) with
+    /// Times each kernel of one device step (every layer and the heads, with every output, or
+    /// with `pick` the one decoded value; state resident, no transfers, the whole chunk per
+    /// dispatch as [`Self::bench_device_steps`]) with
     /// timestamp queries, one compute pass per dispatch: `(label, milliseconds)` summed over the
     /// chunks, for `layer0`, `layer1`, ..., `heads` (absent where the top layer computes them,
     /// [`GpuOptions::fuse_heads`]), and `span` (first begin to last end). `None` where the device
@@ -1623,7 +1628,11 @@ impl GpuBackend {
     ///
     /// # Errors
     /// No model or no planned customers, or a device failure.
-    pub fn profile_device_step(&mut self, glob: &[f32]) -> Result<Option<Vec<(String, f64)>>> {
+    pub fn profile_device_step(
+        &mut self,
+        glob: &[f32],
+        pick: Option<Pick>,
+    ) -> Result<Option<Vec<(String, f64)>>> {
         let dev = &self.ctx.device;
         if !dev.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Ok(None);
@@ -1639,6 +1648,15 @@ impl GpuBackend {
                 what: "global features",
                 got: glob.len(),
                 expected: p.global,
+            });
+        }
+        if let Some(pk) = pick
+            && pk.head_dim() != p.head_dim
+        {
+            return Err(Error::LengthMismatch {
+                what: "pick's model head outputs",
+                got: pk.head_dim(),
+                expected: p.head_dim,
             });
         }
         // a begin and an end per layer, and per heads pass unless fused
@@ -1667,13 +1685,19 @@ impl GpuBackend {
             let mut enc = dev.create_command_encoder(&Default::default());
             for (i, c) in self.chunks.iter().enumerate() {
                 let r = &c.ranges[0];
+                let (mode, first, quantile) = match pick {
+                    Some(pk) => (1, 4 * pk.horizon() as u32, pk.quantile() as u32),
+                    None => (0, 0, 0),
+                };
                 let hp = HeadsParams {
                     n: (r.first + r.n) as u32,
                     ld: c.ld as u32,
                     top_row: (2 * (p.layers - 1) * p.hidden) as u32,
                     head_dim: p.head_dim as u32,
+                    mode,
+                    first,
+                    quantile,
                     start: r.first as u32,
-                    ..Default::default()
                 };
                 q.write_buffer(&c.params, r.heads_slot, bytemuck::bytes_of(&hp));
                 self.encode_range(&mut enc, r, Some((&set, i as u32 * per)));

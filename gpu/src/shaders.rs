@@ -163,6 +163,9 @@ pub struct TiledShape {
     pub last: bool,
     /// Head outputs per customer (for `last`).
     pub head_dim: u32,
+    /// With `last`: every output goes out through the tile's memory, contiguously (needs
+    /// `head_dim < rows`).
+    pub stage_out: bool,
 }
 
 impl TiledShape {
@@ -248,6 +251,7 @@ impl TiledShape {
                 ("PREFETCH", self.prefetch.to_string()),
                 ("LAST", self.last.to_string()),
                 ("HD", format!("{}u", self.head_dim.max(1))),
+                ("STAGE_OUT", self.stage_out.to_string()),
             ],
         )
     }

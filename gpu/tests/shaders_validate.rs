@@ -74,11 +74,12 @@ fn specialized_tiled_shaders_validate() {
                         prefetch: i < 2,
                         last,
                         head_dim: [20, 4, 1, 8][i],
+                        stage_out: last && i % 2 == 0,
                     };
                     let tag = format!(
                         "H={hidden} first={first} shared={use_shared} wg={workgroup} exp={} \
-                         last={last} head_dim={}",
-                        shape.act_exp, shape.head_dim
+                         last={last} head_dim={} stage_out={}",
+                        shape.act_exp, shape.head_dim, shape.stage_out
                     );
                     validate(&format!("lstm_step_tiled {tag}"), &shape.source().unwrap());
                 }
