@@ -3,9 +3,10 @@
 //
 // The math is `shadowbucket::model::step::step_one` (see core/src/model/mod.rs), with the
 // batched CPU step's choices: the feature normalization and the global features are folded into
-// layer 0's weights and bias on the host, and the gates use the same rational `tanh` as
-// `step::fast_tanh` (sigmoid(x) = 0.5 + 0.5 tanh(x/2)), so GPU and CPU differ only by summation
-// order.
+// layer 0's weights and bias on the host; the gates use either the same rational `tanh` as
+// `step::fast_tanh` (sigmoid(x) = 0.5 + 0.5 tanh(x/2)), so that GPU and CPU differ only by
+// summation order, or (ACT_EXP, the default) sigmoid and tanh from `exp`, within a few 1e-7 of
+// it.
 //
 // Bindings (group 0):
 //   0  params   uniform              Params (below)

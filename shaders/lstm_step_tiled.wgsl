@@ -1,10 +1,10 @@
 // lstm_step_tiled.wgsl: one LSTM layer's step for one chunk of customers, register-tiled.
 //
 // The math is lstm_step.wgsl's (`shadowbucket::model::step::step_one` with the batched CPU step's
-// choices: normalization and global features folded into layer 0's weights and bias on the host,
-// the rational `tanh_r`, sigmoid(x) = 0.5 + 0.5 tanh(x/2)); only the summation order differs
-// (here: bias first, then the inputs in order, then the old `h`, as step_one; with fused
-// multiply-adds).
+// choices: normalization and global features folded into layer 0's weights and bias on the host;
+// the activations from `exp` with ACT_EXP, else the CPU's rational `tanh` with
+// sigmoid(x) = 0.5 + 0.5 tanh(x/2)); the summation order differs (here: bias first, then the
+// inputs in order, then the old `h`, as step_one; with fused multiply-adds).
 //
 // Work split. A workgroup owns a tile of TC customers (64, or 128 with 512 invocations) at a
 // time. Workgroups are persistent: the host dispatches a bounded number of them

@@ -23,7 +23,15 @@
 //! `tick_pick_speedup_tiled_vs_simple` and `pick_max_rel_diff_tiled_vs_simple` (the largest
 //! difference between the two kernels' last picked values, relative to max(|value|, 1): both
 //! ran the same inputs and ticks, so it is rounding only). `kernel_used_<kernel>` says which
-//! kernel a backend ran (the tiled one falls back to simple where its tile does not fit).
+//! kernel a backend ran (the tiled one falls back to simple where its tile does not fit),
+//! `heads_fused_<kernel>` whether its top layer computed the heads.
+//!
+//! Device times (timestamp queries, where the adapter has them; `GpuBackend::profile_device_step`,
+//! one compute pass per dispatch, the least of three): `device_layer<l>_ms_<kernel>`,
+//! `device_heads_ms_<kernel>` (absent when fused into the top layer) and `device_span_ms_<kernel>`
+//! for a step with every head output, and the same with `_pick` before the kernel suffix for a
+//! step decoding the one picked value. `activation`, `tiled_workgroup`, `tiled_groups` and
+//! `upload_piece` echo the options in force.
 
 use std::time::Instant;
 

@@ -14,13 +14,16 @@ use shadowbucket::{Error, Result};
 use crate::context::{AdapterChoice, AdapterDesc, Context, Unavailable};
 use crate::shaders::{HeadsParams, RelayoutParams, Shape, StepParams, TiledShape};
 
-/// Which WGSL kernel runs the LSTM layers (the heads and the relayout are the same for both).
+/// Which WGSL kernel runs the LSTM layers (the relayout is the same for both; the tiled kernel
+/// computes the heads in its top layer where it can, [`GpuOptions::fuse_heads`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum StepKernel {
-    /// `shaders/lstm_step_tiled.wgsl` (the default): a workgroup takes tiles of 64 customers,
-    /// each invocation computes 2 units × 4 gates × 4 customers in registers, the layer's weights
-    /// in workgroup memory once per (persistent) workgroup. Falls back to
-    /// [`StepKernel::Simple`] when a model's tile does not fit the adapter's workgroup memory.
+    /// `shaders/lstm_step_tiled.wgsl` (the default): a workgroup takes tiles of 128 customers
+    /// (64 with 256-invocation workgroups, [`GpuOptions::tiled_workgroup`]), each invocation
+    /// computes 2 units × 4 gates × 4 customers in registers, the layer's weights in workgroup
+    /// memory once per (persistent) workgroup, the next tile's loads in flight during the
+    /// products. Falls back to [`StepKernel::Simple`] when a model's tile does not fit the
+    /// adapter's workgroup memory.
     #[default]
     Tiled,
     /// `shaders/lstm_step.wgsl`: one invocation per customer.
@@ -138,8 +141,8 @@ impl GpuOptions {
     /// The environment variable that overrides [`GpuOptions::sync_every`].
     pub const SYNC_ENV: &'static str = "SB_GPU_SYNC_EVERY";
     /// Default [`GpuOptions::tiled_groups`]: a few workgroups per streaming multiprocessor (or
-    /// compute unit) of a large GPU (an H200 has 132 SMs, each holding 3 to 8 of these
-    /// 256-invocation workgroups depending on registers and workgroup memory).
+    /// compute unit) of a large GPU (an H200 has 132 SMs; workgroups beyond those the device
+    /// keeps resident wait their turn). Each takes every this-many-th tile.
     pub const DEFAULT_TILED_GROUPS: u32 = 1024;
     /// The environment variable that overrides [`GpuOptions::tiled_groups`].
     pub const TILED_GROUPS_ENV: &'static str = "SB_GPU_TILED_GROUPS";

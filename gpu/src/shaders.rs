@@ -12,7 +12,7 @@ use bytemuck::{Pod, Zeroable};
 /// simple kernel, [`crate::StepKernel::Simple`]).
 pub const LSTM_STEP: &str = include_str!("../../shaders/lstm_step.wgsl");
 /// `lstm_step_tiled.wgsl`: one LSTM layer for one chunk of customers, register-tiled over tiles of
-/// [`TiledShape::TILE`] customers (the default kernel, [`crate::StepKernel::Tiled`]).
+/// [`TiledShape::tile`] customers (the default kernel, [`crate::StepKernel::Tiled`]).
 pub const LSTM_STEP_TILED: &str = include_str!("../../shaders/lstm_step_tiled.wgsl");
 /// `heads.wgsl`: the output heads, full or decoded for one pick.
 pub const HEADS: &str = include_str!("../../shaders/heads.wgsl");

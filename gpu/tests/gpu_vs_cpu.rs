@@ -1,11 +1,16 @@
 //! The GPU step against the CPU path on random weights and inputs: several sizes (some not a
 //! multiple of the workgroup size), several model shapes, chunking forced by a lowered binding
 //! limit, several ticks of recurrent state, `step_pick` against the CPU decode, and
-//! `invalidate`/`sync_state`. Every comparison runs with both step kernels (tiled and simple).
+//! `invalidate`/`sync_state`. Every comparison runs with both step kernels (tiled and simple);
+//! the other options come from the environment (`SB_GPU_ACT`, `SB_GPU_TILED_WORKGROUP`,
+//! `SB_GPU_FUSE_HEADS`, `SB_GPU_TILED_STAGE_OUT`), defaults otherwise. With the defaults the
+//! tiled kernel runs 128-customer tiles with the heads fused in, 64-customer tiles where the
+//! lowered binding limit cannot hold 128 customers, and unfused heads at H = 64.
 //!
 //! Tolerance: 1e-5 absolute on every state value and head output after each of several ticks
-//! (the kernels use the CPU batch's own `tanh` approximation, so the two differ only by
-//! summation order and fused multiply-adds; the worst seen on llvmpipe is 4.8e-7), and for
+//! (with `SB_GPU_ACT=rational` the kernels use the CPU batch's own `tanh` approximation, so the
+//! two differ only by summation order and fused multiply-adds, worst seen on llvmpipe 4.8e-7;
+//! the default exp-based activations add a few 1e-7, worst seen 6.0e-7), and for
 //! decoded picks 1e-4 relative plus 1e-4 times the customer's scale (the decode goes through
 //! the device's `exp` and `log`, which WGSL lets be a few ulp off). A gate pre-activation off by
 //! 1e-3 fails these tests.
