@@ -23,17 +23,18 @@
 const HIDDEN: u32 = 32u;  // H
 const HV: u32 = 8u;       // ceil(H / 4)
 const CF: u32 = 7u;       // per-customer features (x_u is the first)
+const HD: u32 = 20u;      // head outputs per customer (`head_dim`)
 const WG: u32 = 256u;     // invocations per workgroup
 
 struct Params {
-    n: u32,         // customers in this chunk
+    n: u32,         // end of this dispatch's customers (the chunk's, or an upload piece's)
     ld: u32,        // stride between state rows
     top_row: u32,   // first state row of the top layer's h
-    head_dim: u32,  // outputs per customer
+    head_dim: u32,  // outputs per customer (HD)
     mode: u32,      // 0: every output; 1: the picked value, decoded
     first: u32,     // pick mode: the horizon's first output (4 * horizon)
     quantile: u32,  // pick mode: 0 mean, 1 p50, 2 p90, 3 p99
-    _pad0: u32,
+    start: u32,     // first customer of this dispatch (`n`: its end)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -72,7 +73,7 @@ fn head(r: u32, h: ptr<function, array<vec4<f32>, HV>>) -> f32 {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
+    let c = p.start + gid.x;
     if c >= p.n {
         return;
     }
@@ -88,8 +89,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         h[v] = t;
     }
     if p.mode == 0u {
-        for (var r = 0u; r < p.head_dim; r++) {
-            out[c * p.head_dim + r] = head(r, &h);
+        for (var r = 0u; r < HD; r++) {
+            out[c * HD + r] = head(r, &h);
         }
         return;
     }

@@ -3,9 +3,10 @@
 //
 // The math is `shadowbucket::model::step::step_one` (see core/src/model/mod.rs), with the
 // batched CPU step's choices: the feature normalization and the global features are folded into
-// layer 0's weights and bias on the host, and the gates use the same rational `tanh` as
-// `step::fast_tanh` (sigmoid(x) = 0.5 + 0.5 tanh(x/2)), so GPU and CPU differ only by summation
-// order.
+// layer 0's weights and bias on the host; the gates use either the same rational `tanh` as
+// `step::fast_tanh` (sigmoid(x) = 0.5 + 0.5 tanh(x/2)), so that GPU and CPU differ only by
+// summation order, or (ACT_EXP, the default) sigmoid and tanh from `exp`, within a few 1e-7 of
+// it.
 //
 // Bindings (group 0):
 //   0  params   uniform              Params (below)
@@ -36,16 +37,17 @@ const KVMAX: u32 = max(KV0, HV); // vec4s of a layer's input
 const WG: u32 = 256u;         // invocations per workgroup
 const USE_SHARED: bool = true; // weights copied to workgroup memory (false: read from storage)
 const SHARED_V4: u32 = 2048u; // vec4 slots of workgroup memory (the largest layer; 1 if unused)
+const ACT_EXP: bool = false;  // activations from `exp` (false: step::fast_tanh's rational)
 
 struct Params {
-    n: u32,      // customers in this chunk
-    ld: u32,     // stride between state rows (>= n, a multiple of 64)
-    layer: u32,  // this layer's index
-    w_off: u32,  // this layer's first vec4 in `weights`
-    b_off: u32,  // this layer's first float in `bias`
+    n: u32,       // end of this dispatch's customers (the chunk's, or an upload piece's)
+    ld: u32,      // stride between state rows (>= the chunk's customers, a multiple of 64)
+    layer: u32,   // this layer's index
+    w_off: u32,   // this layer's first vec4 in `weights`
+    b_off: u32,   // this layer's first float in `bias`
+    start: u32,   // first customer of this dispatch
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -56,8 +58,12 @@ struct Params {
 
 var<workgroup> ws: array<vec4<f32>, SHARED_V4>;
 
-// step::fast_tanh, term for term.
+// step::fast_tanh, term for term; with ACT_EXP, 1 - 2 / (exp(2v) + 1) instead (no clamp needed:
+// exp overflowing to +inf gives 1, underflowing to 0 gives -1).
 fn tanh_r(v: f32) -> f32 {
+    if ACT_EXP {
+        return 1.0 - 2.0 / (exp(2.0 * v) + 1.0);
+    }
     let x = clamp(v, -7.905311, 7.905311);
     let x2 = x * x;
     var a = fma(x2, -2.7607685e-16, 2.000188e-13);
@@ -74,6 +80,9 @@ fn tanh_r(v: f32) -> f32 {
 }
 
 fn sigmoid_r(v: f32) -> f32 {
+    if ACT_EXP {
+        return 1.0 / (1.0 + exp(-v));
+    }
     return fma(0.5, tanh_r(0.5 * v), 0.5);
 }
 
@@ -109,7 +118,7 @@ fn main(
         }
         workgroupBarrier();
     }
-    let c = gid.x;
+    let c = p.start + gid.x;
     if c >= p.n {
         return;
     }

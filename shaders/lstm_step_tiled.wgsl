@@ -1,33 +1,37 @@
 // lstm_step_tiled.wgsl: one LSTM layer's step for one chunk of customers, register-tiled.
 //
 // The math is lstm_step.wgsl's (`shadowbucket::model::step::step_one` with the batched CPU step's
-// choices: normalization and global features folded into layer 0's weights and bias on the host,
-// the rational `tanh_r`, sigmoid(x) = 0.5 + 0.5 tanh(x/2)); only the summation order differs
-// (here: bias first, then the inputs in order, then the old `h`, as step_one; with fused
-// multiply-adds).
+// choices: normalization and global features folded into layer 0's weights and bias on the host;
+// the activations from `exp` with ACT_EXP, else the CPU's rational `tanh` with
+// sigmoid(x) = 0.5 + 0.5 tanh(x/2)); the summation order differs (here: bias first, then the
+// inputs in order, then the old `h`, as step_one; with fused multiply-adds).
 //
-// Work split. A workgroup owns a tile of TC = 64 customers at a time. Workgroups are persistent:
-// the host dispatches a bounded number of them (`GpuOptions::tiled_groups`, at most the tiles),
-// each copies the layer's weights to workgroup memory once and then takes tile after tile from
-// an atomic counter (`counters[layer]`, zeroed by the host before every tick) until none is left,
-// so the work balances whatever number of workgroups the device keeps resident. Per tile:
-//   1. load the tile: the layer's input rows then the layer's own `h` rows, feature-major,
-//      `tile[k][c]` as vec4s of 4 customers (coalesced loads from x and from the state);
-//   2. barrier; each invocation computes a register tile of 2 units x 4 gates x 4 customers
+// Work split. A workgroup owns a tile of TC customers (64, or 128 with 512 invocations) at a
+// time. Workgroups are persistent: the host dispatches a bounded number of them
+// (`GpuOptions::tiled_groups`, at most the tiles), each copies the layer's weights to workgroup
+// memory once and then takes tiles `w, w + G, w + 2G, ...` (w its index, G the workgroups): every
+// tile costs the same, so a static split balances as well as a shared counter would, and each
+// workgroup knows its next tile in advance. Per tile:
+//   1. store the tile into workgroup memory from registers: the layer's input rows then the
+//      layer's own `h` rows, feature-major, `tile[k][c]` as vec4s of 4 customers. With PREFETCH
+//      each invocation loaded its share of the tile (coalesced loads from x and from the state)
+//      while the previous tile was computed, so the loads' latency hides behind the products;
+//   2. barrier; with PREFETCH, start loading the next tile's share into registers; then each
+//      invocation computes a register tile of 2 units x 4 gates x 4 customers
 //      (8 vec4 accumulators): per input row k one vec4 of 4 customers' inputs from the tile and
 //      one vec4 of weights per unit (the four gates of unit j at input k are one vec4,
 //      `w[k][j]`), 32 FMAs for 3 workgroup-memory loads. Consecutive invocations take
 //      consecutive customer quads of the same unit pair (weight reads broadcast, tile reads
 //      contiguous);
-//   3. the invocation then holds every gate of its units for its customers: it reads the old
-//      `c`, writes `c'` and `h'` straight to the feature-major state (one vec4 store per row,
-//      consecutive invocations contiguous). The tile already holds the old `h`, which was read
-//      before the barrier, so overwriting it is safe; a barrier ends each tile before the next
-//      tile's loads.
+//   3. the invocation then holds every gate of its units for its customers: with the old `c`
+//      (loaded before the products), it writes `c'` and `h'` straight to the feature-major
+//      state (one vec4 store per row, consecutive invocations contiguous). The tile already
+//      holds the old `h`, which was read before the barrier, so overwriting it is safe; a
+//      barrier ends each tile before the next tile's stores into workgroup memory.
 // Customers past `n` in the last tile compute on zero inputs and store only inside the row
 // stride (`ld`, a multiple of TC), never past the buffer; quads wholly past `n` store nothing.
 //
-// Bindings (group 0; lstm_step.wgsl's layout, with different element types and binding 5):
+// Bindings (group 0; lstm_step.wgsl's layout, with different element types):
 //   0  params   uniform              Params (below)
 //   1  weights  storage, read        per layer, KT x HP vec4s: row k (the layer's KIN input rows,
 //                                    zero padded, then its HP `h` rows, zero padded), unit j:
@@ -40,11 +44,26 @@
 //                                    (the first layer only)
 //   4  state    storage, read_write  this chunk's recurrent state, feature-major (value `k` of
 //                                    customer `c` at float `k * ld + c`), read as vec4s
-//   5  counters storage, read_write  per layer, the next tile to take (zero before the dispatch)
+//   5  head_w   storage, read        heads.wgsl's (LAST only): HD rows of HP / 4 vec4s
+//   6  head_b   storage, read        heads.wgsl's: HD floats
+//   7  scale    storage, read        heads.wgsl's: per customer, the scale (pick mode)
+//   8  out      storage, read_write  heads.wgsl's: `n x HD` customer-major, or `n` picks
+//   9  hp       uniform              heads.wgsl's Params (mode, first, quantile)
+//
+// LAST: the top layer with the heads fused in (heads.wgsl's math, see there): once every
+// invocation's products are done (a barrier), the new `h` goes into the tile's `h` rows as well
+// as to the state, and after another barrier the workgroup computes the tile's head outputs from
+// workgroup memory: invocation (row group g, quad q) takes rows g, g + WG / CG, ... of the
+// quad's 4 customers (full mode), or, in pick mode, the picked horizon's row g < 4, handed to the
+// quad's decoding invocation through `ys`. With STAGE_OUT the full outputs go out through the
+// tile's memory as one contiguous run per tile. The host fuses only where every invocation has at
+// most one register tile (UG * CG <= WG), so the products' accumulators can wait in registers
+// across the barrier; otherwise it runs heads.wgsl after the layers.
 //
 // One pipeline per kind of layer (FIRST: the first layer, inputs from x; otherwise inputs from
-// the layer below's `h`), so every loop has a constant trip count. The `const` lines below are
-// the defaults the naga test validates; the runtime rewrites them (`shaders::TiledShape`).
+// the layer below's `h`; LAST: the top one with the heads), so every loop has a constant trip
+// count. The `const` lines below are the defaults the naga test validates; the runtime rewrites
+// them (`shaders::TiledShape`).
 
 const HIDDEN: u32 = 32u;       // H
 const HP: u32 = 32u;           // H rounded up to a multiple of 4: units and `h` rows as laid out
@@ -54,20 +73,30 @@ const FIRST: bool = true;      // the first layer (inputs from x) or a later one
 const WG: u32 = 256u;          // invocations per workgroup
 const USE_SHARED: bool = true; // weights in workgroup memory (false: read from storage)
 const WS_V4: u32 = 1280u;      // vec4 slots of workgroup memory for the weights (KT * HP, or 1)
-const TC: u32 = 64u;           // customers per tile (divides `ld`)
+const TC: u32 = 64u;           // customers per tile, a multiple of 4 (divides `ld`)
+const ACT_EXP: bool = false;   // activations from `exp` (false: step::fast_tanh's rational)
+const PREFETCH: bool = true;   // load the next tile into registers during the products
+const LAST: bool = false;      // the top layer, the heads fused in (needs UG * CG <= WG)
+const HD: u32 = 20u;           // head outputs per customer (LAST)
+const STAGE_OUT: bool = false; // LAST, full mode: outputs through the tile's memory (HD < KT)
+const RG: u32 = max(WG / CG, 1u); // LAST: row groups of the tile's quads
+const NR: u32 = (HD + RG - 1u) / RG; // LAST, full mode: head rows per invocation
+const SO: u32 = HD + 1u;       // STAGE_OUT: staged floats per customer (padded: fewer conflicts)
 const KT: u32 = KIN + HP;      // tile rows
 const CG: u32 = TC / 4u;       // customer quads per tile
 const UG: u32 = HP / 2u;       // unit pairs
+const NV: u32 = (KT * CG + WG - 1u) / WG; // the tile's vec4s per invocation
+const NX: u32 = (TC * CF + WG - 1u) / WG; // the tile's features per invocation (first layer)
 
 struct Params {
-    n: u32,      // customers in this chunk
-    ld: u32,     // stride between state rows (>= n, a multiple of TC)
-    layer: u32,  // this layer's index
-    w_off: u32,  // this layer's first vec4 in `weights`
-    b_off: u32,  // this layer's first float in `bias` (a multiple of 4)
+    n: u32,       // end of this dispatch's customers (the chunk's, or an upload piece's)
+    ld: u32,      // stride between state rows (>= the chunk's customers, a multiple of TC)
+    layer: u32,   // this layer's index
+    w_off: u32,   // this layer's first vec4 in `weights`
+    b_off: u32,   // this layer's first float in `bias` (a multiple of 4)
+    start: u32,   // first customer of this dispatch (a multiple of TC)
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -75,14 +104,40 @@ struct Params {
 @group(0) @binding(2) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> x: array<f32>;
 @group(0) @binding(4) var<storage, read_write> state: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> counters: array<atomic<u32>>;
+
+struct HeadsParams {
+    n: u32,         // (heads.wgsl's; unused here)
+    ld: u32,        // (unused)
+    top_row: u32,   // (unused)
+    head_dim: u32,  // (unused: HD)
+    mode: u32,      // 0: every output; 1: the picked value, decoded
+    first: u32,     // pick mode: the horizon's first output (4 * horizon)
+    quantile: u32,  // pick mode: 0 mean, 1 p50, 2 p90, 3 p99
+    start: u32,     // (unused)
+}
+
+@group(0) @binding(5) var<storage, read> head_w: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> head_b: array<f32>;
+@group(0) @binding(7) var<storage, read> scale: array<f32>;
+@group(0) @binding(8) var<storage, read_write> out: array<f32>;
+@group(0) @binding(9) var<uniform> hp: HeadsParams;
 
 var<workgroup> ws: array<vec4<f32>, WS_V4>;
 var<workgroup> tile: array<vec4<f32>, KT * CG>;
-var<workgroup> next_tile: u32;
+// LAST, pick mode: the picked horizon's 4 outputs per quad, row-major (`ys[g * CG + q]`)
+var<workgroup> ys: array<vec4<f32>, select(1u, 4u * CG, LAST)>;
 
-// step::fast_tanh, term for term, on four values.
+// this invocation's share of a tile, between its loads and its store into `tile`: vec4 `m` is
+// tile element `lid + m * WG`, feature `m` is element `lid + m * WG` of the tile's `TC x CF`
+var<private> fetched: array<vec4<f32>, NV>;
+var<private> fetched_x: array<f32, NX>;
+
+// step::fast_tanh, term for term, on four values; with ACT_EXP, 1 - 2 / (exp(2v) + 1) instead
+// (no clamp needed: exp overflowing to +inf gives 1, underflowing to 0 gives -1).
 fn tanh4(v: vec4<f32>) -> vec4<f32> {
+    if ACT_EXP {
+        return 1.0 - 2.0 / (exp(2.0 * v) + 1.0);
+    }
     let x = clamp(v, vec4<f32>(-7.905311), vec4<f32>(7.905311));
     let x2 = x * x;
     var a = fma(x2, vec4<f32>(-2.7607685e-16), vec4<f32>(2.000188e-13));
@@ -99,6 +154,9 @@ fn tanh4(v: vec4<f32>) -> vec4<f32> {
 }
 
 fn sigmoid4(v: vec4<f32>) -> vec4<f32> {
+    if ACT_EXP {
+        return 1.0 / (1.0 + exp(-v));
+    }
     return fma(vec4<f32>(0.5), tanh4(0.5 * v), vec4<f32>(0.5));
 }
 
@@ -116,61 +174,110 @@ fn bias_of(j: u32) -> vec4<f32> {
     return vec4<f32>(0.0);
 }
 
+// Unit `j`'s old `c` for the customer quad at vec4 column `col` (zero for a padding unit).
+fn old_c(j: u32, col: u32) -> vec4<f32> {
+    if j < HIDDEN {
+        return state[((2u * p.layer + 1u) * HIDDEN + j) * (p.ld / 4u) + col];
+    }
+    return vec4<f32>(0.0);
+}
+
 // Unit `j`'s new `c` and `h` for the customer quad at vec4 column `col`, from its gates
-// `z0 .. z3` (one vec4 (i, f, g, o) per customer).
-fn cell(j: u32, col: u32, z0: vec4<f32>, z1: vec4<f32>, z2: vec4<f32>, z3: vec4<f32>) {
+// `z0 .. z3` (one vec4 (i, f, g, o) per customer) and its old `c`; returns the new `h`.
+fn cell(j: u32, col: u32, z0: vec4<f32>, z1: vec4<f32>, z2: vec4<f32>, z3: vec4<f32>,
+        c_old: vec4<f32>) -> vec4<f32> {
     let ld4 = p.ld / 4u;
     let hrow = 2u * p.layer * HIDDEN + j;
     let ig = sigmoid4(vec4<f32>(z0.x, z1.x, z2.x, z3.x));
     let fg = sigmoid4(vec4<f32>(z0.y, z1.y, z2.y, z3.y));
     let gg = tanh4(vec4<f32>(z0.z, z1.z, z2.z, z3.z));
     let og = sigmoid4(vec4<f32>(z0.w, z1.w, z2.w, z3.w));
-    let ci = (hrow + HIDDEN) * ld4 + col;
-    let cn = fg * state[ci] + ig * gg;
-    state[ci] = cn;
-    state[hrow * ld4 + col] = og * tanh4(cn);
+    let cn = fg * c_old + ig * gg;
+    let hn = og * tanh4(cn);
+    state[(hrow + HIDDEN) * ld4 + col] = cn;
+    state[hrow * ld4 + col] = hn;
+    return hn;
 }
 
-// Loads tile `t0 / TC`: rows [inputs (KIN) | own h (HP)], each TC customers as CG vec4s.
-fn load_tile(t0: u32, lid: u32) {
+// Loads this invocation's share of the tile starting at customer `t0` into `fetched`: rows
+// [inputs (KIN) | own h (HP)], each TC customers as CG vec4s (the first layer's input rows come
+// from x into `fetched_x`).
+fn fetch(t0: u32, lid: u32) {
     let ld4 = p.ld / 4u;
     let col0 = t0 / 4u;
     let hrow = 2u * p.layer * HIDDEN;
-    for (var i = lid; i < KT * CG; i += WG) {
+    for (var m = 0u; m < NV; m++) {
+        let i = lid + m * WG;
         let r = i / CG;
         let q = i % CG;
         var v = vec4<f32>(0.0);
-        if r < KIN {
-            if FIRST {
-                if r < CF {
-                    continue; // from x, below
+        if i < KT * CG {
+            if r < KIN {
+                if !FIRST && r < HIDDEN {
+                    v = state[(hrow - 2u * HIDDEN + r) * ld4 + col0 + q];
                 }
-            } else if r < HIDDEN {
-                v = state[(hrow - 2u * HIDDEN + r) * ld4 + col0 + q];
+            } else if r - KIN < HIDDEN {
+                v = state[(hrow + r - KIN) * ld4 + col0 + q];
             }
-        } else if r - KIN < HIDDEN {
-            v = state[(hrow + r - KIN) * ld4 + col0 + q];
         }
-        tile[i] = v;
+        fetched[m] = v;
     }
     if FIRST {
         // x is customer-major: the tile's TC x CF values are contiguous.
-        for (var i = lid; i < TC * CF; i += WG) {
-            let c = i / CF;
-            let k = i % CF;
+        for (var m = 0u; m < NX; m++) {
+            let i = lid + m * WG;
             var v = 0.0;
-            if t0 + c < p.n {
+            if i < TC * CF && t0 + i / CF < p.n {
                 v = x[t0 * CF + i];
             }
-            tile[k * CG + c / 4u][c % 4u] = v;
+            fetched_x[m] = v;
         }
     }
 }
 
-// The register tile of unit pair `ug` and customer quad `cg` of the tile starting at `t0`.
-fn compute(ug: u32, cg: u32, t0: u32) {
+// Stores this invocation's `fetched` share into `tile`.
+fn store_tile(lid: u32) {
+    for (var m = 0u; m < NV; m++) {
+        let i = lid + m * WG;
+        // the first layer's feature rows come from fetched_x, below
+        if i < KT * CG && !(FIRST && i / CG < CF) {
+            tile[i] = fetched[m];
+        }
+    }
+    if FIRST {
+        for (var m = 0u; m < NX; m++) {
+            let i = lid + m * WG;
+            if i < TC * CF {
+                let c = i / CF;
+                tile[(i % CF) * CG + c / 4u][c % 4u] = fetched_x[m];
+            }
+        }
+    }
+}
+
+// A register tile: the gates of unit pair `ug` for customer quad `cg` (`a<u><e>`: unit 2ug + u,
+// customer e of the quad), and the two units' old `c`.
+struct Acc {
+    a00: vec4<f32>,
+    a01: vec4<f32>,
+    a02: vec4<f32>,
+    a03: vec4<f32>,
+    a10: vec4<f32>,
+    a11: vec4<f32>,
+    a12: vec4<f32>,
+    a13: vec4<f32>,
+    c0: vec4<f32>,
+    c1: vec4<f32>,
+}
+
+// The products of unit pair `ug` and customer quad `cg` of the tile starting at `t0`.
+fn products(ug: u32, cg: u32, t0: u32) -> Acc {
     let j0 = 2u * ug;
     let j1 = j0 + 1u;
+    let col = t0 / 4u + cg;
+    // the old c, in flight during the products (past the chunk: inside the row stride)
+    let c0 = old_c(j0, col);
+    let c1 = old_c(j1, col);
     let b0 = bias_of(j0);
     let b1 = bias_of(j1);
     // a<u><e>: gates of unit j<u> for customer e of the quad
@@ -229,43 +336,200 @@ fn compute(ug: u32, cg: u32, t0: u32) {
         a12 = fma(w1, vec4<f32>(xv.z), a12);
         a13 = fma(w1, vec4<f32>(xv.w), a13);
     }
+    return Acc(a00, a01, a02, a03, a10, a11, a12, a13, c0, c1);
+}
+
+// The cells of unit pair `ug` and customer quad `cg` from their products; with LAST also their
+// new `h` into the tile's `h` rows (every read of the tile's old `h` must be over).
+fn finish(ug: u32, cg: u32, t0: u32, a: Acc) {
     if t0 + 4u * cg >= p.n {
-        return; // the whole quad is past the chunk's customers
+        return; // the whole quad is past the dispatch's customers
     }
+    let j0 = 2u * ug;
+    let j1 = j0 + 1u;
     let col = t0 / 4u + cg;
     if j0 < HIDDEN {
-        cell(j0, col, a00, a01, a02, a03);
+        let h0 = cell(j0, col, a.a00, a.a01, a.a02, a.a03, a.c0);
+        if LAST {
+            tile[(KIN + j0) * CG + cg] = h0;
+        }
     }
     if j1 < HIDDEN {
-        cell(j1, col, a10, a11, a12, a13);
+        let h1 = cell(j1, col, a.a10, a.a11, a.a12, a.a13, a.c1);
+        if LAST {
+            tile[(KIN + j1) * CG + cg] = h1;
+        }
     }
 }
 
+// Head output `r` for the 4 customers of quad `q`, from the new `h` in the tile.
+fn head4(r: u32, q: u32) -> vec4<f32> {
+    var acc = vec4<f32>(head_b[r]);
+    for (var v = 0u; v < HP / 4u; v++) {
+        let w = head_w[r * (HP / 4u) + v];
+        let k = KIN + 4u * v;
+        acc = fma(vec4<f32>(w.x), tile[k * CG + q], acc);
+        acc = fma(vec4<f32>(w.y), tile[(k + 1u) * CG + q], acc);
+        acc = fma(vec4<f32>(w.z), tile[(k + 2u) * CG + q], acc);
+        acc = fma(vec4<f32>(w.w), tile[(k + 3u) * CG + q], acc);
+    }
+    return acc;
+}
+
+fn softplus(v: f32) -> f32 {
+    if v > 20.0 {
+        return v;
+    }
+    if v < -15.0 {
+        return exp(v); // log1p(e) = e to f32 precision
+    }
+    return log(1.0 + exp(v));
+}
+
+// expm1 for z >= 0, accurate near 0 where exp(z) - 1 cancels.
+fn expm1_pos(z: f32) -> f32 {
+    if z < 1e-3 {
+        return z * (1.0 + z * (0.5 + z * (1.0 / 6.0)));
+    }
+    return exp(z) - 1.0;
+}
+
+// heads.wgsl's pick decode of one customer from its horizon's outputs y (mean, p50, and the two
+// softplus increments).
+fn decode(c: u32, y: vec4<f32>) -> f32 {
+    let xu = x[c * CF];
+    if hp.quantile == 0u {
+        return scale[c] * expm1_pos(max(xu + y.x, 0.0));
+    }
+    var z = xu + y.y;
+    if hp.quantile >= 2u {
+        z += softplus(y.z);
+    }
+    if hp.quantile >= 3u {
+        z += softplus(y.w);
+    }
+    return scale[c] * expm1_pos(max(z, 0.0));
+}
+
+// The tile's heads (LAST), from the new `h` in the tile; called in uniform control flow.
+fn heads(t0: u32, lid: u32) {
+    let q = lid % CG;
+    let g = lid / CG;
+    let c = t0 + 4u * q;
+    if hp.mode == 0u && STAGE_OUT {
+        // every output into registers, then (once every read of the tile's h is over) into the
+        // tile's memory customer-major, then out as one contiguous run: consecutive invocations
+        // write consecutive floats instead of each its customers' rows
+        var y: array<vec4<f32>, NR>;
+        for (var i = 0u; i < NR; i++) {
+            let r = g + i * RG;
+            if r < HD {
+                y[i] = head4(r, q);
+            }
+        }
+        workgroupBarrier();
+        for (var i = 0u; i < NR; i++) {
+            let r = g + i * RG;
+            if r < HD {
+                for (var e = 0u; e < 4u; e++) {
+                    let f = (4u * q + e) * SO + r;
+                    tile[f / 4u][f % 4u] = y[i][e];
+                }
+            }
+        }
+        workgroupBarrier();
+        let count = min(TC, p.n - t0) * HD;
+        for (var o = lid; o < count; o += WG) {
+            let f = (o / HD) * SO + o % HD;
+            out[t0 * HD + o] = tile[f / 4u][f % 4u];
+        }
+        return;
+    }
+    if hp.mode == 0u {
+        if c < p.n {
+            for (var r = g; r < HD; r += RG) {
+                let y = head4(r, q);
+                for (var e = 0u; e < 4u; e++) {
+                    if c + e < p.n {
+                        out[(c + e) * HD + r] = y[e];
+                    }
+                }
+            }
+        }
+        return;
+    }
+    if g < 4u {
+        ys[g * CG + q] = head4(hp.first + g, q);
+    }
+    workgroupBarrier();
+    if g == 0u && c < p.n {
+        let y0 = ys[q];
+        let y1 = ys[CG + q];
+        let y2 = ys[2u * CG + q];
+        let y3 = ys[3u * CG + q];
+        for (var e = 0u; e < 4u; e++) {
+            if c + e < p.n {
+                out[c + e] = decode(c + e, vec4<f32>(y0[e], y1[e], y2[e], y3[e]));
+            }
+        }
+    }
+}
+
+
 @compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_index) lid: u32) {
+fn main(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
     if USE_SHARED {
-        // ordered before the first tile's reads by the barrier in workgroupUniformLoad
+        // ordered before the first tile's reads by the barrier after its store
         for (var i = lid; i < KT * HP; i += WG) {
             ws[i] = weights[p.w_off + i];
         }
     }
-    let tiles = (p.n + TC - 1u) / TC;
+    let tiles = (p.n - p.start + TC - 1u) / TC;
+    // uniform across the workgroup: every barrier below is in uniform control flow
+    var t = wid.x;
+    if PREFETCH && t < tiles {
+        fetch(p.start + t * TC, lid);
+    }
     loop {
-        if lid == 0u {
-            next_tile = atomicAdd(&counters[p.layer], 1u);
-        }
-        // a barrier, then the same value for every invocation (uniform control flow below)
-        let t = workgroupUniformLoad(&next_tile);
         if t >= tiles {
             break;
         }
-        let t0 = t * TC;
-        load_tile(t0, lid);
-        workgroupBarrier();
-        for (var pr = lid; pr < UG * CG; pr += WG) {
-            compute(pr / CG, pr % CG, t0);
+        let t0 = p.start + t * TC;
+        if !PREFETCH {
+            fetch(t0, lid);
         }
-        // every read of this tile (and of next_tile) before the next tile's writes
+        store_tile(lid);
         workgroupBarrier();
+        let next = t + groups.x;
+        if PREFETCH && next < tiles {
+            // in flight during the products
+            fetch(p.start + next * TC, lid);
+        }
+        if LAST {
+            // one register tile per invocation (the host fuses only then)
+            let mine = lid < UG * CG;
+            var a: Acc;
+            if mine {
+                a = products(lid / CG, lid % CG, t0);
+            }
+            // every read of the tile's old h before the new h goes in
+            workgroupBarrier();
+            if mine {
+                finish(lid / CG, lid % CG, t0, a);
+            }
+            workgroupBarrier();
+            heads(t0, lid);
+        } else {
+            for (var pr = lid; pr < UG * CG; pr += WG) {
+                finish(pr / CG, pr % CG, t0, products(pr / CG, pr % CG, t0));
+            }
+        }
+        // every read of this tile before the next tile's stores
+        workgroupBarrier();
+        t = next;
     }
 }

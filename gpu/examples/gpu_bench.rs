@@ -23,7 +23,15 @@
 //! `tick_pick_speedup_tiled_vs_simple` and `pick_max_rel_diff_tiled_vs_simple` (the largest
 //! difference between the two kernels' last picked values, relative to max(|value|, 1): both
 //! ran the same inputs and ticks, so it is rounding only). `kernel_used_<kernel>` says which
-//! kernel a backend ran (the tiled one falls back to simple where its tile does not fit).
+//! kernel a backend ran (the tiled one falls back to simple where its tile does not fit),
+//! `heads_fused_<kernel>` whether its top layer computed the heads.
+//!
+//! Device times (timestamp queries, where the adapter has them; `GpuBackend::profile_device_step`,
+//! one compute pass per dispatch, the least of three): `device_layer<l>_ms_<kernel>`,
+//! `device_heads_ms_<kernel>` (absent when fused into the top layer) and `device_span_ms_<kernel>`
+//! for a step with every head output, and the same with `_pick` before the kernel suffix for a
+//! step decoding the one picked value. `activation`, `tiled_workgroup`, `tiled_groups` and
+//! `upload_piece` echo the options in force.
 
 use std::time::Instant;
 
@@ -89,18 +97,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         choice,
         ..GpuOptions::from_env()
     };
-    // the default kernel (SB_GPU_KERNEL, else tiled) first, then the other one
+    // the default kernel (SB_GPU_KERNEL, else tiled) first, then the others
     let default = base.kernel;
-    let other = match default {
-        StepKernel::Tiled => StepKernel::Simple,
-        StepKernel::Simple => StepKernel::Tiled,
-    };
     let mut runs: Vec<Run> = Vec::new();
-    let kernels = if std::env::var("SB_BENCH_OTHER").is_ok_and(|v| v == "0") {
-        vec![default]
-    } else {
-        vec![default, other]
-    };
+    let mut kernels = vec![default];
+    if std::env::var("SB_BENCH_OTHER").map_or(true, |v| v != "0") {
+        kernels.extend(
+            [StepKernel::Tiled, StepKernel::Simple]
+                .into_iter()
+                .filter(|&k| k != default),
+        );
+    }
     for kernel in kernels {
         let opts = GpuOptions {
             kernel,
@@ -123,6 +130,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("driver".into(), json_str(&a.driver)),
             ("device_type".into(), json_str(&a.device_type)),
             ("kernel".into(), json_str(d.kernel.name())),
+            ("activation".into(), json_str(base.activation.name())),
+            ("workgroup".into(), base.workgroup.to_string()),
+            ("tiled_workgroup".into(), base.tiled_workgroup.to_string()),
+            ("tiled_groups".into(), base.tiled_groups.to_string()),
+            ("upload_piece".into(), base.upload_piece.to_string()),
             ("chunks".into(), d.chunks.to_string()),
             (
                 "weights_in_workgroup_memory".into(),
@@ -154,33 +166,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     format!("weights_in_workgroup_memory_{k}"),
                     r.weights_in_workgroup_memory.to_string(),
                 ),
+                (format!("heads_fused_{k}"), r.heads_fused.to_string()),
                 (format!("step_ms_{k}"), ms(r.step_ms)),
                 (format!("tick_pick_ms_{k}"), ms(r.pick_ms)),
                 (format!("tick_pick_copy_in_ms_{k}"), ms(r.copy_in_ms)),
                 (format!("tick_pick_submit_gpu_ms_{k}"), ms(r.submit_gpu_ms)),
                 (format!("tick_pick_copy_out_ms_{k}"), ms(r.copy_out_ms)),
             ]);
+            for (label, v) in r.profile.iter().flatten() {
+                fields.push((format!("device_{label}_ms_{k}"), ms(*v)));
+            }
         }
         let find = |k: StepKernel| runs.iter().find(|r| r.asked == k);
-        if let (Some(t), Some(s)) = (find(StepKernel::Tiled), find(StepKernel::Simple)) {
+        for k in [StepKernel::Tiled] {
+            let (Some(t), Some(s)) = (find(k), find(StepKernel::Simple)) else {
+                continue;
+            };
             let worst = t
                 .last_pick
                 .iter()
                 .zip(&s.last_pick)
                 .map(|(a, b)| f64::from((a - b).abs()) / f64::from(a.abs().max(b.abs()).max(1.0)))
                 .fold(0f64, f64::max);
+            let k = k.name();
             fields.extend([
                 (
-                    "step_speedup_tiled_vs_simple".into(),
+                    format!("step_speedup_{k}_vs_simple"),
                     format!("{:.2}", s.step_ms / t.step_ms),
                 ),
                 (
-                    "tick_pick_speedup_tiled_vs_simple".into(),
+                    format!("tick_pick_speedup_{k}_vs_simple"),
                     format!("{:.2}", s.pick_ms / t.pick_ms),
                 ),
                 // the same inputs and tick sequence on both: they agree up to summation order
                 (
-                    "pick_max_rel_diff_tiled_vs_simple".into(),
+                    format!("pick_max_rel_diff_{k}_vs_simple"),
                     format!("{worst:.2e}"),
                 ),
             ]);
@@ -234,6 +254,7 @@ struct Run {
     adapter: AdapterDesc,
     chunks: usize,
     weights_in_workgroup_memory: bool,
+    heads_fused: bool,
     bytes_per_customer: usize,
     bytes_per_customer_pick: usize,
     step_ms: f64,
@@ -243,6 +264,8 @@ struct Run {
     copy_out_ms: f64,
     full_ms: Option<f64>,
     last_pick: Vec<f32>,
+    /// Device time per kernel of one step (timestamp queries), the least of three.
+    profile: Option<Vec<(String, f64)>>,
 }
 
 /// Warms `g` up with one full step, then times `ticks` device steps, `ticks` pick ticks (with
@@ -263,6 +286,29 @@ fn measure(
     g.step(inp.x, inp.glob, &mut state, &mut out)?; // uploads the state, compiles, warms up
     let step_ms =
         g.bench_device_steps(ticks, inp.glob, &state)?.as_secs_f64() * 1e3 / f64::from(ticks);
+    // the least of three, every output and the pick
+    let mut profile: Option<Vec<(String, f64)>> = None;
+    for pick in [None, Some(inp.pick)] {
+        let mut best: Option<Vec<(String, f64)>> = None;
+        for _ in 0..3 {
+            if let Some(p) = g.profile_device_step(inp.glob, pick)? {
+                best = Some(match best {
+                    Some(b) => b
+                        .into_iter()
+                        .zip(p)
+                        .map(|((l, a), (_, b))| (l, a.min(b)))
+                        .collect(),
+                    None => p,
+                });
+            }
+        }
+        let suffix = if pick.is_some() { "_pick" } else { "" };
+        if let Some(b) = best {
+            profile
+                .get_or_insert_with(Vec::new)
+                .extend(b.into_iter().map(|(l, v)| (format!("{l}{suffix}"), v)));
+        }
+    }
     let (mut copy_in, mut submit_gpu, mut copy_out) = (0f64, 0f64, 0f64);
     let t = Instant::now();
     for _ in 0..ticks {
@@ -289,6 +335,7 @@ fn measure(
         adapter: g.adapter().clone(),
         chunks: g.chunks(),
         weights_in_workgroup_memory: g.weights_in_workgroup_memory().unwrap_or(false),
+        heads_fused: g.heads_fused().unwrap_or(false),
         bytes_per_customer: g.bytes_per_customer(false),
         bytes_per_customer_pick: g.bytes_per_customer(true),
         step_ms,
@@ -298,6 +345,7 @@ fn measure(
         copy_out_ms: per_tick(copy_out),
         full_ms,
         last_pick: one,
+        profile,
     })
 }
 

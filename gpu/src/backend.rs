@@ -14,13 +14,16 @@ use shadowbucket::{Error, Result};
 use crate::context::{AdapterChoice, AdapterDesc, Context, Unavailable};
 use crate::shaders::{HeadsParams, RelayoutParams, Shape, StepParams, TiledShape};
 
-/// Which WGSL kernel runs the LSTM layers (the heads and the relayout are the same for both).
+/// Which WGSL kernel runs the LSTM layers (the relayout is the same for both; the tiled kernel
+/// computes the heads in its top layer where it can, [`GpuOptions::fuse_heads`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum StepKernel {
-    /// `shaders/lstm_step_tiled.wgsl` (the default): a workgroup takes tiles of 64 customers,
-    /// each invocation computes 2 units × 4 gates × 4 customers in registers, the layer's weights
-    /// in workgroup memory once per (persistent) workgroup. Falls back to
-    /// [`StepKernel::Simple`] when a model's tile does not fit the adapter's workgroup memory.
+    /// `shaders/lstm_step_tiled.wgsl` (the default): a workgroup takes tiles of 128 customers
+    /// (64 with 256-invocation workgroups, [`GpuOptions::tiled_workgroup`]), each invocation
+    /// computes 2 units × 4 gates × 4 customers in registers, the layer's weights in workgroup
+    /// memory once per (persistent) workgroup, the next tile's loads in flight during the
+    /// products. Falls back to [`StepKernel::Simple`] when a model's tile does not fit the
+    /// adapter's workgroup memory.
     #[default]
     Tiled,
     /// `shaders/lstm_step.wgsl`: one invocation per customer.
@@ -67,20 +70,69 @@ pub struct GpuOptions {
     /// Caps the bytes of any one buffer binding below the adapter's own limits (tests lower it to
     /// force chunking); `None` uses the adapter's.
     pub max_binding_bytes: Option<u64>,
-    /// Invocations per workgroup (capped by the adapter), default 256.
+    /// Invocations per workgroup of the simple step kernel, the heads and the relayout (capped
+    /// by the adapter), default 256.
     pub workgroup: u32,
     /// The step kernel (default [`StepKernel::Tiled`], or `SB_GPU_KERNEL`).
     pub kernel: StepKernel,
     /// Tiled kernel: workgroups per layer dispatch at most (persistent: each copies the weights
-    /// once, then takes tiles from an atomic counter until none is left); default
+    /// once, then takes every this-many-th tile); default
     /// [`GpuOptions::DEFAULT_TILED_GROUPS`], or `SB_GPU_TILED_GROUPS`; capped by the tiles and
     /// the adapter's dispatch limit. Should be at least what the device keeps resident at once
     /// (more only adds workgroups that find no tile left).
     pub tiled_groups: u32,
     /// Customers per upload piece: each chunk's features and scales go up in pieces of this
     /// many, the device copying one while the host fills the next; default
-    /// [`GpuOptions::DEFAULT_UPLOAD_PIECE`] (16 MiB), or `SB_GPU_UPLOAD_PIECE`.
+    /// [`GpuOptions::DEFAULT_UPLOAD_PIECE`] (32 MiB), or `SB_GPU_UPLOAD_PIECE`.
     pub upload_piece: u32,
+    /// How the step kernels compute the gates' `tanh` and sigmoid (default
+    /// [`Activation::Exp`], or `SB_GPU_ACT`).
+    pub activation: Activation,
+    /// Tiled kernel: invocations per workgroup, 256 (tiles of 64 customers) or 512 and more
+    /// (tiles of 128); default [`GpuOptions::DEFAULT_TILED_WORKGROUP`], or
+    /// `SB_GPU_TILED_WORKGROUP`. Capped by the adapter, and at 256 where a binding cannot hold
+    /// 128 customers' state.
+    pub tiled_workgroup: u32,
+    /// Tiled kernel: compute the heads in the top layer's kernel, from the new `h` in
+    /// workgroup memory, instead of in a separate pass that reads it back (where the shape
+    /// allows: every invocation at most one register tile); default true, or
+    /// `SB_GPU_FUSE_HEADS=0`.
+    pub fuse_heads: bool,
+}
+
+/// How the step kernels compute the gates' `tanh` and sigmoid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Activation {
+    /// `sigmoid(v) = 1 / (1 + exp(-v))`, `tanh(v) = 1 - 2 / (exp(2v) + 1)`: two special-function
+    /// operations each on a GPU; within a few 1e-7 of `step::fast_tanh` (itself within 4.6e-7
+    /// of `tanh`).
+    #[default]
+    Exp,
+    /// `step::fast_tanh`'s rational approximation term for term, as the CPU batch computes it
+    /// (sigmoid from `tanh`): a dozen multiply-adds and a division each.
+    Rational,
+}
+
+impl Activation {
+    /// The environment variable read by [`GpuOptions::from_env`]: `exp` or `rational`.
+    pub const ENV: &'static str = "SB_GPU_ACT";
+
+    /// Parses `exp` or `rational` (case-insensitive, surrounding blanks ignored).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            v if v.eq_ignore_ascii_case("exp") => Some(Activation::Exp),
+            v if v.eq_ignore_ascii_case("rational") => Some(Activation::Rational),
+            _ => None,
+        }
+    }
+
+    /// `"exp"` or `"rational"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Exp => "exp",
+            Activation::Rational => "rational",
+        }
+    }
 }
 
 impl GpuOptions {
@@ -89,19 +141,25 @@ impl GpuOptions {
     /// The environment variable that overrides [`GpuOptions::sync_every`].
     pub const SYNC_ENV: &'static str = "SB_GPU_SYNC_EVERY";
     /// Default [`GpuOptions::tiled_groups`]: a few workgroups per streaming multiprocessor (or
-    /// compute unit) of a large GPU (an H200 has 132 SMs, each holding 3 to 8 of these
-    /// 256-invocation workgroups depending on registers and workgroup memory).
+    /// compute unit) of a large GPU (an H200 has 132 SMs; workgroups beyond those the device
+    /// keeps resident wait their turn). Each takes every this-many-th tile.
     pub const DEFAULT_TILED_GROUPS: u32 = 1024;
     /// The environment variable that overrides [`GpuOptions::tiled_groups`].
     pub const TILED_GROUPS_ENV: &'static str = "SB_GPU_TILED_GROUPS";
-    /// Default [`GpuOptions::upload_piece`]: 512Ki customers, 16 MiB of features and scales.
-    pub const DEFAULT_UPLOAD_PIECE: u32 = 1 << 19;
+    /// Default [`GpuOptions::upload_piece`]: 1Mi customers, 32 MiB of features and scales.
+    pub const DEFAULT_UPLOAD_PIECE: u32 = 1 << 20;
     /// The environment variable that overrides [`GpuOptions::upload_piece`].
     pub const UPLOAD_PIECE_ENV: &'static str = "SB_GPU_UPLOAD_PIECE";
+    /// Default [`GpuOptions::tiled_workgroup`]: 512 invocations, tiles of 128 customers.
+    pub const DEFAULT_TILED_WORKGROUP: u32 = 512;
+    /// The environment variable that overrides [`GpuOptions::tiled_workgroup`].
+    pub const TILED_WORKGROUP_ENV: &'static str = "SB_GPU_TILED_WORKGROUP";
+    /// The environment variable that overrides [`GpuOptions::fuse_heads`] (`0` or `1`).
+    pub const FUSE_HEADS_ENV: &'static str = "SB_GPU_FUSE_HEADS";
 
-    /// The defaults, with `SB_GPU`, `SB_GPU_SYNC_EVERY`, `SB_GPU_KERNEL`, `SB_GPU_TILED_GROUPS`
-    /// and `SB_GPU_UPLOAD_PIECE` applied (a value that does not parse is ignored, with a
-    /// warning).
+    /// The defaults, with `SB_GPU`, `SB_GPU_SYNC_EVERY`, `SB_GPU_KERNEL`, `SB_GPU_TILED_GROUPS`,
+    /// `SB_GPU_UPLOAD_PIECE`, `SB_GPU_ACT`, `SB_GPU_TILED_WORKGROUP` and `SB_GPU_FUSE_HEADS`
+    /// applied (a value that does not parse is ignored, with a warning).
     pub fn from_env() -> Self {
         let positive = |name: &str| {
             let v = std::env::var(name).ok()?;
@@ -121,6 +179,16 @@ impl GpuOptions {
             }),
             _ => StepKernel::default(),
         };
+        let activation = match std::env::var(Activation::ENV) {
+            Ok(v) if !v.trim().is_empty() => Activation::parse(&v).unwrap_or_else(|| {
+                log::warn!(
+                    "shadowbucket-gpu: ignoring {}={v:?} (exp or rational)",
+                    Activation::ENV
+                );
+                Activation::default()
+            }),
+            _ => Activation::default(),
+        };
         GpuOptions {
             choice: AdapterChoice::from_env(),
             sync_every: positive(Self::SYNC_ENV).unwrap_or(Self::DEFAULT_SYNC_EVERY),
@@ -129,6 +197,10 @@ impl GpuOptions {
             kernel,
             tiled_groups: positive(Self::TILED_GROUPS_ENV).unwrap_or(Self::DEFAULT_TILED_GROUPS),
             upload_piece: positive(Self::UPLOAD_PIECE_ENV).unwrap_or(Self::DEFAULT_UPLOAD_PIECE),
+            activation,
+            tiled_workgroup: positive(Self::TILED_WORKGROUP_ENV)
+                .unwrap_or(Self::DEFAULT_TILED_WORKGROUP),
+            fuse_heads: std::env::var(Self::FUSE_HEADS_ENV).map_or(true, |v| v.trim() != "0"),
         }
     }
 }
@@ -161,10 +233,10 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
 }
 
-/// Stride of the feature-major state rows, in floats: customers rounded up so that every row
-/// starts on a 256-byte boundary and holds whole tiles of the tiled kernel.
+/// The least multiple of the feature-major state's row stride, in floats (every row starts on a
+/// 256-byte boundary); the tiled kernel's rows also hold whole tiles ([`Kernels::align`]).
 const LD_ALIGN: usize = 64;
-const _: () = assert!(LD_ALIGN.is_multiple_of(TiledShape::TILE as usize));
+const _: () = assert!((TiledShape::MAX_TILE as usize).is_multiple_of(LD_ALIGN));
 /// Bytes between parameter slots in a chunk's uniform buffer (the largest
 /// `min_uniform_buffer_offset_alignment` WebGPU allows).
 const SLOT: u64 = 256;
@@ -295,10 +367,15 @@ struct Kernels {
     kind: StepKernel,
     /// Whether every layer's weights are read from workgroup memory.
     use_shared: bool,
-    /// The step for layer 0 and for the later layers (the same pipeline for the simple kernel);
-    /// both on the step bind group layout.
-    step_first: wgpu::ComputePipeline,
-    step_rest: wgpu::ComputePipeline,
+    /// The state's row stride and the upload pieces are multiples of this many customers (the
+    /// tiled kernel's tile, or [`LD_ALIGN`]).
+    align: usize,
+    /// Whether the top layer's kernel computes the heads (tiled, [`GpuOptions::fuse_heads`]);
+    /// else `heads` runs after the layers.
+    fused: bool,
+    /// Per layer, its step pipeline (layers of one kind share one), all on the step bind group
+    /// layout.
+    step: Vec<wgpu::ComputePipeline>,
     step_layout: wgpu::BindGroupLayout,
     /// Per layer, its first vec4 in `weights` (the kernel's layout).
     w_off: Vec<u32>,
@@ -323,28 +400,36 @@ struct Chunk {
     state: wgpu::Buffer,
     scale: wgpu::Buffer,
     out: wgpu::Buffer,
-    readback: wgpu::Buffer,
-    /// Host-visible upload staging in pieces of at most [`GpuOptions::upload_piece`] customers,
-    /// kept mapped between ticks.
-    uploads: Vec<Upload>,
-    /// Tiled kernel: workgroups per layer dispatch.
-    grid: u32,
-    /// Tiled kernel: per layer, the next tile to take (zeroed before every tick's dispatches).
-    counters: wgpu::Buffer,
-    step_groups: Vec<wgpu::BindGroup>,
-    heads_group: wgpu::BindGroup,
+    /// The chunk's dispatch ranges: `[0]` the whole chunk (steps without transfers), then one
+    /// per upload piece (a tick uploads, computes and downloads piece by piece).
+    ranges: Vec<Range>,
 }
 
-/// One piece of a chunk's upload staging: `[x: n x CF | scale: n]` of customers
-/// `first .. first + n` of the chunk, in a host-visible buffer (`MAP_WRITE | COPY_SRC`).
-struct Upload {
-    /// First customer, relative to the chunk.
+/// Customers `first .. first + n` of a chunk as one set of dispatches: its parameters and bind
+/// groups, and for an upload piece its staging.
+struct Range {
+    /// First customer, relative to the chunk (a multiple of the tiled kernel's tile).
     first: usize,
     /// Customers.
     n: usize,
+    /// Tiled kernel: workgroups per layer dispatch.
+    grid: u32,
+    /// The heads' parameter slot (bytes into the chunk's `params`).
+    heads_slot: u64,
+    step_groups: Vec<wgpu::BindGroup>,
+    heads_group: wgpu::BindGroup,
+    /// An upload piece's staging (none for the whole chunk).
+    io: Option<Upload>,
+}
+
+/// One upload piece's host-visible staging: `upload` holds `[x: n x CF | scale: n]`
+/// (`MAP_WRITE | COPY_SRC`, kept mapped between ticks), `readback` the piece's outputs
+/// (`MAP_READ | COPY_DST`).
+struct Upload {
     buffer: wgpu::Buffer,
     /// `buffer`'s mapping: [`UNMAPPED`], [`PENDING`] or [`MAPPED`] (set by the map callback).
     map: Arc<AtomicU8>,
+    readback: wgpu::Buffer,
 }
 
 /// [`Upload::map`]: not mapped.
@@ -354,31 +439,37 @@ const PENDING: u8 = 1;
 /// [`Upload::map`]: mapped for writing.
 const MAPPED: u8 = 2;
 
-/// Bytes per parallel piece of a host copy into or out of mapped memory.
-const PIECE: usize = 2 << 20;
+/// Bytes per parallel piece of a host copy into or out of mapped memory: small enough that one
+/// upload piece (32 MiB by default) keeps every core busy.
+const PIECE: usize = 256 << 10;
 
-/// Copies `src` into `dst` (of the same length) in pieces of [`PIECE`] bytes on rayon's pool.
-fn copy_in(dst: wgpu::WriteOnly<'_, [u8]>, src: &[u8]) -> Result<()> {
-    if dst.len() != src.len() {
-        return Err(device_error(format!(
-            "upload of {} bytes into a mapped range of {}",
-            src.len(),
-            dst.len()
-        )));
+/// Copies each `src` into its `dst` (of the same length), all of them at once in pieces of
+/// [`PIECE`] bytes on rayon's pool.
+fn copy_in(parts: Vec<(wgpu::WriteOnly<'_, [u8]>, &[u8])>) -> Result<()> {
+    let mut whole = Vec::new();
+    let mut rests = Vec::new();
+    for (dst, src) in parts {
+        if dst.len() != src.len() {
+            return Err(device_error(format!(
+                "upload of {} bytes into a mapped range of {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        // Whole pieces as arrays (a `WriteOnly` of an array can move to another thread, one of
+        // a slice cannot), the remainder here.
+        let (pieces, rest) = dst.into_chunks::<PIECE>();
+        let split = pieces.len() * PIECE;
+        whole.extend(pieces.into_iter().zip(src[..split].chunks_exact(PIECE)));
+        rests.push((rest, &src[split..]));
     }
-    // Whole pieces as arrays (a `WriteOnly` of an array can move to another thread, one of a
-    // slice cannot), the remainder here.
-    let (whole, mut rest) = dst.into_chunks::<PIECE>();
-    let split = whole.len() * PIECE;
-    let pieces: Vec<wgpu::WriteOnly<'_, [u8; PIECE]>> = whole.into_iter().collect();
-    pieces
-        .into_par_iter()
-        .zip(src[..split].par_chunks_exact(PIECE))
-        .for_each(|(d, s)| {
-            let mut d: wgpu::WriteOnly<'_, [u8]> = d.into();
-            d.copy_from_slice(s);
-        });
-    rest.copy_from_slice(&src[split..]);
+    whole.into_par_iter().for_each(|(d, s)| {
+        let mut d: wgpu::WriteOnly<'_, [u8]> = d.into();
+        d.copy_from_slice(s);
+    });
+    for (mut d, s) in rests {
+        d.copy_from_slice(s);
+    }
     Ok(())
 }
 
@@ -497,17 +588,24 @@ impl GpuBackend {
         }
         let bind = usize::try_from(bind).unwrap_or(usize::MAX);
         let per = 4 * p.state_dim.max(p.head_dim).max(CUSTOMER_FEATURES + 1);
-        let by_state = (bind / (4 * p.state_dim)) / LD_ALIGN * LD_ALIGN;
+        let align = self.ld_align();
+        let by_state = (bind / (4 * p.state_dim)) / align * align;
         let by_dispatch = l.max_compute_workgroups_per_dimension as usize * self.workgroup as usize;
         let cap = by_state.min(bind / per).min(by_dispatch);
         if cap == 0 {
             return Err(invalid(format!(
                 "model state of {} floats per customer does not fit the adapter's {bind}-byte \
-                 bindings in chunks of {LD_ALIGN}",
+                 bindings in chunks of {align}",
                 p.state_dim
             )));
         }
         Ok(cap)
+    }
+
+    /// The row stride's multiple, in customers: the tiled kernel's tile, else [`LD_ALIGN`]; the
+    /// upload pieces start at multiples of it too.
+    fn ld_align(&self) -> usize {
+        self.kernels.as_ref().map_or(LD_ALIGN, |k| k.align)
     }
 
     /// Chunks the current plan uses (0 before the first step).
@@ -519,6 +617,12 @@ impl GpuBackend {
     /// weights exceed the adapter's workgroup storage).
     pub fn weights_in_workgroup_memory(&self) -> Option<bool> {
         self.kernels.as_ref().map(|k| k.use_shared)
+    }
+
+    /// Whether the top layer's kernel computes the heads ([`GpuOptions::fuse_heads`], where the
+    /// tiled kernel's shape allows it); `None` before [`StepBackend::set_model`].
+    pub fn heads_fused(&self) -> Option<bool> {
+        self.kernels.as_ref().map(|k| k.fused)
     }
 
     /// The step kernel the current model runs on ([`GpuOptions::kernel`], unless the tiled
@@ -615,7 +719,8 @@ impl GpuBackend {
     }
 
     /// The step kernels' bind group layout (both kernels, every layer): params, weights, bias,
-    /// x, state, and the tiled kernel's tile counters.
+    /// x, state, and for the tiled kernel's fused heads head_w, head_b, scale, out and the
+    /// heads' params.
     fn step_bind_layout(&self) -> wgpu::BindGroupLayout {
         let entry = |binding: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
             binding,
@@ -638,33 +743,67 @@ impl GpuBackend {
                     entry(2, read),
                     entry(3, read),
                     entry(4, wgpu::BufferBindingType::Storage { read_only: false }),
-                    entry(5, wgpu::BufferBindingType::Storage { read_only: false }),
+                    entry(5, read),
+                    entry(6, read),
+                    entry(7, read),
+                    entry(8, wgpu::BufferBindingType::Storage { read_only: false }),
+                    entry(9, wgpu::BufferBindingType::Uniform),
                 ],
             })
     }
 
-    /// The tiled kernel's shapes for layer 0 and the later layers, each with its weights in
-    /// workgroup memory when tile and weights fit the adapter's, else from storage; `None` when
-    /// a tile alone does not fit.
-    fn tiled_shapes(&self, p: &Prepared) -> Option<(TiledShape, Option<TiledShape>)> {
-        let limit = u64::from(self.ctx.limits.max_compute_workgroup_storage_size);
-        let shape = |first: bool| {
+    /// The tiled kernel's shape for each layer, with its weights in workgroup memory when tile
+    /// and weights fit the adapter's, else from storage, and the heads fused into the top layer
+    /// when asked and the shape allows; `None` when a tile alone does not fit.
+    fn tiled_shapes(&self, p: &Prepared) -> Option<Vec<TiledShape>> {
+        let l = &self.ctx.limits;
+        let limit = u64::from(l.max_compute_workgroup_storage_size);
+        // 128-customer tiles only where a binding holds a tile's state
+        let bind = self
+            .opts
+            .max_binding_bytes
+            .unwrap_or(u64::MAX)
+            .min(l.max_storage_buffer_binding_size)
+            .min(l.max_buffer_size);
+        let big = 4 * u64::from(TiledShape::MAX_TILE) * p.state_dim as u64 <= bind;
+        let workgroup = self
+            .opts
+            .tiled_workgroup
+            .clamp(1, 1024)
+            .min(l.max_compute_invocations_per_workgroup)
+            .min(l.max_compute_workgroup_size_x)
+            .min(if big { u32::MAX } else { 256 });
+        // experimental: the fused heads' full outputs through workgroup memory
+        let stage_out = std::env::var("SB_GPU_TILED_STAGE_OUT").is_ok_and(|v| v.trim() == "1");
+        let shape = |layer: usize, fuse: bool, workgroup: u32| {
             let mut s = TiledShape {
                 hidden: p.hidden as u32,
                 customer_features: CUSTOMER_FEATURES as u32,
-                workgroup: self.workgroup,
-                first,
+                workgroup,
+                first: layer == 0,
                 use_shared: true,
+                act_exp: self.opts.activation == Activation::Exp,
+                prefetch: true,
+                last: false,
+                head_dim: p.head_dim as u32,
+                stage_out: false,
             };
+            s.last = fuse && layer + 1 == p.layers && s.can_fuse_heads();
+            s.stage_out = s.last && stage_out && s.head_dim < s.rows();
+            if s.last && s.tile_bytes() > limit {
+                s.last = false;
+            }
             s.use_shared = s.shared_bytes() <= limit;
             (s.tile_bytes() <= limit).then_some(s)
         };
-        let first = shape(true)?;
-        if p.layers > 1 {
-            Some((first, Some(shape(false)?)))
-        } else {
-            Some((first, None))
-        }
+        // every layer on one tile size (the state's row stride is a multiple of it): the asked
+        // workgroup's, else 64-customer tiles where the larger ones do not fit
+        let all = |workgroup: u32| {
+            (0..p.layers)
+                .map(|layer| shape(layer, self.opts.fuse_heads, workgroup))
+                .collect::<Option<Vec<_>>>()
+        };
+        all(workgroup).or_else(|| all(workgroup.min(256)))
     }
 
     fn build_kernels(&self, p: &Prepared) -> Result<Kernels> {
@@ -682,7 +821,10 @@ impl GpuBackend {
             workgroup: self.workgroup,
             use_shared,
             shared_v4: if use_shared { largest as u32 } else { 1 },
+            act_exp: self.opts.activation == Activation::Exp,
+            head_dim: p.head_dim as u32,
         };
+
         let tiled = match self.opts.kernel {
             StepKernel::Simple => None,
             StepKernel::Tiled => {
@@ -699,19 +841,27 @@ impl GpuBackend {
             }
         };
         let src = |r: std::result::Result<String, String>| r.map_err(device_error);
-        let (kind, first_src, rest_src, all_shared) = match &tiled {
-            Some((first, rest)) => (
+        // per layer: the step kernel's source
+        let (kind, sources, all_shared, fused) = match &tiled {
+            Some(shapes) => (
                 StepKernel::Tiled,
-                src(first.source())?,
-                rest.map(|r| r.source()).transpose().map_err(device_error)?,
-                first.use_shared && rest.is_none_or(|r| r.use_shared),
+                shapes
+                    .iter()
+                    .map(|t| src(t.source()))
+                    .collect::<Result<Vec<_>>>()?,
+                shapes.iter().all(|t| t.use_shared),
+                shapes.last().is_some_and(|t| t.last),
             ),
             None => (
                 StepKernel::Simple,
-                src(shape.lstm_step())?,
-                None,
+                vec![src(shape.lstm_step())?; p.layers],
                 use_shared,
+                false,
             ),
+        };
+        let align = match &tiled {
+            Some(shapes) => shapes[0].tile() as usize,
+            None => LD_ALIGN,
         };
         let heads_src = src(shape.heads())?;
         let relayout_src = src(shape.relayout())?;
@@ -729,11 +879,15 @@ impl GpuBackend {
                 StepKernel::Tiled => "lstm_step_tiled",
                 StepKernel::Simple => "lstm_step",
             };
-            let step_first = self.pipeline(label, first_src, Some(&layout));
-            let step_rest = match rest_src {
-                Some(r) => self.pipeline(label, r, Some(&layout)),
-                None => step_first.clone(),
-            };
+            // one pipeline per distinct source (the middle layers share theirs)
+            let mut step: Vec<wgpu::ComputePipeline> = Vec::with_capacity(sources.len());
+            for (l, source) in sources.iter().enumerate() {
+                let same = (0..l).find(|&e| sources[e] == *source);
+                step.push(match same {
+                    Some(e) => step[e].clone(),
+                    None => self.pipeline(label, source.clone(), Some(&layout)),
+                });
+            }
             let (weights, w_off) = match kind {
                 StepKernel::Tiled => (&p.tiled_weights, &p.tiled_w_off),
                 StepKernel::Simple => (&p.weights, &p.w_off),
@@ -741,8 +895,9 @@ impl GpuBackend {
             Kernels {
                 kind,
                 use_shared: all_shared,
-                step_first,
-                step_rest,
+                align,
+                fused,
+                step,
                 step_layout,
                 w_off: w_off.clone(),
                 heads: self.pipeline("heads", heads_src, None),
@@ -787,15 +942,24 @@ impl GpuBackend {
             })
         };
         use wgpu::BufferUsages as U;
+        let layers = p.layers;
+        // upload pieces start on whole tiles of the tiled kernel
+        let tile = self.ld_align();
+        let piece = (self.opts.upload_piece.max(1) as usize).div_ceil(tile) * tile;
         let chunks = self.scoped("allocating GPU buffers", || {
             (0..count)
                 .map(|i| {
                     let start = i * size;
                     let cn = size.min(n - start);
-                    let ld = cn.div_ceil(LD_ALIGN) * LD_ALIGN;
+                    let ld = cn.div_ceil(tile) * tile;
+                    // the whole chunk, then the upload pieces
+                    let spans: Vec<(usize, usize)> = std::iter::once((0, cn))
+                        .chain((0..cn).step_by(piece).map(|f| (f, piece.min(cn - f))))
+                        .collect();
+                    // per range: one slot per layer and one for the heads; then the relayout's
                     let params = dev.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("params"),
-                        size: SLOT * (p.layers as u64 + 2),
+                        size: SLOT * ((layers as u64 + 1) * spans.len() as u64 + 1),
                         usage: U::UNIFORM | U::COPY_DST,
                         mapped_at_creation: false,
                     });
@@ -803,116 +967,144 @@ impl GpuBackend {
                     let state = buf("state", p.state_dim * ld, U::STORAGE);
                     let scale = buf("scale", cn, U::STORAGE | U::COPY_DST);
                     let out = buf("out", cn * p.head_dim, U::STORAGE | U::COPY_SRC);
-                    let readback = buf("readback", cn * p.head_dim, U::MAP_READ | U::COPY_DST);
-                    // mapped from the start: the first tick writes into them at once
-                    let piece = self.opts.upload_piece.max(1) as usize;
-                    let uploads = (0..cn)
-                        .step_by(piece)
-                        .map(|first| {
-                            let un = piece.min(cn - first);
-                            Upload {
-                                first,
-                                n: un,
+                    let layout = &k.step_layout;
+                    let ranges = spans
+                        .iter()
+                        .enumerate()
+                        .map(|(r, &(first, rn))| {
+                            let base = SLOT * (layers as u64 + 1) * r as u64;
+                            let tiles = rn.div_ceil(tile);
+                            let grid = tiles
+                                .min(self.opts.tiled_groups.max(1) as usize)
+                                .min(self.ctx.limits.max_compute_workgroups_per_dimension as usize)
+                                .max(1) as u32;
+                            let heads_slot = base + SLOT * layers as u64;
+                            let step_groups = (0..layers)
+                                .map(|l| {
+                                    let sp = StepParams {
+                                        n: (first + rn) as u32,
+                                        ld: ld as u32,
+                                        layer: l as u32,
+                                        w_off: k.w_off[l],
+                                        b_off: (4 * p.hidden * l) as u32,
+                                        start: first as u32,
+                                        _pad: [0; 2],
+                                    };
+                                    let slot = base + SLOT * l as u64;
+                                    self.ctx.queue.write_buffer(
+                                        &params,
+                                        slot,
+                                        bytemuck::bytes_of(&sp),
+                                    );
+                                    dev.create_bind_group(&wgpu::BindGroupDescriptor {
+                                        label: Some("lstm_step"),
+                                        layout,
+                                        entries: &[
+                                            wgpu::BindGroupEntry {
+                                                binding: 0,
+                                                resource: Self::binding(&params, slot, 32),
+                                            },
+                                            wgpu::BindGroupEntry {
+                                                binding: 1,
+                                                resource: k.weights.as_entire_binding(),
+                                            },
+                                            wgpu::BindGroupEntry {
+                                                binding: 2,
+                                                resource: k.bias.as_entire_binding(),
+                                            },
+                                            wgpu::BindGroupEntry {
+                                                binding: 3,
+                                                resource: x.as_entire_binding(),
+                                            },
+                                            wgpu::BindGroupEntry {
+                                                binding: 4,
+                                                resource: state.as_entire_binding(),
+                                            },
+                                            wgpu::BindGroupEntry {
+                                                binding: 5,
+                                                resource: k.head_w.as_entire_binding(),
+                                            },
+                                            wgpu::BindGroupEntry {
+                                                binding: 6,
+                                                resource: k.head_b.as_entire_binding(),
+                                            },
+                                            wgpu::BindGroupEntry {
+                                                binding: 7,
+                                                resource: scale.as_entire_binding(),
+                                            },
+                                            wgpu::BindGroupEntry {
+                                                binding: 8,
+                                                resource: out.as_entire_binding(),
+                                            },
+                                            wgpu::BindGroupEntry {
+                                                binding: 9,
+                                                resource: Self::binding(&params, heads_slot, 32),
+                                            },
+                                        ],
+                                    })
+                                })
+                                .collect();
+                            let heads_group = dev.create_bind_group(&wgpu::BindGroupDescriptor {
+                                label: Some("heads"),
+                                layout: &k.heads.get_bind_group_layout(0),
+                                entries: &[
+                                    wgpu::BindGroupEntry {
+                                        binding: 0,
+                                        resource: Self::binding(&params, heads_slot, 32),
+                                    },
+                                    wgpu::BindGroupEntry {
+                                        binding: 1,
+                                        resource: k.head_w.as_entire_binding(),
+                                    },
+                                    wgpu::BindGroupEntry {
+                                        binding: 2,
+                                        resource: k.head_b.as_entire_binding(),
+                                    },
+                                    wgpu::BindGroupEntry {
+                                        binding: 3,
+                                        resource: state.as_entire_binding(),
+                                    },
+                                    wgpu::BindGroupEntry {
+                                        binding: 4,
+                                        resource: scale.as_entire_binding(),
+                                    },
+                                    wgpu::BindGroupEntry {
+                                        binding: 5,
+                                        resource: out.as_entire_binding(),
+                                    },
+                                    wgpu::BindGroupEntry {
+                                        binding: 6,
+                                        resource: x.as_entire_binding(),
+                                    },
+                                ],
+                            });
+                            // the pieces' staging, mapped from the start: the first tick writes
+                            // into it at once
+                            let io = (r > 0).then(|| Upload {
                                 buffer: dev.create_buffer(&wgpu::BufferDescriptor {
                                     label: Some("upload"),
-                                    size: (4 * un * (CUSTOMER_FEATURES + 1)) as u64,
+                                    size: (4 * rn * (CUSTOMER_FEATURES + 1)) as u64,
                                     usage: U::MAP_WRITE | U::COPY_SRC,
                                     mapped_at_creation: true,
                                 }),
                                 map: Arc::new(AtomicU8::new(MAPPED)),
+                                readback: buf(
+                                    "readback",
+                                    rn * p.head_dim,
+                                    U::MAP_READ | U::COPY_DST,
+                                ),
+                            });
+                            Range {
+                                first,
+                                n: rn,
+                                grid,
+                                heads_slot,
+                                step_groups,
+                                heads_group,
+                                io,
                             }
                         })
                         .collect();
-                    let counters = buf("counters", p.layers, U::STORAGE | U::COPY_DST);
-                    let tiles = cn.div_ceil(TiledShape::TILE as usize);
-                    let grid = tiles
-                        .min(self.opts.tiled_groups.max(1) as usize)
-                        .min(self.ctx.limits.max_compute_workgroups_per_dimension as usize)
-                        .max(1) as u32;
-                    for l in 0..p.layers {
-                        let sp = StepParams {
-                            n: cn as u32,
-                            ld: ld as u32,
-                            layer: l as u32,
-                            w_off: k.w_off[l],
-                            b_off: (4 * p.hidden * l) as u32,
-                            _pad: [0; 3],
-                        };
-                        self.ctx.queue.write_buffer(
-                            &params,
-                            SLOT * l as u64,
-                            bytemuck::bytes_of(&sp),
-                        );
-                    }
-                    let layout = &k.step_layout;
-                    let step_groups = (0..p.layers)
-                        .map(|l| {
-                            dev.create_bind_group(&wgpu::BindGroupDescriptor {
-                                label: Some("lstm_step"),
-                                layout,
-                                entries: &[
-                                    wgpu::BindGroupEntry {
-                                        binding: 0,
-                                        resource: Self::binding(&params, SLOT * l as u64, 32),
-                                    },
-                                    wgpu::BindGroupEntry {
-                                        binding: 1,
-                                        resource: k.weights.as_entire_binding(),
-                                    },
-                                    wgpu::BindGroupEntry {
-                                        binding: 2,
-                                        resource: k.bias.as_entire_binding(),
-                                    },
-                                    wgpu::BindGroupEntry {
-                                        binding: 3,
-                                        resource: x.as_entire_binding(),
-                                    },
-                                    wgpu::BindGroupEntry {
-                                        binding: 4,
-                                        resource: state.as_entire_binding(),
-                                    },
-                                    wgpu::BindGroupEntry {
-                                        binding: 5,
-                                        resource: counters.as_entire_binding(),
-                                    },
-                                ],
-                            })
-                        })
-                        .collect();
-                    let heads_group = dev.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("heads"),
-                        layout: &k.heads.get_bind_group_layout(0),
-                        entries: &[
-                            wgpu::BindGroupEntry {
-                                binding: 0,
-                                resource: Self::binding(&params, SLOT * p.layers as u64, 32),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 1,
-                                resource: k.head_w.as_entire_binding(),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 2,
-                                resource: k.head_b.as_entire_binding(),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 3,
-                                resource: state.as_entire_binding(),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 4,
-                                resource: scale.as_entire_binding(),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 5,
-                                resource: out.as_entire_binding(),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 6,
-                                resource: x.as_entire_binding(),
-                            },
-                        ],
-                    });
                     Chunk {
                         start,
                         n: cn,
@@ -922,12 +1114,7 @@ impl GpuBackend {
                         state,
                         scale,
                         out,
-                        readback,
-                        uploads,
-                        grid,
-                        counters,
-                        step_groups,
-                        heads_group,
+                        ranges,
                     }
                 })
                 .collect::<Vec<_>>()
@@ -975,7 +1162,7 @@ impl GpuBackend {
             rows: p.state_dim as u32,
             dir,
         };
-        let slot = SLOT * (p.layers as u64 + 1);
+        let slot = SLOT * ((p.layers as u64 + 1) * c.ranges.len() as u64);
         self.ctx
             .queue
             .write_buffer(&c.params, slot, bytemuck::bytes_of(&rp));
@@ -1160,7 +1347,11 @@ impl GpuBackend {
     /// Makes sure every upload piece is mapped (they are, after a completed tick: each is mapped
     /// again as soon as its copy is submitted).
     fn ready_uploads(&self) -> Result<()> {
-        let uploads = || self.chunks.iter().flat_map(|c| &c.uploads);
+        let uploads = || {
+            self.chunks
+                .iter()
+                .flat_map(|c| c.ranges.iter().filter_map(|r| r.io.as_ref()))
+        };
         let mapped = |u: &Upload| u.map.load(Ordering::SeqCst) == MAPPED;
         if uploads().all(mapped) {
             return Ok(());
@@ -1181,11 +1372,63 @@ impl GpuBackend {
         }
     }
 
-    /// One tick on the planned chunks, chunk by chunk: piece by piece, copy the features (and
-    /// scales) into the mapped upload piece and submit its copy to the device buffers; then
-    /// submit every layer, the heads and the copy of the outputs to the readback buffer. The
-    /// device copies and computes while the host fills the next pieces. Then, in order, wait for
-    /// each chunk and copy its outputs out of the mapped readback buffer.
+    /// Encodes the step of range `r`: every layer, then the heads unless fused (their
+    /// parameters written beforehand), in one compute pass, or with `timestamps` one pass per
+    /// dispatch writing its begin and end at `timestamps.1 ..` (layers, then the heads).
+    fn encode_range(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        r: &Range,
+        timestamps: Option<(&wgpu::QuerySet, u32)>,
+    ) {
+        let Some(k) = &self.kernels else { return };
+        let groups = (r.n as u32).div_ceil(self.workgroup);
+        let step_groups = match k.kind {
+            StepKernel::Tiled => r.grid,
+            StepKernel::Simple => groups,
+        };
+        let mut pass_no = 0u32;
+        let mut begin = |enc: &mut wgpu::CommandEncoder| -> wgpu::ComputePass<'static> {
+            let tw = timestamps.map(|(set, base)| wgpu::ComputePassTimestampWrites {
+                query_set: set,
+                beginning_of_pass_write_index: Some(base + 2 * pass_no),
+                end_of_pass_write_index: Some(base + 2 * pass_no + 1),
+            });
+            pass_no += 1;
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("tick"),
+                timestamp_writes: tw,
+            })
+            .forget_lifetime()
+        };
+        let mut pass = begin(enc);
+        for (l, g) in r.step_groups.iter().enumerate() {
+            if l > 0 && timestamps.is_some() {
+                drop(pass);
+                pass = begin(enc);
+            }
+            pass.set_pipeline(&k.step[l]);
+            pass.set_bind_group(0, g, &[]);
+            pass.dispatch_workgroups(step_groups, 1, 1);
+        }
+        if k.fused {
+            return;
+        }
+        if timestamps.is_some() {
+            drop(pass);
+            pass = begin(enc);
+        }
+        pass.set_pipeline(&k.heads);
+        pass.set_bind_group(0, &r.heads_group, &[]);
+        pass.dispatch_workgroups(groups, 1, 1);
+    }
+
+    /// One tick on the planned chunks, piece by piece: copy the piece's features (and scales)
+    /// into its mapped upload buffer and submit the copy into the device buffers, every layer
+    /// and the heads on the piece's customers, and the copy of its outputs into its readback
+    /// buffer. The device copies and computes one piece while the host fills the next. Then, in
+    /// order, wait for each piece and copy its outputs out of the mapped readback buffer. Without
+    /// transfers (`Want::Nothing`), one dispatch set per chunk.
     fn tick(
         &self,
         x: &[f32],
@@ -1212,93 +1455,91 @@ impl GpuBackend {
         };
         let top = 2 * (p.layers - 1) * p.hidden;
         let (tx, rx) = mpsc::channel();
-        let mut subs = Vec::with_capacity(self.chunks.len());
+        // per (chunk, range) submitted with a readback: its submission
+        let mut subs = Vec::new();
         self.scoped("running the step", || -> Result<()> {
             q.write_buffer(&k.bias, 0, bytemuck::cast_slice(&bias));
             for (i, c) in self.chunks.iter().enumerate() {
-                let hp = HeadsParams {
-                    n: c.n as u32,
-                    ld: c.ld as u32,
-                    top_row: top as u32,
-                    head_dim: p.head_dim as u32,
-                    mode,
-                    first,
-                    quantile,
-                    _pad: 0,
+                let ranges: Vec<(usize, &Range)> = if upload {
+                    c.ranges.iter().enumerate().skip(1).collect()
+                } else {
+                    vec![(0, &c.ranges[0])]
                 };
-                q.write_buffer(&c.params, SLOT * p.layers as u64, bytemuck::bytes_of(&hp));
-                // piece by piece: the device copies one while the host fills the next
-                for u in c.uploads.iter().filter(|_| upload) {
-                    let (a, xb) = (c.start + u.first, 4 * u.n * cf);
-                    let t = Instant::now();
-                    {
-                        let mut view = u
-                            .buffer
-                            .get_mapped_range_mut(..)
-                            .map_err(|e| device_error(format!("writing a GPU buffer: {e}")))?;
-                        let (dx, ds) = view.slice(..).split_at(xb);
-                        copy_in(dx, bytemuck::cast_slice(&x[a * cf..(a + u.n) * cf]))?;
-                        if let Some(s) = scale {
-                            copy_in(ds, bytemuck::cast_slice(&s[a..a + u.n]))?;
-                        }
-                    }
-                    u.buffer.unmap();
-                    u.map.store(UNMAPPED, Ordering::SeqCst);
-                    tm.copy_in += t.elapsed();
+                for &(j, r) in &ranges {
+                    let hp = HeadsParams {
+                        n: (r.first + r.n) as u32,
+                        ld: c.ld as u32,
+                        top_row: top as u32,
+                        head_dim: p.head_dim as u32,
+                        mode,
+                        first,
+                        quantile,
+                        start: r.first as u32,
+                    };
+                    q.write_buffer(&c.params, r.heads_slot, bytemuck::bytes_of(&hp));
                     let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-                    enc.copy_buffer_to_buffer(
-                        &u.buffer,
-                        0,
-                        &c.x,
-                        (4 * u.first * cf) as u64,
-                        xb as u64,
-                    );
-                    if scale.is_some() {
+                    let io = r.io.as_ref().filter(|_| upload);
+                    let xb = 4 * r.n * cf;
+                    if let Some(u) = io {
+                        let a = c.start + r.first;
+                        let t = Instant::now();
+                        {
+                            let mut view = u
+                                .buffer
+                                .get_mapped_range_mut(..)
+                                .map_err(|e| device_error(format!("writing a GPU buffer: {e}")))?;
+                            let (dx, ds) = view.slice(..).split_at(xb);
+                            let mut parts =
+                                vec![(dx, bytemuck::cast_slice(&x[a * cf..(a + r.n) * cf]))];
+                            if let Some(s) = scale {
+                                parts.push((ds, bytemuck::cast_slice(&s[a..a + r.n])));
+                            }
+                            copy_in(parts)?;
+                        }
+                        u.buffer.unmap();
+                        u.map.store(UNMAPPED, Ordering::SeqCst);
+                        tm.copy_in += t.elapsed();
                         enc.copy_buffer_to_buffer(
                             &u.buffer,
+                            0,
+                            &c.x,
+                            (4 * r.first * cf) as u64,
                             xb as u64,
-                            &c.scale,
-                            (4 * u.first) as u64,
-                            (4 * u.n) as u64,
+                        );
+                        if scale.is_some() {
+                            enc.copy_buffer_to_buffer(
+                                &u.buffer,
+                                xb as u64,
+                                &c.scale,
+                                (4 * r.first) as u64,
+                                (4 * r.n) as u64,
+                            );
+                        }
+                    }
+                    self.encode_range(&mut enc, r, None);
+                    let len = (4 * r.n * per_out) as u64;
+                    if let Some(u) = io.filter(|_| per_out > 0) {
+                        enc.copy_buffer_to_buffer(
+                            &c.out,
+                            (4 * r.first * per_out) as u64,
+                            &u.readback,
+                            0,
+                            len,
                         );
                     }
-                    q.submit([enc.finish()]);
-                    // mapped again once the device has copied it, for the next tick
-                    Self::map_upload(u);
-                }
-                let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-                let groups = (c.n as u32).div_ceil(self.workgroup);
-                let step_groups = match k.kind {
-                    StepKernel::Tiled => {
-                        enc.clear_buffer(&c.counters, 0, None);
-                        c.grid
+                    let sub = q.submit([enc.finish()]);
+                    if let Some(u) = io {
+                        // mapped again once the device has copied it, for the next tick
+                        Self::map_upload(u);
+                        if per_out > 0 {
+                            let tx = tx.clone();
+                            u.readback
+                                .map_async(wgpu::MapMode::Read, 0..len, move |res| {
+                                    let _ = tx.send(((i, j), res));
+                                });
+                            subs.push(((i, j), sub));
+                        }
                     }
-                    StepKernel::Simple => groups,
-                };
-                {
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("tick"),
-                        timestamp_writes: None,
-                    });
-                    for (l, g) in c.step_groups.iter().enumerate() {
-                        pass.set_pipeline(if l == 0 { &k.step_first } else { &k.step_rest });
-                        pass.set_bind_group(0, g, &[]);
-                        pass.dispatch_workgroups(step_groups, 1, 1);
-                    }
-                    pass.set_pipeline(&k.heads);
-                    pass.set_bind_group(0, &c.heads_group, &[]);
-                    pass.dispatch_workgroups(groups, 1, 1);
-                }
-                let len = (4 * c.n * per_out) as u64;
-                if per_out > 0 {
-                    enc.copy_buffer_to_buffer(&c.out, 0, &c.readback, 0, len);
-                }
-                subs.push(q.submit([enc.finish()]));
-                if per_out > 0 {
-                    let tx = tx.clone();
-                    c.readback.map_async(wgpu::MapMode::Read, 0..len, move |r| {
-                        let _ = tx.send((i, r));
-                    });
                 }
             }
             Ok(())
@@ -1313,45 +1554,43 @@ impl GpuBackend {
                 })
                 .map_err(|e| device_error(format!("waiting for the GPU: {e}")))
         };
-        if per_out == 0 {
+        if subs.is_empty() {
             wait(None)?;
             self.check_device()?;
             return Ok(tm);
         }
-        let mut mapped: Vec<Option<std::result::Result<(), wgpu::BufferAsyncError>>> =
-            vec![None; self.chunks.len()];
-        for ((i, c), sub) in self.chunks.iter().enumerate().zip(subs) {
-            // this chunk's outputs come out while the device runs the later chunks
+        let mut mapped = std::collections::HashMap::new();
+        for ((i, j), sub) in subs {
+            // this piece's outputs come out while the device runs the later ones
             wait(Some(sub))?;
-            for (j, r) in rx.try_iter() {
-                mapped[j] = Some(r);
-            }
-            if mapped[i].is_none() {
+            mapped.extend(rx.try_iter());
+            if !mapped.contains_key(&(i, j)) {
                 wait(None)?;
-                for (j, r) in rx.try_iter() {
-                    mapped[j] = Some(r);
-                }
+                mapped.extend(rx.try_iter());
             }
-            match mapped[i].take() {
+            match mapped.remove(&(i, j)) {
                 Some(Ok(())) => {}
                 Some(Err(e)) => return Err(device_error(format!("mapping a GPU buffer: {e}"))),
                 None => return Err(device_error("a GPU buffer was never mapped")),
             }
-            let len = 4 * c.n * per_out;
+            let (c, r) = (&self.chunks[i], &self.chunks[i].ranges[j]);
+            let Some(u) = &r.io else {
+                return Err(device_error("a piece without staging"));
+            };
+            let len = 4 * r.n * per_out;
+            let a = c.start + r.first;
             let t = Instant::now();
             {
-                let view = c
+                let view = u
                     .readback
                     .get_mapped_range(0..len as u64)
                     .map_err(|e| device_error(format!("reading a GPU buffer: {e}")))?;
                 copy_out(
-                    bytemuck::cast_slice_mut(
-                        &mut out[c.start * per_out..(c.start + c.n) * per_out],
-                    ),
+                    bytemuck::cast_slice_mut(&mut out[a * per_out..(a + r.n) * per_out]),
                     &view,
                 )?;
             }
-            c.readback.unmap();
+            u.readback.unmap();
             tm.copy_out += t.elapsed();
         }
         self.check_device()?;
@@ -1380,6 +1619,118 @@ impl GpuBackend {
             self.run(&x, glob, None, state, Want::Nothing, &mut [])?;
         }
         Ok(t.elapsed())
+    }
+
+    /// Times each kernel of one device step (every layer and the heads, with every output, or
+    /// with `pick` the one decoded value; state resident, no transfers, the whole chunk per
+    /// dispatch as [`Self::bench_device_steps`]) with
+    /// timestamp queries, one compute pass per dispatch: `(label, milliseconds)` summed over the
+    /// chunks, for `layer0`, `layer1`, ..., `heads` (absent where the top layer computes them,
+    /// [`GpuOptions::fuse_heads`]), and `span` (first begin to last end). `None` where the device
+    /// has no timestamp queries.
+    ///
+    /// # Errors
+    /// No model or no planned customers, or a device failure.
+    pub fn profile_device_step(
+        &mut self,
+        glob: &[f32],
+        pick: Option<Pick>,
+    ) -> Result<Option<Vec<(String, f64)>>> {
+        let dev = &self.ctx.device;
+        if !dev.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Ok(None);
+        }
+        if self.chunks.is_empty() {
+            return Err(invalid("no customers on the device yet: run a step first"));
+        }
+        let (Some(p), Some(k)) = (&self.prep, &self.kernels) else {
+            return Err(invalid("GPU backend has no model"));
+        };
+        if glob.len() != p.global {
+            return Err(Error::LengthMismatch {
+                what: "global features",
+                got: glob.len(),
+                expected: p.global,
+            });
+        }
+        if let Some(pk) = pick
+            && pk.head_dim() != p.head_dim
+        {
+            return Err(Error::LengthMismatch {
+                what: "pick's model head outputs",
+                got: pk.head_dim(),
+                expected: p.head_dim,
+            });
+        }
+        // a begin and an end per layer, and per heads pass unless fused
+        let per = 2 * (p.layers as u32 + u32::from(!k.fused));
+        let count = per * self.chunks.len() as u32;
+        let bytes = 8 * u64::from(count);
+        use wgpu::BufferUsages as U;
+        let (set, resolve, read) = self.scoped("profiling the step", || {
+            let set = dev.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count,
+            });
+            let buffer = |usage| {
+                dev.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("profile"),
+                    size: bytes,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            };
+            let resolve = buffer(U::QUERY_RESOLVE | U::COPY_SRC);
+            let read = buffer(U::MAP_READ | U::COPY_DST);
+            let q = &self.ctx.queue;
+            q.write_buffer(&k.bias, 0, bytemuck::cast_slice(&p.bias_for(glob)));
+            let mut enc = dev.create_command_encoder(&Default::default());
+            for (i, c) in self.chunks.iter().enumerate() {
+                let r = &c.ranges[0];
+                let (mode, first, quantile) = match pick {
+                    Some(pk) => (1, 4 * pk.horizon() as u32, pk.quantile() as u32),
+                    None => (0, 0, 0),
+                };
+                let hp = HeadsParams {
+                    n: (r.first + r.n) as u32,
+                    ld: c.ld as u32,
+                    top_row: (2 * (p.layers - 1) * p.hidden) as u32,
+                    head_dim: p.head_dim as u32,
+                    mode,
+                    first,
+                    quantile,
+                    start: r.first as u32,
+                };
+                q.write_buffer(&c.params, r.heads_slot, bytemuck::bytes_of(&hp));
+                self.encode_range(&mut enc, r, Some((&set, i as u32 * per)));
+            }
+            enc.resolve_query_set(&set, 0..count, &resolve, 0);
+            enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
+            q.submit([enc.finish()]);
+            (set, resolve, read)
+        })?;
+        let mut stamps = Vec::new();
+        self.read_back(&[(&read, bytes)], |_, b| {
+            stamps = bytemuck::pod_collect_to_vec::<u8, u64>(b);
+        })?;
+        drop((set, resolve));
+        let ns = f64::from(self.ctx.queue.get_timestamp_period());
+        let ms = |t: u64| t as f64 * ns / 1e6;
+        let mut out: Vec<(String, f64)> = (0..p.layers)
+            .map(|l| format!("layer{l}"))
+            .chain((!k.fused).then(|| "heads".to_string()))
+            .map(|l| (l, 0.0))
+            .collect();
+        for chunk in stamps.chunks_exact(per as usize) {
+            for (d, pair) in out.iter_mut().zip(chunk.chunks_exact(2)) {
+                d.1 += ms(pair[1].saturating_sub(pair[0]));
+            }
+        }
+        let first = stamps.iter().step_by(2).min().copied().unwrap_or(0);
+        let last = stamps.iter().skip(1).step_by(2).max().copied().unwrap_or(0);
+        out.push(("span".into(), ms(last.saturating_sub(first))));
+        Ok(Some(out))
     }
 }
 

@@ -149,9 +149,11 @@ impl Context {
         let adapter = &adapters[pick];
         let info = &infos[pick];
         let limits = adapter.limits();
+        // timestamps only serve GpuBackend::profile_device_step
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("shadowbucket"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,

@@ -26,26 +26,30 @@
 //! ## Layout and chunking
 //! State feature-major on the device (coalesced loads and stores). The default step kernel
 //! ([`StepKernel::Tiled`], `shaders/lstm_step_tiled.wgsl`) computes register tiles of 2 units ×
-//! 4 gates × 4 customers from tiles of 64 customers in workgroup memory, in persistent
-//! workgroups that hold the layer's weights in workgroup memory; [`StepKernel::Simple`]
-//! (`shaders/lstm_step.wgsl`, one invocation per customer) stays selectable
-//! ([`GpuOptions::kernel`], env `SB_GPU_KERNEL=tiled|simple`).
+//! 4 gates × 4 customers from tiles of 128 customers in workgroup memory, in persistent
+//! workgroups of 512 invocations that hold the layer's weights in workgroup memory and load the
+//! next tile while computing this one; its top layer also computes the heads
+//! ([`GpuOptions::fuse_heads`]). [`StepKernel::Simple`] (`shaders/lstm_step.wgsl`, one
+//! invocation per customer, then `shaders/heads.wgsl`) stays selectable ([`GpuOptions::kernel`],
+//! env `SB_GPU_KERNEL=tiled|simple`). The gates' activations come from `exp` by default
+//! ([`Activation`]), or from the CPU batch's own rational `tanh`.
 //! Customers are split into chunks so that no buffer binding exceeds the adapter's
 //! `max_storage_buffer_binding_size` (or [`GpuOptions::max_binding_bytes`]) and no dispatch
 //! exceeds `max_compute_workgroups_per_dimension`; every chunk keeps its own buffers across ticks.
 //!
 //! ## Transfers
-//! Each chunk keeps host-visible upload buffers, in pieces ([`GpuOptions::upload_piece`]), mapped
-//! between ticks (filled in parallel, then copied on the device) and a readback buffer (copied
-//! out in parallel); the device copies and runs one piece and chunk while the host fills the
-//! next. [`GpuBackend::last_timings`] splits a tick's
-//! host time into those phases.
+//! Each chunk keeps, per upload piece ([`GpuOptions::upload_piece`]), a host-visible upload
+//! buffer mapped between ticks (filled in parallel, then copied on the device) and a readback
+//! buffer (copied out in parallel); every piece gets its own dispatches, so the device copies
+//! and computes one piece, and sends its outputs back, while the host fills the next.
+//! [`GpuBackend::last_timings`] splits a tick's host time into those phases;
+//! [`GpuBackend::profile_device_step`] times each kernel on the device.
 
 mod backend;
 mod context;
 pub mod shaders;
 
-pub use backend::{GpuBackend, GpuOptions, StepKernel, TickTimings};
+pub use backend::{Activation, GpuBackend, GpuOptions, StepKernel, TickTimings};
 pub use context::{AdapterChoice, AdapterDesc, Unavailable};
 
 use shadowbucket::model::{CpuBackend, StepBackend};

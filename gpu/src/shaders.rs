@@ -12,7 +12,7 @@ use bytemuck::{Pod, Zeroable};
 /// simple kernel, [`crate::StepKernel::Simple`]).
 pub const LSTM_STEP: &str = include_str!("../../shaders/lstm_step.wgsl");
 /// `lstm_step_tiled.wgsl`: one LSTM layer for one chunk of customers, register-tiled over tiles of
-/// [`TiledShape::TILE`] customers (the default kernel, [`crate::StepKernel::Tiled`]).
+/// [`TiledShape::tile`] customers (the default kernel, [`crate::StepKernel::Tiled`]).
 pub const LSTM_STEP_TILED: &str = include_str!("../../shaders/lstm_step_tiled.wgsl");
 /// `heads.wgsl`: the output heads, full or decoded for one pick.
 pub const HEADS: &str = include_str!("../../shaders/heads.wgsl");
@@ -77,6 +77,10 @@ pub struct Shape {
     pub use_shared: bool,
     /// Vec4 slots of workgroup memory the step kernel declares (the largest layer's weights).
     pub shared_v4: u32,
+    /// The gates' `tanh` and sigmoid from `exp` (else `step::fast_tanh`'s rational).
+    pub act_exp: bool,
+    /// Head outputs per customer.
+    pub head_dim: u32,
 }
 
 impl Shape {
@@ -105,6 +109,7 @@ impl Shape {
                 ("WG", format!("{}u", self.workgroup)),
                 ("USE_SHARED", self.use_shared.to_string()),
                 ("SHARED_V4", format!("{}u", self.shared_v4.max(1))),
+                ("ACT_EXP", self.act_exp.to_string()),
             ],
         )
     }
@@ -120,6 +125,7 @@ impl Shape {
                 ("HIDDEN", format!("{}u", self.hidden)),
                 ("HV", format!("{}u", self.hv())),
                 ("CF", format!("{}u", self.customer_features)),
+                ("HD", format!("{}u", self.head_dim.max(1))),
                 ("WG", format!("{}u", self.workgroup)),
             ],
         )
@@ -135,7 +141,8 @@ impl Shape {
 }
 
 /// The compile-time shape of one `lstm_step_tiled.wgsl` pipeline: one model, one kind of layer
-/// (the first, reading the customer features, or a later one, reading the `h` below).
+/// (the first, reading the customer features, or a later one, reading the `h` below; the top
+/// one with the heads fused in, or not).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TiledShape {
     /// Hidden size `H`.
@@ -148,11 +155,30 @@ pub struct TiledShape {
     pub first: bool,
     /// Whether the layer's weights are copied into workgroup memory (else read from storage).
     pub use_shared: bool,
+    /// The gates' `tanh` and sigmoid from `exp` (else `step::fast_tanh`'s rational).
+    pub act_exp: bool,
+    /// Load the next tile into registers while computing this one.
+    pub prefetch: bool,
+    /// The top layer with the heads fused in (needs [`TiledShape::can_fuse_heads`]).
+    pub last: bool,
+    /// Head outputs per customer (for `last`).
+    pub head_dim: u32,
+    /// With `last`: every output goes out through the tile's memory, contiguously (needs
+    /// `head_dim < rows`).
+    pub stage_out: bool,
 }
 
 impl TiledShape {
-    /// Customers per tile (the shader's `TC`); the state's row stride is a multiple of it.
-    pub const TILE: u32 = 64;
+    /// The largest tile ([`TiledShape::tile`]); the state's row stride and the upload pieces are
+    /// multiples of it.
+    pub const MAX_TILE: u32 = 128;
+
+    /// Customers per tile (the shader's `TC`): 64, or 128 for workgroups of 512 invocations or
+    /// more (each invocation computes 2 units of 4 customers: 64 customers give 256 invocations
+    /// work at H = 32).
+    pub fn tile(&self) -> u32 {
+        if self.workgroup >= 512 { 128 } else { 64 }
+    }
 
     /// `H` rounded up to a multiple of 4: units and `h` rows as the kernel lays them out.
     pub fn hp(&self) -> u32 {
@@ -178,9 +204,22 @@ impl TiledShape {
         self.rows() * self.hp()
     }
 
-    /// Bytes of workgroup memory for the tile alone.
+    /// Bytes of workgroup memory for the tile alone (with the fused heads' pick rows).
     pub fn tile_bytes(&self) -> u64 {
-        u64::from(self.rows()) * u64::from(Self::TILE) * 4
+        let picks = if self.last {
+            16 * u64::from(self.tile())
+        } else {
+            0
+        };
+        u64::from(self.rows()) * u64::from(self.tile()) * 4 + picks
+    }
+
+    /// Whether this shape can take the heads in ([`TiledShape::last`]): every invocation has at
+    /// most one register tile (2 units x 4 customers), and there are 4 row groups of the tile's
+    /// quads for the pick.
+    pub fn can_fuse_heads(&self) -> bool {
+        let quads = self.tile() / 4;
+        (self.hp() / 2) * quads <= self.workgroup && 4 * quads <= self.workgroup
     }
 
     /// Bytes of workgroup memory for the tile and the weights.
@@ -207,7 +246,12 @@ impl TiledShape {
                     "WS_V4",
                     format!("{}u", if self.use_shared { self.weight_v4() } else { 1 }),
                 ),
-                ("TC", format!("{}u", Self::TILE)),
+                ("TC", format!("{}u", self.tile())),
+                ("ACT_EXP", self.act_exp.to_string()),
+                ("PREFETCH", self.prefetch.to_string()),
+                ("LAST", self.last.to_string()),
+                ("HD", format!("{}u", self.head_dim.max(1))),
+                ("STAGE_OUT", self.stage_out.to_string()),
             ],
         )
     }
@@ -217,7 +261,7 @@ impl TiledShape {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct StepParams {
-    /// Customers in the chunk.
+    /// End of the dispatch's customers in the chunk.
     pub n: u32,
     /// Stride between state rows.
     pub ld: u32,
@@ -227,8 +271,10 @@ pub struct StepParams {
     pub w_off: u32,
     /// The layer's first float in the bias buffer.
     pub b_off: u32,
+    /// The dispatch's first customer in the chunk (`n` is its end).
+    pub start: u32,
     /// Padding to 32 bytes (a multiple of 16, as uniforms want).
-    pub _pad: [u32; 3],
+    pub _pad: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<StepParams>() == 32);
 
@@ -236,7 +282,7 @@ const _: () = assert!(std::mem::size_of::<StepParams>() == 32);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct HeadsParams {
-    /// Customers in the chunk.
+    /// End of the dispatch's customers in the chunk.
     pub n: u32,
     /// Stride between state rows.
     pub ld: u32,
@@ -250,8 +296,8 @@ pub struct HeadsParams {
     pub first: u32,
     /// Pick mode: 0 mean, 1 p50, 2 p90, 3 p99.
     pub quantile: u32,
-    /// Padding to 32 bytes.
-    pub _pad: u32,
+    /// The dispatch's first customer in the chunk (`n` is its end).
+    pub start: u32,
 }
 const _: () = assert!(std::mem::size_of::<HeadsParams>() == 32);
 

@@ -26,6 +26,8 @@ fn gpu(kernel: StepKernel) -> Option<GpuBackend> {
         kernel,
         tiled_groups: GpuOptions::DEFAULT_TILED_GROUPS,
         upload_piece: 50,
+        // SB_GPU_ACT, SB_GPU_TILED_WORKGROUP and SB_GPU_FUSE_HEADS apply
+        ..GpuOptions::from_env()
     };
     match GpuBackend::new(opts) {
         Ok(g) => Some(g),

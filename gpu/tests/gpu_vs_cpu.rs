@@ -1,11 +1,16 @@
 //! The GPU step against the CPU path on random weights and inputs: several sizes (some not a
 //! multiple of the workgroup size), several model shapes, chunking forced by a lowered binding
 //! limit, several ticks of recurrent state, `step_pick` against the CPU decode, and
-//! `invalidate`/`sync_state`. Every comparison runs with both step kernels (tiled and simple).
+//! `invalidate`/`sync_state`. Every comparison runs with both step kernels (tiled and simple);
+//! the other options come from the environment (`SB_GPU_ACT`, `SB_GPU_TILED_WORKGROUP`,
+//! `SB_GPU_FUSE_HEADS`, `SB_GPU_TILED_STAGE_OUT`), defaults otherwise. With the defaults the
+//! tiled kernel runs 128-customer tiles with the heads fused in, 64-customer tiles where the
+//! lowered binding limit cannot hold 128 customers, and unfused heads at H = 64.
 //!
 //! Tolerance: 1e-5 absolute on every state value and head output after each of several ticks
-//! (the kernels use the CPU batch's own `tanh` approximation, so the two differ only by
-//! summation order and fused multiply-adds; the worst seen on llvmpipe is 4.8e-7), and for
+//! (with `SB_GPU_ACT=rational` the kernels use the CPU batch's own `tanh` approximation, so the
+//! two differ only by summation order and fused multiply-adds, worst seen on llvmpipe 4.8e-7;
+//! the default exp-based activations add a few 1e-7, worst seen 6.0e-7), and for
 //! decoded picks 1e-4 relative plus 1e-4 times the customer's scale (the decode goes through
 //! the device's `exp` and `log`, which WGSL lets be a few ulp off). A gate pre-activation off by
 //! 1e-3 fails these tests.
@@ -42,6 +47,10 @@ fn gpu(max_binding_bytes: Option<u64>, kernel: StepKernel) -> Option<GpuBackend>
         tiled_groups: 3,
         // small upload pieces, so that a chunk's features go up in several
         upload_piece: 100,
+        // SB_GPU_ACT, SB_GPU_TILED_WORKGROUP and SB_GPU_FUSE_HEADS apply (by default the tiled
+        // kernel runs 512 invocations on 128-customer tiles, or 256 on 64 where the lowered
+        // binding limit cannot hold 128 customers, and fuses the heads where it can)
+        ..GpuOptions::from_env()
     };
     match GpuBackend::new(opts) {
         Ok(g) => {
@@ -105,10 +114,12 @@ fn compare(
     g.set_model(&m).unwrap();
     let used = g.kernel().unwrap();
     eprintln!(
-        "  H = {} x {} layers, n = {n}: {used} kernel, weights in workgroup memory: {:?}",
+        "  H = {} x {} layers, n = {n}: {used} kernel, weights in workgroup memory: {:?}, \
+         heads fused: {:?}",
         m.spec.hidden,
         m.spec.layers,
-        g.weights_in_workgroup_memory()
+        g.weights_in_workgroup_memory(),
+        g.heads_fused()
     );
     let mut rng = StdRng::seed_from_u64(seed + 1);
     let init: Vec<f32> = (0..n * sd).map(|_| rng.random_range(-1.0..1.0)).collect();

@@ -1,6 +1,7 @@
 //! Every shader parses and validates with naga: as written (the defaults) and specialized for
 //! the shapes the runtime builds (hidden sizes not a multiple of 4, weights in workgroup memory
-//! or not, other workgroup sizes). Needs no GPU.
+//! or not, other workgroup sizes and tiles, exp or rational activations, heads fused into the
+//! tiled kernel or not). Needs no GPU.
 
 use shadowbucket_gpu::shaders::{ALL, Shape, TiledShape};
 
@@ -25,7 +26,10 @@ fn shaders_as_written_validate() {
 #[test]
 fn specialized_shaders_validate() {
     for hidden in [1u32, 5, 8, 32, 64, 1024] {
-        for (use_shared, workgroup) in [(true, 256u32), (false, 64), (true, 1)] {
+        for (i, (use_shared, workgroup)) in [(true, 256u32), (false, 64), (true, 1)]
+            .into_iter()
+            .enumerate()
+        {
             let shape = Shape {
                 hidden,
                 customer_features: 7,
@@ -36,8 +40,13 @@ fn specialized_shaders_validate() {
                 } else {
                     1
                 },
+                act_exp: i % 2 == 0,
+                head_dim: [20, 1, 7][i],
             };
-            let tag = format!("H={hidden} shared={use_shared} wg={workgroup}");
+            let tag = format!(
+                "H={hidden} shared={use_shared} wg={workgroup} exp={} head_dim={}",
+                shape.act_exp, shape.head_dim
+            );
             validate(&format!("lstm_step {tag}"), &shape.lstm_step().unwrap());
             validate(&format!("heads {tag}"), &shape.heads().unwrap());
             validate(&format!("relayout {tag}"), &shape.relayout().unwrap());
@@ -49,16 +58,31 @@ fn specialized_shaders_validate() {
 fn specialized_tiled_shaders_validate() {
     for hidden in [1u32, 5, 8, 32, 64, 1024] {
         for first in [true, false] {
-            for (use_shared, workgroup) in [(true, 256u32), (false, 64), (true, 1), (false, 1024)] {
-                let shape = TiledShape {
-                    hidden,
-                    customer_features: 7,
-                    workgroup,
-                    first,
-                    use_shared,
-                };
-                let tag = format!("H={hidden} first={first} shared={use_shared} wg={workgroup}");
-                validate(&format!("lstm_step_tiled {tag}"), &shape.source().unwrap());
+            for (i, (use_shared, workgroup)) in
+                [(true, 256u32), (false, 512), (true, 1), (false, 1024)]
+                    .into_iter()
+                    .enumerate()
+            {
+                for last in [false, true] {
+                    let shape = TiledShape {
+                        hidden,
+                        customer_features: 7,
+                        workgroup,
+                        first,
+                        use_shared,
+                        act_exp: i % 2 == 0,
+                        prefetch: i < 2,
+                        last,
+                        head_dim: [20, 4, 1, 8][i],
+                        stage_out: last && i % 2 == 0,
+                    };
+                    let tag = format!(
+                        "H={hidden} first={first} shared={use_shared} wg={workgroup} exp={} \
+                         last={last} head_dim={} stage_out={}",
+                        shape.act_exp, shape.head_dim, shape.stage_out
+                    );
+                    validate(&format!("lstm_step_tiled {tag}"), &shape.source().unwrap());
+                }
             }
         }
     }
