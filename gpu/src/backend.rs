@@ -98,6 +98,10 @@ pub struct GpuOptions {
     /// allows: every invocation at most one register tile); default true, or
     /// `SB_GPU_FUSE_HEADS=0`.
     pub fuse_heads: bool,
+    /// Tiled kernel with fused heads: write the full head outputs through workgroup memory so a
+    /// workgroup's stores are contiguous (experimental; default false, or
+    /// `SB_GPU_TILED_STAGE_OUT=1`).
+    pub stage_out: bool,
 }
 
 /// How the step kernels compute the gates' `tanh` and sigmoid.
@@ -156,10 +160,12 @@ impl GpuOptions {
     pub const TILED_WORKGROUP_ENV: &'static str = "SB_GPU_TILED_WORKGROUP";
     /// The environment variable that overrides [`GpuOptions::fuse_heads`] (`0` or `1`).
     pub const FUSE_HEADS_ENV: &'static str = "SB_GPU_FUSE_HEADS";
+    /// The environment variable that overrides [`GpuOptions::stage_out`] (`1` turns it on).
+    pub const STAGE_OUT_ENV: &'static str = "SB_GPU_TILED_STAGE_OUT";
 
     /// The defaults, with `SB_GPU`, `SB_GPU_SYNC_EVERY`, `SB_GPU_KERNEL`, `SB_GPU_TILED_GROUPS`,
-    /// `SB_GPU_UPLOAD_PIECE`, `SB_GPU_ACT`, `SB_GPU_TILED_WORKGROUP` and `SB_GPU_FUSE_HEADS`
-    /// applied (a value that does not parse is ignored, with a warning).
+    /// `SB_GPU_UPLOAD_PIECE`, `SB_GPU_ACT`, `SB_GPU_TILED_WORKGROUP`, `SB_GPU_FUSE_HEADS` and
+    /// `SB_GPU_TILED_STAGE_OUT` applied (a value that does not parse is ignored, with a warning).
     pub fn from_env() -> Self {
         let positive = |name: &str| {
             let v = std::env::var(name).ok()?;
@@ -201,6 +207,7 @@ impl GpuOptions {
             tiled_workgroup: positive(Self::TILED_WORKGROUP_ENV)
                 .unwrap_or(Self::DEFAULT_TILED_WORKGROUP),
             fuse_heads: std::env::var(Self::FUSE_HEADS_ENV).map_or(true, |v| v.trim() != "0"),
+            stage_out: std::env::var(Self::STAGE_OUT_ENV).is_ok_and(|v| v.trim() == "1"),
         }
     }
 }
@@ -774,7 +781,7 @@ impl GpuBackend {
             .min(l.max_compute_workgroup_size_x)
             .min(if big { u32::MAX } else { 256 });
         // experimental: the fused heads' full outputs through workgroup memory
-        let stage_out = std::env::var("SB_GPU_TILED_STAGE_OUT").is_ok_and(|v| v.trim() == "1");
+        let stage_out = self.opts.stage_out;
         let shape = |layer: usize, fuse: bool, workgroup: u32| {
             let mut s = TiledShape {
                 hidden: p.hidden as u32,
