@@ -141,3 +141,49 @@ pub(crate) fn open_read(path: &Path, min_len: u64) -> Result<Mapping> {
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     Ok(Mapping::Read { map })
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::{Mapping, create};
+
+    /// The `VmFlags` line of the mapping of `path` in `/proc/self/smaps`.
+    fn vm_flags(path: &std::path::Path) -> Option<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let name = path.to_str()?;
+        let mut in_map = false;
+        for line in smaps.lines() {
+            let is_header = line
+                .split_whitespace()
+                .next()
+                .is_some_and(|a| a.contains('-') && !a.ends_with(':'));
+            if is_header {
+                in_map = line.ends_with(name);
+            } else if in_map && line.starts_with("VmFlags:") {
+                return Some(line.to_string());
+            }
+        }
+        None
+    }
+
+    /// A store opened for writing is mapped with the huge-page hint (`hg` in the kernel's flags),
+    /// on kernels built with transparent huge pages (elsewhere the hint is refused and ignored).
+    #[test]
+    fn write_mappings_ask_for_huge_pages() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            eprintln!("SKIP: this kernel has no transparent huge pages");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("sb-mmap-huge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.sb");
+        let m = create(&path, 8 << 20).unwrap();
+        assert!(matches!(m, Mapping::Write { .. }));
+        let flags = vm_flags(&path).expect("the store's mapping in /proc/self/smaps");
+        assert!(
+            flags.split_whitespace().any(|f| f == "hg"),
+            "no huge-page hint: {flags}"
+        );
+        drop(m);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
