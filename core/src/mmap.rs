@@ -86,11 +86,22 @@ pub(crate) fn create(path: &Path, len: u64) -> Result<Mapping> {
 /// pages nearly every such access also misses the TLB (a 1M-customer store spans 65,000 pages),
 /// and the page walks cost as much as the cache misses. With 2 MiB pages (transparent huge pages
 /// for the page cache, where the file system and kernel support them) the TLB covers gigabytes.
+///
+/// `SB_HUGE_PAGES=0` in the environment leaves the hint out (see `docs/engine.md` for when 4 KiB
+/// pages can be the better choice).
 fn advise_huge_pages(map: &MmapMut) {
+    if !huge_pages_wanted(std::env::var("SB_HUGE_PAGES").ok().as_deref()) {
+        return;
+    }
     #[cfg(target_os = "linux")]
     let _ = map.advise(memmap2::Advice::HugePage);
     #[cfg(not(target_os = "linux"))]
     let _ = map;
+}
+
+/// Whether `SB_HUGE_PAGES` (its value, if set) asks for the huge-page hint: anything but `0`.
+fn huge_pages_wanted(var: Option<&str>) -> bool {
+    var.is_none_or(|v| v.trim() != "0")
 }
 
 /// The length of `path`'s file and the file itself, opened for reading (and writing).
@@ -163,6 +174,14 @@ mod tests {
             }
         }
         None
+    }
+
+    #[test]
+    fn sb_huge_pages_zero_turns_the_hint_off() {
+        assert!(super::huge_pages_wanted(None));
+        assert!(super::huge_pages_wanted(Some("1")));
+        assert!(!super::huge_pages_wanted(Some("0")));
+        assert!(!super::huge_pages_wanted(Some(" 0 ")));
     }
 
     /// A store opened for writing is mapped with the huge-page hint (`hg` in the kernel's flags),
