@@ -45,23 +45,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read> x: array<f32>;
 
-fn softplus(v: f32) -> f32 {
-    if v > 20.0 {
-        return v;
-    }
-    if v < -15.0 {
-        return exp(v); // log1p(e) = e to f32 precision
-    }
-    return log(1.0 + exp(v));
-}
-
-// expm1 for z >= 0, accurate near 0 where exp(z) - 1 cancels.
-fn expm1_pos(z: f32) -> f32 {
-    if z < 1e-3 {
-        return z * (1.0 + z * (0.5 + z * (1.0 / 6.0)));
-    }
-    return exp(z) - 1.0;
-}
+// softplus and expm1_pos: shaders/decode.wgsl, appended to this file when it is loaded.
 
 fn head(r: u32, h: ptr<function, array<vec4<f32>, HV>>) -> f32 {
     var acc = vec4<f32>(0.0);

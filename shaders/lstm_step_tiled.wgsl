@@ -376,23 +376,7 @@ fn head4(r: u32, q: u32) -> vec4<f32> {
     return acc;
 }
 
-fn softplus(v: f32) -> f32 {
-    if v > 20.0 {
-        return v;
-    }
-    if v < -15.0 {
-        return exp(v); // log1p(e) = e to f32 precision
-    }
-    return log(1.0 + exp(v));
-}
-
-// expm1 for z >= 0, accurate near 0 where exp(z) - 1 cancels.
-fn expm1_pos(z: f32) -> f32 {
-    if z < 1e-3 {
-        return z * (1.0 + z * (0.5 + z * (1.0 / 6.0)));
-    }
-    return exp(z) - 1.0;
-}
+// softplus and expm1_pos: shaders/decode.wgsl, appended to this file when it is loaded.
 
 // heads.wgsl's pick decode of one customer from its horizon's outputs y (mean, p50, and the two
 // softplus increments).

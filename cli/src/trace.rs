@@ -72,6 +72,28 @@ fn io_err(path: &Path, e: std::io::Error) -> String {
     format!("cannot read {}: {e}", path.display())
 }
 
+/// The trimmed fields of data line `no` of `path` (None for a blank line), or an error when it
+/// has not as many fields as the header.
+fn csv_fields<'l>(
+    path: &Path,
+    no: usize,
+    line: &'l str,
+    ncols: usize,
+) -> Result<Option<Vec<&'l str>>, String> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let f: Vec<&str> = line.split(',').map(str::trim).collect();
+    if f.len() != ncols {
+        return Err(format!(
+            "{}:{no}: {} fields, the header has {ncols}",
+            path.display(),
+            f.len(),
+        ));
+    }
+    Ok(Some(f))
+}
+
 fn header_index(cols: &[String], names: &[&str]) -> Option<usize> {
     cols.iter()
         .position(|c| names.iter().any(|n| c.eq_ignore_ascii_case(n)))
@@ -152,18 +174,9 @@ impl Trace {
         for (k, line) in lines.enumerate() {
             let line = line.map_err(|e| io_err(path, e))?;
             let no = k + 2;
-            if line.trim().is_empty() {
+            let Some(f) = csv_fields(path, no, &line, cols.len())? else {
                 continue;
-            }
-            let f: Vec<&str> = line.split(',').map(str::trim).collect();
-            if f.len() != cols.len() {
-                return Err(format!(
-                    "{}:{no}: {} fields, the header has {}",
-                    path.display(),
-                    f.len(),
-                    cols.len()
-                ));
-            }
+            };
             let int = |i: usize, what: &str| {
                 f[i].parse::<u64>().map_err(|_| {
                     format!(
@@ -322,18 +335,9 @@ impl Trace {
         for (k, line) in lines.enumerate() {
             let line = line.map_err(|e| io_err(path, e))?;
             let no = k + 2;
-            if line.trim().is_empty() {
+            let Some(f) = csv_fields(path, no, &line, cols.len())? else {
                 continue;
-            }
-            let f: Vec<&str> = line.split(',').map(str::trim).collect();
-            if f.len() != cols.len() {
-                return Err(format!(
-                    "{}:{no}: {} fields, the header has {}",
-                    path.display(),
-                    f.len(),
-                    cols.len()
-                ));
-            }
+            };
             let t = parse_time(f[ti]).ok_or_else(|| {
                 format!(
                     "{}:{no}: timestamp `{}` is neither `YYYY-MM-DD HH:MM:SS[.f]` nor seconds",

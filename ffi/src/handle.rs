@@ -568,17 +568,47 @@ pub unsafe extern "C" fn sb_engine_allocate(
     })
 }
 
-fn allocate_batch(
-    h: &Handle,
-    keys: Keys<'_>,
-    tokens: &[u64],
+/// The body of both batch entry points: checks that no output overlaps another array, checks
+/// every pointer, then runs the batch. `keys` is the key array, its length and its name in errors;
+/// `as_keys` says what its elements are (`Keys::Ids` or `Keys::Slots`).
+///
+/// # Safety
+/// As `sb_engine_allocate_batch`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn allocate_batch<K>(
+    engine: *mut sb_engine,
+    (keys, keys_len, keys_name): (*const K, usize, &str),
+    as_keys: fn(&[K]) -> Keys<'_>,
+    tokens: *const u64,
+    tokens_len: usize,
     now_ns: u64,
-    outcomes: crate::boundary::OutSlice<sb_outcome>,
+    outcomes_out: *mut sb_outcome,
     outcomes_len: usize,
-    retry: &mut [u64],
+    retry_after_ns_out: *mut u64,
+    retry_after_len: usize,
 ) -> FfiResult {
+    disjoint(
+        &[
+            span(outcomes_out, outcomes_len, "outcomes_out"),
+            span(retry_after_ns_out, retry_after_len, "retry_after_ns_out"),
+        ],
+        &[
+            span(keys, keys_len, keys_name),
+            span(tokens, tokens_len, "tokens"),
+        ],
+    )?;
+    // SAFETY: the caller's contract (# Safety); no output overlaps another array (checked).
+    let (h, keys, tokens, outcomes, retry) = unsafe {
+        (
+            handle(engine)?,
+            try_slice(keys, keys_len, keys_name)?,
+            try_slice(tokens, tokens_len, "tokens")?,
+            try_out_slice(outcomes_out, outcomes_len, "outcomes_out")?,
+            try_slice_mut(retry_after_ns_out, retry_after_len, "retry_after_ns_out")?,
+        )
+    };
     let mut scratch = vec![Outcome::InvalidInput; outcomes_len];
-    write(h)?.allocate_batch_into(keys, tokens, now_ns, &mut scratch, retry)?;
+    write(h)?.allocate_batch_into(as_keys(keys), tokens, now_ns, &mut scratch, retry)?;
     outcomes.write_from(scratch.into_iter().map(sb_outcome::from));
     Ok(())
 }
@@ -610,35 +640,21 @@ pub unsafe extern "C" fn sb_engine_allocate_batch(
     retry_after_len: usize,
 ) -> sb_result {
     boundary("sb_engine_allocate_batch", || {
-        disjoint(
-            &[
-                span(outcomes_out, outcomes_len, "outcomes_out"),
-                span(retry_after_ns_out, retry_after_len, "retry_after_ns_out"),
-            ],
-            &[
-                span(ids, ids_len, "ids"),
-                span(tokens, tokens_len, "tokens"),
-            ],
-        )?;
-        // SAFETY: the caller's contract (# Safety); no output overlaps another array (checked).
-        let (h, ids, tokens, outcomes, retry) = unsafe {
-            (
-                handle(engine)?,
-                try_slice(ids, ids_len, "ids")?,
-                try_slice(tokens, tokens_len, "tokens")?,
-                try_out_slice(outcomes_out, outcomes_len, "outcomes_out")?,
-                try_slice_mut(retry_after_ns_out, retry_after_len, "retry_after_ns_out")?,
+        // SAFETY: the caller's contract (# Safety), which `allocate_batch` asks for.
+        unsafe {
+            allocate_batch(
+                engine,
+                (ids, ids_len, "ids"),
+                |k| Keys::Ids(k),
+                tokens,
+                tokens_len,
+                now_ns,
+                outcomes_out,
+                outcomes_len,
+                retry_after_ns_out,
+                retry_after_len,
             )
-        };
-        allocate_batch(
-            h,
-            Keys::Ids(ids),
-            tokens,
-            now_ns,
-            outcomes,
-            outcomes_len,
-            retry,
-        )
+        }
     })
 }
 
@@ -663,35 +679,21 @@ pub unsafe extern "C" fn sb_engine_allocate_batch_slots(
     retry_after_len: usize,
 ) -> sb_result {
     boundary("sb_engine_allocate_batch_slots", || {
-        disjoint(
-            &[
-                span(outcomes_out, outcomes_len, "outcomes_out"),
-                span(retry_after_ns_out, retry_after_len, "retry_after_ns_out"),
-            ],
-            &[
-                span(slots, slots_len, "slots"),
-                span(tokens, tokens_len, "tokens"),
-            ],
-        )?;
-        // SAFETY: the caller's contract (# Safety); no output overlaps another array (checked).
-        let (h, slots, tokens, outcomes, retry) = unsafe {
-            (
-                handle(engine)?,
-                try_slice(slots, slots_len, "slots")?,
-                try_slice(tokens, tokens_len, "tokens")?,
-                try_out_slice(outcomes_out, outcomes_len, "outcomes_out")?,
-                try_slice_mut(retry_after_ns_out, retry_after_len, "retry_after_ns_out")?,
+        // SAFETY: the caller's contract (# Safety), which `allocate_batch` asks for.
+        unsafe {
+            allocate_batch(
+                engine,
+                (slots, slots_len, "slots"),
+                |k| Keys::Slots(k),
+                tokens,
+                tokens_len,
+                now_ns,
+                outcomes_out,
+                outcomes_len,
+                retry_after_ns_out,
+                retry_after_len,
             )
-        };
-        allocate_batch(
-            h,
-            Keys::Slots(slots),
-            tokens,
-            now_ns,
-            outcomes,
-            outcomes_len,
-            retry,
-        )
+        }
     })
 }
 

@@ -4,7 +4,8 @@
 //! that WGSL needs at compile time (the hidden size, for private arrays and workgroup memory) are
 //! `const` lines with defaults; [`specialize`] rewrites them for a model and adapter, so every
 //! pipeline is compiled for its exact shape (loops with constant trip counts, state in
-//! registers) and the files themselves stay valid WGSL that the naga test checks.
+//! registers) and the files themselves stay valid WGSL that the naga test checks (the two head
+//! kernels together with `decode.wgsl`, their shared decode helpers, which is appended to them).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -13,9 +14,16 @@ use bytemuck::{Pod, Zeroable};
 pub const LSTM_STEP: &str = include_str!("../../shaders/lstm_step.wgsl");
 /// `lstm_step_tiled.wgsl`: one LSTM layer for one chunk of customers, register-tiled over tiles of
 /// [`TiledShape::tile`] customers (the default kernel, [`crate::StepKernel::Tiled`]).
-pub const LSTM_STEP_TILED: &str = include_str!("../../shaders/lstm_step_tiled.wgsl");
-/// `heads.wgsl`: the output heads, full or decoded for one pick.
-pub const HEADS: &str = include_str!("../../shaders/heads.wgsl");
+/// With `decode.wgsl` appended (the fused heads' decode).
+pub const LSTM_STEP_TILED: &str = concat!(
+    include_str!("../../shaders/lstm_step_tiled.wgsl"),
+    include_str!("../../shaders/decode.wgsl")
+);
+/// `heads.wgsl`: the output heads, full or decoded for one pick; with `decode.wgsl` appended.
+pub const HEADS: &str = concat!(
+    include_str!("../../shaders/heads.wgsl"),
+    include_str!("../../shaders/decode.wgsl")
+);
 /// `relayout.wgsl`: state between the store's customer-major and the device's feature-major
 /// layout.
 pub const RELAYOUT: &str = include_str!("../../shaders/relayout.wgsl");
