@@ -256,6 +256,9 @@ struct Bed {
     retry: Vec<u64>,
     governor: Governor,
     governor_clock: FakeRelativeClock,
+    /// Each phase's minimum over the measured `engine_batch_slots` batches (bucket, local,
+    /// gather, pool), printed with the final mix.
+    phase_min: [Duration; 4],
     _dir: TempDir,
 }
 
@@ -371,6 +374,7 @@ impl Bed {
             retry: vec![0; r],
             governor,
             governor_clock,
+            phase_min: [Duration::MAX; 4],
             _dir: dir,
         };
         let built = t0.elapsed();
@@ -510,6 +514,16 @@ fn timed(bed: &mut Bed, iters: u64, v: Variant) -> Duration {
         let t = Instant::now();
         bed.run(v);
         total += t.elapsed();
+        if v == Variant::BatchSlots {
+            let p = bed.engine.last_batch_phases();
+            for (m, d) in bed
+                .phase_min
+                .iter_mut()
+                .zip([p.bucket, p.local, p.gather, p.pool])
+            {
+                *m = (*m).min(d);
+            }
+        }
     }
     total
 }
@@ -554,6 +568,13 @@ fn bench_allocate_batch(c: &mut Criterion) {
             });
         }
         if let Some(mut b) = bed.take() {
+            if b.phase_min[0] != Duration::MAX {
+                let [bucket, local, gather, pool] = b.phase_min;
+                eprintln!(
+                    "[{label}] engine_batch_slots phase minima: bucket {bucket:.2?}, local \
+                     {local:.2?}, gather {gather:.2?}, pool {pool:.2?}"
+                );
+            }
             b.print_mix(&label, "after the benches");
         }
         // `b` (and its store directory) is dropped here, before the next configuration.

@@ -44,12 +44,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut r = vec![0u64; batch];
     let mut now = 1_000_000_000u64;
     let mut best = f64::MAX;
+    // the fastest batch's phases, and each phase's own minimum over the batches
+    let mut phases_min = [f64::MAX; 4];
     let cpu0 = cpu_seconds();
     for _ in 0..iters {
         now += 1_000_000_000;
         let t = Instant::now();
         eng.allocate_batch_into(Keys::Slots(&slots), &tokens, now, &mut o, &mut r)?;
         best = best.min(t.elapsed().as_secs_f64());
+        let p = eng.last_batch_phases();
+        for (m, d) in phases_min
+            .iter_mut()
+            .zip([p.bucket, p.local, p.gather, p.pool])
+        {
+            *m = m.min(d.as_secs_f64() * 1e3);
+        }
     }
     let cpu = cpu_seconds() - cpu0;
     let mut mix = [0u64; 7];
@@ -59,6 +68,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         best * 1e3,
         best * 1e9 / batch as f64,
         cpu * 1e9 / (batch as f64 * iters as f64)
+    );
+    println!(
+        "phase minima, ms: bucket {:.2}, local {:.2}, gather {:.2}, pool {:.2}",
+        phases_min[0], phases_min[1], phases_min[2], phases_min[3]
     );
     drop(eng);
     std::fs::remove_dir_all(&dir)?;

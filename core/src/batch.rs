@@ -102,20 +102,6 @@ unsafe impl<T> Send for Out<T> {}
 unsafe impl<T> Sync for Out<T> {}
 
 impl<T> Out<T> {
-    /// Prefetches element `i` (a hint; never faults, so any `i` is harmless).
-    #[inline(always)]
-    fn prefetch(self, i: usize) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            // SAFETY: prefetching never faults, whatever the address; `wrapping_add` makes no
-            // claim that the address is in bounds.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(self.0.wrapping_add(i) as *const i8) };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = i;
-    }
-
     /// # Safety
     /// `i` is in bounds and no other thread writes index `i` concurrently.
     #[inline(always)]
@@ -148,16 +134,40 @@ struct Pending {
 struct Segment {
     pending: Vec<Pending>,
     credit_after: Overflow,
+    /// Per shard, while the gather runs: the next result, retry-after and credit to read.
+    cursors: Vec<[u32; 3]>,
+}
+
+/// Wall time of each phase of the last parallel batch (zero for a batch short enough to run
+/// sequentially), for profiling: [`crate::Engine::last_batch_phases`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PhaseTimes {
+    /// Packing the requests by shard.
+    pub bucket: std::time::Duration,
+    /// The customer-local decisions, shards in parallel.
+    pub local: std::time::Duration,
+    /// Writing the outputs in batch order and listing the pool-phase requests, in parallel.
+    pub gather: std::time::Duration,
+    /// The pool phase's sequential pass.
+    pub pool: std::time::Duration,
 }
 
 /// Buffers a batch reuses from the previous one (no page faults, no allocation per batch).
 #[derive(Default)]
 pub(crate) struct Scratch {
+    /// The last batch's phase times.
+    pub(crate) phases: PhaseTimes,
     reqs: Vec<Req>,
-    marks: Vec<u8>,
-    /// Shadow overflow by batch index; valid only where the mark says `CREDIT` (never cleared:
-    /// rewriting it every batch would cost more than the batch's own credits).
+    /// Result code per request, in shard order.
+    codes: Vec<u8>,
+    /// Listed retry-afters, each shard's in its own range of the requests' positions, in order.
+    retries: Vec<u64>,
+    /// Shadow overflow to credit, laid out as the retries.
     credits: Vec<Overflow>,
+    /// Where chunk `c`'s requests of shard `s` start in `reqs`, at `c * nshards + s`.
+    table: Vec<u32>,
+    /// Where chunk `c`'s retry-afters and credits of shard `s` start, laid out as `table`.
+    side: Vec<[u32; 2]>,
     segments: Vec<Segment>,
 }
 
@@ -185,10 +195,10 @@ pub(crate) fn prefetch<T>(p: &T) {
     let _ = p;
 }
 
-/// A request as the shard phase reads it: packed, in shard order.
+/// A request as the shard phase reads it: packed, in shard order (its batch index is not
+/// needed: results stay in shard order until the gather).
 #[derive(Clone, Copy, Default)]
 struct Req {
-    idx: u32,
     slot: u32,
     tokens: u64,
 }
@@ -215,7 +225,7 @@ pub(crate) fn add_stats(a: &mut StatsRaw, b: &StatsRaw) {
 
 /// Runs a batch: `slots[i]` names a slot; [`NO_SLOT`], any slot past the capacity and any slot
 /// without a customer give `UnknownCustomer`. Writes `outcomes` and `retry` (same length as
-/// `slots`).
+/// `slots`, at most `u32::MAX` long).
 #[expect(
     clippy::too_many_arguments,
     reason = "the batch's columns, inputs and outputs, borrowed separately"
@@ -233,102 +243,121 @@ pub(crate) fn run(
     scratch: &mut Scratch,
 ) {
     let now = advance(g, now);
+    scratch.phases = PhaseTimes::default();
     if slots.len() < tuning::parallel_min() {
         run_sequential(
             buckets, journal, g, seq, slots, tokens, now, outcomes, retry,
         );
         return;
     }
+    let t0 = std::time::Instant::now();
     let shard_slots = tuning::shard_slots();
-    let out_o = Out(outcomes.as_mut_ptr());
-    let out_r = Out(retry.as_mut_ptr());
-    let order = bucket_by_shard(
-        slots,
-        tokens,
-        buckets.len(),
-        shard_slots,
-        out_o,
-        out_r,
-        &mut scratch.reqs,
-    );
+    let chunk = tuning::pool_chunk();
+    let capacity = buckets.len();
+    let nshards = capacity.div_ceil(shard_slots);
+    let nchunks = slots.len().div_ceil(chunk);
+    let order = bucket_by_shard(slots, tokens, capacity, shard_slots, chunk, scratch);
     g.stats.requests += order.unknown;
     g.stats.unknown += order.unknown;
-    // What the pool phase must do at each request: `CREDIT` (the request's refill returned
-    // shadow overflow) and/or `LATER` (the request itself waits for the pool phase).
-    let marks = &mut scratch.marks;
-    marks.clear();
-    marks.resize(slots.len(), 0);
-    let out_m = Out(marks.as_mut_ptr());
-    if scratch.credits.len() < slots.len() {
-        scratch.credits.resize(slots.len(), Overflow::default());
-    }
-    let out_c = Out(scratch.credits.as_mut_ptr());
-    let reqs_all = &scratch.reqs;
+    let t1 = std::time::Instant::now();
+
+    // Phase 2: customer-local decisions, shards in parallel. Each request's result goes to its
+    // position in shard order: a code byte, and (rarely) a retry-after or a credit in its
+    // shard's own compact list.
+    let known = order.starts[nshards];
+    let Scratch {
+        reqs,
+        codes,
+        retries,
+        credits,
+        table,
+        side,
+        segments,
+        ..
+    } = scratch;
+    grow(codes, known);
+    grow(retries, known);
+    grow(credits, known);
+    grow(side, nchunks * nshards);
+    let out_code = Out(codes.as_mut_ptr());
+    let out_retry = Out(retries.as_mut_ptr());
+    let out_credit = Out(credits.as_mut_ptr());
+    let out_side = Out(side.as_mut_ptr());
+    let reqs_all = &reqs[..known];
+    let table = &table[..nchunks * nshards];
+    let starts = &order.starts;
     let full_at = g.pool.full_at_ns;
 
-    // Phase 2: customer-local decisions, shards in parallel.
     let shard_outs: Vec<ShardOut> = buckets
         .par_chunks_mut(shard_slots)
         .zip(journal.par_chunks_mut(shard_slots))
         .enumerate()
         .map(|(s, (bk, jn))| {
-            let reqs = &reqs_all[order.starts[s]..order.starts[s + 1]];
+            let (lo, hi) = (starts[s], starts[s + 1]);
+            let reqs = &reqs_all[lo..hi];
             let mut out = ShardOut::default();
-            if reqs.is_empty() {
-                return out;
-            }
             let base = s * shard_slots;
             let mut blocked = [0u64; SHARD_SLOTS / 64];
-            for (k, r) in reqs.iter().enumerate() {
-                if let Some(f) = reqs.get(k + AHEAD) {
-                    let l = f.slot as usize - base;
-                    prefetch(&bk[l]);
-                    // (not the journal entry: it is written whole, with streaming stores)
-                    out_r.prefetch(f.idx as usize);
-                }
-                let ri = r.idx as usize;
-                let local = r.slot as usize - base;
-                let b = &mut bk[local];
-                if !b.active() {
-                    out.stats.requests += 1;
-                    out.stats.unknown += 1;
-                    // SAFETY: request `ri` belongs to this shard only.
-                    unsafe {
-                        out_o.write(ri, Outcome::UnknownCustomer);
-                        out_r.write(ri, u64::MAX);
+            // where the next retry-after and credit of this shard go
+            let (mut nr, mut nc) = (lo, lo);
+            for c in 0..nchunks {
+                // SAFETY: column `s` of the side table belongs to this shard only, and
+                // `c * nshards + s` is in bounds (the table was grown to `nchunks * nshards`).
+                unsafe { out_side.write(c * nshards + s, [nr as u32, nc as u32]) };
+                let a = table[c * nshards + s] as usize - lo;
+                let b = if c + 1 < nchunks {
+                    table[(c + 1) * nshards + s] as usize - lo
+                } else {
+                    hi - lo
+                };
+                for k in a..b {
+                    if let Some(f) = reqs.get(k + AHEAD) {
+                        // (not the journal entry: it is written whole, with streaming stores)
+                        prefetch(&bk[f.slot as usize - base]);
                     }
-                    continue;
-                }
-                if blocked[local / 64] & (1 << (local % 64)) != 0 {
-                    // SAFETY: request `ri` belongs to this shard only.
-                    unsafe { out_m.write(ri, LATER) };
-                    continue;
-                }
-                journal_bucket_streaming(b, &mut jn[local], seq);
-                let over = refill_bucket(b, now, full_at);
-                let mut mark = 0;
-                if over != Overflow::default() {
-                    // SAFETY: request `ri` belongs to this shard only, and the credits are at
-                    // least as long as the batch.
-                    unsafe { out_c.write(ri, over) };
-                    mark = CREDIT;
-                }
-                match decide_local(b, r.tokens, &mut out.stats) {
-                    Local::Done(d) => {
-                        // SAFETY: request `ri` belongs to this shard only.
-                        unsafe {
-                            out_o.write(ri, d.outcome);
-                            out_r.write(ri, d.retry_after_ns);
+                    let r = reqs[k];
+                    let local = r.slot as usize - base;
+                    let bu = &mut bk[local];
+                    let code = if !bu.active() {
+                        out.stats.requests += 1;
+                        out.stats.unknown += 1;
+                        Outcome::UnknownCustomer as u8 | RETRY_NEVER
+                    } else if blocked[local / 64] & (1 << (local % 64)) != 0 {
+                        LATER
+                    } else {
+                        journal_bucket_streaming(bu, &mut jn[local], seq);
+                        let over = refill_bucket(bu, now, full_at);
+                        let mut code = 0;
+                        if over != Overflow::default() {
+                            // SAFETY: the shard's credits fit in its own range `lo..hi` of the
+                            // list (at most one per request), which no other shard writes.
+                            unsafe { out_credit.write(nc, over) };
+                            nc += 1;
+                            code = CREDIT;
                         }
-                    }
-                    Local::NeedsPool => {
-                        blocked[local / 64] |= 1 << (local % 64);
-                        mark |= LATER;
-                    }
-                }
-                if mark != 0 {
-                    // SAFETY: request `ri` belongs to this shard only.
-                    unsafe { out_m.write(ri, mark) };
+                        match decide_local(bu, r.tokens, &mut out.stats) {
+                            Local::Done(d) => {
+                                code |= d.outcome as u8;
+                                code |= match d.retry_after_ns {
+                                    0 => RETRY_NOW,
+                                    u64::MAX => RETRY_NEVER,
+                                    v => {
+                                        // SAFETY: as for the credits.
+                                        unsafe { out_retry.write(nr, v) };
+                                        nr += 1;
+                                        RETRY_LISTED
+                                    }
+                                };
+                            }
+                            Local::NeedsPool => {
+                                blocked[local / 64] |= 1 << (local % 64);
+                                code |= LATER;
+                            }
+                        }
+                        code
+                    };
+                    // SAFETY: position `lo + k` is this shard's own, and below `known`.
+                    unsafe { out_code.write(lo + k, code) };
                 }
             }
             // the journal's streaming stores, ordered on the thread that made them
@@ -340,48 +369,76 @@ pub(crate) fn run(
     for so in &shard_outs {
         add_stats(&mut g.stats, &so.stats);
     }
+    let t2 = std::time::Instant::now();
 
-    // Phase 3a, chunks of the batch in parallel: list the pool-phase requests in batch order and
-    // sum the credits between them. Consecutive credits commute into one: every operation leaves
-    // the overflow allowance within the room under the cap, so a credit never pushes the pool
-    // over its cap, and a run of credits takes `min(sum of fresh, allowance)` in total, exactly
-    // as one credit of the sums (see `credit_overflow`).
-    let credits = &scratch.credits;
-    let segment = tuning::pool_chunk();
-    let nseg = slots.len().div_ceil(segment);
-    let segments = &mut scratch.segments;
-    segments.resize_with(nseg.max(segments.len()), Segment::default);
-    segments[..nseg]
+    // Phase 3a, chunks of the batch in parallel: write each decided request's outcome in batch
+    // order (read from its shard's results, which a chunk reads as one sequential stream per
+    // shard), list the pool-phase requests and sum the credits between them. Consecutive credits
+    // commute into one: every operation leaves the overflow allowance within the room under the
+    // cap, so a credit never pushes the pool over its cap, and a run of credits takes
+    // `min(sum of fresh, allowance)` in total, exactly as one credit of the sums (see
+    // `credit_overflow`).
+    let (codes, retries, credits, side) = (&codes[..], &retries[..], &credits[..], &side[..]);
+    let shift = shard_slots.trailing_zeros();
+    segments.resize_with(nchunks.max(segments.len()), Segment::default);
+    segments[..nchunks]
         .par_iter_mut()
-        .zip(marks.par_chunks(segment))
+        .zip(slots.par_chunks(chunk))
+        .zip(tokens.par_chunks(chunk))
+        .zip(outcomes.par_chunks_mut(chunk))
+        .zip(retry.par_chunks_mut(chunk))
         .enumerate()
-        .for_each(|(c, (seg, ms))| {
+        .for_each(|(c, ((((seg, cs), ct), co), cr))| {
             seg.pending.clear();
-            let first = c * segment;
+            seg.cursors.clear();
+            seg.cursors.extend(
+                table[c * nshards..(c + 1) * nshards]
+                    .iter()
+                    .zip(&side[c * nshards..(c + 1) * nshards])
+                    .map(|(&k, &[r, cr])| [k, r, cr]),
+            );
+            let first = c * chunk;
             let mut sum = Overflow::default();
-            for (k, &m) in ms.iter().enumerate() {
-                if m == 0 {
+            for (k, (&s, (o, r))) in cs.iter().zip(co.iter_mut().zip(cr.iter_mut())).enumerate() {
+                if s as usize >= capacity {
+                    *o = Outcome::UnknownCustomer;
+                    *r = u64::MAX;
                     continue;
                 }
-                let ri = first + k;
-                if m & CREDIT != 0 {
-                    sum = sum + credits[ri];
+                let cur = &mut seg.cursors[s as usize >> shift];
+                let code = codes[cur[0] as usize];
+                cur[0] += 1;
+                if code & CREDIT != 0 {
+                    sum = sum + credits[cur[2] as usize];
+                    cur[2] += 1;
                 }
-                if m & LATER != 0 {
+                if code & LATER != 0 {
                     seg.pending.push(Pending {
-                        idx: ri as u32,
-                        slot: slots[ri],
-                        tokens: tokens[ri],
+                        idx: (first + k) as u32,
+                        slot: s,
+                        tokens: ct[k],
                         credit_before: sum,
                     });
                     sum = Overflow::default();
+                    continue;
                 }
+                *o = OUTCOMES[(code & OUTCOME_BITS) as usize];
+                *r = match code & RETRY_BITS {
+                    RETRY_NOW => 0,
+                    RETRY_NEVER => u64::MAX,
+                    _ => {
+                        let v = retries[cur[1] as usize];
+                        cur[1] += 1;
+                        v
+                    }
+                };
             }
             seg.credit_after = sum;
         });
+    let t3 = std::time::Instant::now();
 
     // Phase 3b: the pool's events in batch order, one credit per run of credits.
-    for seg in &segments[..nseg] {
+    for seg in &segments[..nchunks] {
         for (k, p) in seg.pending.iter().enumerate() {
             if let Some(f) = seg.pending.get(k + AHEAD) {
                 prefetch(&buckets[f.slot as usize]);
@@ -399,12 +456,55 @@ pub(crate) fn run(
         }
         credit_overflow(g, seg.credit_after);
     }
+    scratch.phases = PhaseTimes {
+        bucket: t1 - t0,
+        local: t2 - t1,
+        gather: t3 - t2,
+        pool: t3.elapsed(),
+    };
 }
 
-/// Mark: the request's refill returned shadow overflow to credit.
-const CREDIT: u8 = 1;
-/// Mark: the request is decided in the pool phase.
-const LATER: u8 = 2;
+/// Grows `v` to at least `n` elements (never shrinks it: the buffers are reused and only the
+/// first `n` are read, after being written).
+fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+}
+
+/// A request's result code (phase 2, one byte per request in shard order): the outcome in the
+/// low bits, how its retry-after is stored, and the pool-phase marks.
+const OUTCOME_BITS: u8 = 0b111;
+/// Retry-after 0.
+const RETRY_NOW: u8 = 0;
+/// Retry-after `u64::MAX` (never).
+const RETRY_NEVER: u8 = 1 << 3;
+/// Retry-after in the shard's list of retries, in order.
+const RETRY_LISTED: u8 = 2 << 3;
+const RETRY_BITS: u8 = 3 << 3;
+/// The request's refill returned shadow overflow, in the shard's list of credits, in order.
+const CREDIT: u8 = 1 << 5;
+/// The request is decided in the pool phase.
+const LATER: u8 = 1 << 6;
+
+/// Outcomes by their `repr(u8)` value.
+const OUTCOMES: [Outcome; 8] = [
+    Outcome::GrantedShadow,
+    Outcome::GrantedPool,
+    Outcome::DeniedCustomerLimit,
+    Outcome::DeniedPoolExhausted,
+    Outcome::ExceedsBurst,
+    Outcome::UnknownCustomer,
+    Outcome::InvalidInput,
+    Outcome::InvalidInput,
+];
+const _: () = {
+    let mut i = 0;
+    while i < 7 {
+        assert!(OUTCOMES[i] as usize == i);
+        i += 1;
+    }
+};
 
 #[expect(
     clippy::too_many_arguments,
@@ -440,88 +540,74 @@ fn run_sequential(
 }
 
 /// Requests grouped by shard, each group in batch order (the requests themselves are in the
-/// scratch buffer).
+/// scratch buffer, and where each chunk's part of each shard starts in its table).
 struct ShardOrder {
     /// `starts[s]..starts[s + 1]` is shard `s`'s range in the requests.
     starts: Vec<usize>,
-    /// Requests with no slot (their outcome is already written).
+    /// Requests with no slot (their outcome is written by the gather).
     unknown: u64,
 }
 
-/// Counting sort of the requests by shard, in parallel over chunks of the batch, packing each
-/// with its slot and size so the shard phase reads them sequentially. Requests with no slot (or
-/// a slot past the capacity) are left out, and their `UnknownCustomer` outcome is written here.
+/// Counting sort of the requests by shard, in parallel over chunks of `chunk` requests, packing
+/// each with its slot and size so the shard phase reads them sequentially. Requests with no slot
+/// (or a slot past the capacity) are left out. `scratch.table[c * nshards + s]` is where chunk
+/// `c`'s requests of shard `s` start (shard-major, chunk-minor, so each shard's requests stay in
+/// batch order).
 fn bucket_by_shard(
     slots: &[u32],
     tokens: &[u64],
     capacity: usize,
     shard_slots: usize,
-    out_o: Out<Outcome>,
-    out_r: Out<u64>,
-    reqs: &mut Vec<Req>,
+    chunk: usize,
+    scratch: &mut Scratch,
 ) -> ShardOrder {
     let nshards = capacity.div_ceil(shard_slots);
-    let chunk = slots
-        .len()
-        .div_ceil(rayon::current_num_threads() * 4)
-        .max(1024);
-    let hists: Vec<Vec<u32>> = slots
-        .par_chunks(chunk)
-        .map(|c| {
-            let mut h = vec![0u32; nshards];
+    let nchunks = slots.len().div_ceil(chunk);
+    let shift = shard_slots.trailing_zeros();
+    let table = &mut scratch.table;
+    grow(table, nchunks * nshards);
+    let table = &mut table[..nchunks * nshards];
+    table
+        .par_chunks_mut(nshards)
+        .zip(slots.par_chunks(chunk))
+        .for_each(|(h, c)| {
+            h.fill(0);
             for &s in c {
                 if (s as usize) < capacity {
-                    h[s as usize / shard_slots] += 1;
+                    h[s as usize >> shift] += 1;
                 }
             }
-            h
-        })
-        .collect();
-    // Offsets: shard-major, chunk-minor, so each shard's requests stay in batch order.
+        });
     let mut starts = vec![0usize; nshards + 1];
-    let mut offsets: Vec<Vec<usize>> = vec![vec![0; nshards]; hists.len()];
     let mut pos = 0usize;
-    for s in 0..nshards {
-        starts[s] = pos;
-        for (c, h) in hists.iter().enumerate() {
-            offsets[c][s] = pos;
-            pos += h[s] as usize;
+    for (s, start) in starts[..nshards].iter_mut().enumerate() {
+        *start = pos;
+        for c in 0..nchunks {
+            let h = table[c * nshards + s] as usize;
+            table[c * nshards + s] = pos as u32;
+            pos += h;
         }
     }
     starts[nshards] = pos;
     // Every position below `pos` is written below; the buffer only ever grows.
-    if reqs.len() < pos {
-        reqs.resize(pos, Req::default());
-    }
-    let out = Out(reqs.as_mut_ptr());
+    grow(&mut scratch.reqs, pos);
+    let out = Out(scratch.reqs.as_mut_ptr());
     let unknown = slots
         .par_chunks(chunk)
         .zip(tokens.par_chunks(chunk))
-        .zip(offsets.par_iter_mut())
-        .enumerate()
-        .map(|(c, ((cs, ct), off))| {
-            let first = c * chunk;
+        .zip(table.par_chunks(nshards))
+        .map(|((cs, ct), start)| {
+            let mut off = start.to_vec();
             let mut unknown = 0u64;
-            for (k, (&s, &n)) in cs.iter().zip(ct).enumerate() {
+            for (&s, &n) in cs.iter().zip(ct) {
                 if s as usize >= capacity {
                     unknown += 1;
-                    // SAFETY: request `first + k` belongs to this chunk only, and is in bounds.
-                    unsafe {
-                        out_o.write(first + k, Outcome::UnknownCustomer);
-                        out_r.write(first + k, u64::MAX);
-                    }
                 } else {
-                    let sh = s as usize / shard_slots;
-                    let r = Req {
-                        idx: (first + k) as u32,
-                        slot: s,
-                        tokens: n,
-                    };
-                    // SAFETY: the offsets give each (chunk, shard) pair its own range, sized by
-                    // the histogram of this very chunk, so the positions are disjoint and in
-                    // bounds.
-                    unsafe { out.write(off[sh], r) };
-                    off[sh] += 1;
+                    let o = &mut off[s as usize >> shift];
+                    // SAFETY: the table gives each (chunk, shard) pair its own range, sized by
+                    // this very chunk's histogram, so the positions are disjoint and below `pos`.
+                    unsafe { out.write(*o as usize, Req { slot: s, tokens: n }) };
+                    *o += 1;
                 }
             }
             unknown

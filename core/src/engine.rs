@@ -786,6 +786,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Wall time of each phase of the last batch call (all zero when it was short enough to run
+    /// sequentially): for profiling, see `examples/batch_profile.rs`.
+    pub fn last_batch_phases(&self) -> batch::PhaseTimes {
+        self.scratch.phases
+    }
+
     /// Reports what a granted request actually used. `granted` tokens were admitted by `path`;
     /// `used` were consumed. Unused tokens go back at once (to the standard bucket, and to the
     /// shadow bucket or pool that paid); extra use is charged as debt to both.
