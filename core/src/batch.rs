@@ -33,6 +33,9 @@
 //! from 17-23 ms to about 10 ms per batch, and mapping the store with huge pages where the kernel
 //! allows (see `docs/engine.md`) to about 4 ms. The buffers are reused from batch to batch.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use rayon::prelude::*;
 
 use crate::kernel::{
@@ -102,6 +105,20 @@ unsafe impl<T> Send for Out<T> {}
 unsafe impl<T> Sync for Out<T> {}
 
 impl<T> Out<T> {
+    /// Prefetches element `i` (a hint; never faults, so any `i` is harmless).
+    #[inline(always)]
+    fn prefetch(self, i: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            // SAFETY: prefetching never faults, whatever the address; `wrapping_add` makes no
+            // claim that the address is in bounds.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(self.0.wrapping_add(i) as *const i8) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
+    }
+
     /// # Safety
     /// `i` is in bounds and no other thread writes index `i` concurrently.
     #[inline(always)]
@@ -168,7 +185,7 @@ pub(crate) struct Scratch {
     table: Vec<u32>,
     /// Where chunk `c`'s retry-afters and credits of shard `s` start, laid out as `table`.
     side: Vec<[u32; 2]>,
-    segments: Vec<Segment>,
+    segments: Vec<Mutex<Segment>>,
 }
 
 /// How many requests ahead the loops prefetch their customer's record.
@@ -193,6 +210,14 @@ pub(crate) fn prefetch<T>(p: &T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// [`prefetch`] of `v[i]`, if there is such an element.
+#[inline(always)]
+fn prefetch_at<T>(v: &[T], i: usize) {
+    if let Some(x) = v.get(i) {
+        prefetch(x);
+    }
 }
 
 /// A request as the shard phase reads it: packed, in shard order (its batch index is not
@@ -371,97 +396,167 @@ pub(crate) fn run(
     }
     let t2 = std::time::Instant::now();
 
-    // Phase 3a, chunks of the batch in parallel: write each decided request's outcome in batch
-    // order (read from its shard's results, which a chunk reads as one sequential stream per
-    // shard), list the pool-phase requests and sum the credits between them. Consecutive credits
-    // commute into one: every operation leaves the overflow allowance within the room under the
-    // cap, so a credit never pushes the pool over its cap, and a run of credits takes
-    // `min(sum of fresh, allowance)` in total, exactly as one credit of the sums (see
-    // `credit_overflow`).
+    // Phase 3, chunks of the batch: each chunk is *gathered* (in parallel) and then *replayed*
+    // against the pool (in batch order, one chunk after another), and a chunk's replay overlaps
+    // the later chunks' gathers.
+    //
+    // The gather writes each decided request's outcome in batch order (read from its shard's
+    // results, which a chunk reads as one sequential stream per shard), lists the pool-phase
+    // requests and sums the credits between them. Consecutive credits commute into one: every
+    // operation leaves the overflow allowance within the room under the cap, so a credit never
+    // pushes the pool over its cap, and a run of credits takes `min(sum of fresh, allowance)` in
+    // total, exactly as one credit of the sums (see `credit_overflow`).
+    //
+    // The replay applies each run's credit and decides each listed request against the pool.
+    // Every worker gathers the next unclaimed chunk, and before that replays whatever chunks
+    // are gathered and next in order, unless another worker is replaying; the caller replays
+    // whatever is left at the end.
     let (codes, retries, credits, side) = (&codes[..], &retries[..], &credits[..], &side[..]);
     let shift = shard_slots.trailing_zeros();
-    segments.resize_with(nchunks.max(segments.len()), Segment::default);
-    segments[..nchunks]
-        .par_iter_mut()
-        .zip(slots.par_chunks(chunk))
-        .zip(tokens.par_chunks(chunk))
-        .zip(outcomes.par_chunks_mut(chunk))
-        .zip(retry.par_chunks_mut(chunk))
-        .enumerate()
-        .for_each(|(c, ((((seg, cs), ct), co), cr))| {
-            seg.pending.clear();
-            seg.cursors.clear();
-            seg.cursors.extend(
-                table[c * nshards..(c + 1) * nshards]
-                    .iter()
-                    .zip(&side[c * nshards..(c + 1) * nshards])
-                    .map(|(&k, &[r, cr])| [k, r, cr]),
-            );
-            let first = c * chunk;
-            let mut sum = Overflow::default();
-            for (k, (&s, (o, r))) in cs.iter().zip(co.iter_mut().zip(cr.iter_mut())).enumerate() {
-                if s as usize >= capacity {
-                    *o = Outcome::UnknownCustomer;
-                    *r = u64::MAX;
-                    continue;
+    segments.resize_with(nchunks.max(segments.len()), Default::default);
+    let segments = &segments[..nchunks];
+    let gathered: Vec<AtomicBool> = (0..nchunks).map(|_| AtomicBool::new(false)).collect();
+    let claimed = AtomicUsize::new(0);
+    let out_o = Out(outcomes.as_mut_ptr());
+    let out_r = Out(retry.as_mut_ptr());
+    let replay = Mutex::new(Replay {
+        g,
+        buckets,
+        next: 0,
+        busy: std::time::Duration::ZERO,
+    });
+    let gather = |c: usize| {
+        let mut seg = segments[c].lock().expect("segment lock");
+        let seg = &mut *seg;
+        seg.pending.clear();
+        seg.cursors.clear();
+        seg.cursors.extend(
+            table[c * nshards..(c + 1) * nshards]
+                .iter()
+                .zip(&side[c * nshards..(c + 1) * nshards])
+                .map(|(&k, &[r, cr])| [k, r, cr]),
+        );
+        let first = c * chunk;
+        let last = (first + chunk).min(slots.len());
+        let mut sum = Overflow::default();
+        for i in first..last {
+            let s = slots[i];
+            if s as usize >= capacity {
+                // SAFETY: request `i` belongs to chunk `c`, which this worker claimed alone.
+                unsafe {
+                    out_o.write(i, Outcome::UnknownCustomer);
+                    out_r.write(i, u64::MAX);
                 }
-                let cur = &mut seg.cursors[s as usize >> shift];
-                let code = codes[cur[0] as usize];
-                cur[0] += 1;
-                if code & CREDIT != 0 {
-                    sum = sum + credits[cur[2] as usize];
-                    cur[2] += 1;
-                }
-                if code & LATER != 0 {
-                    seg.pending.push(Pending {
-                        idx: (first + k) as u32,
-                        slot: s,
-                        tokens: ct[k],
-                        credit_before: sum,
-                    });
-                    sum = Overflow::default();
-                    continue;
-                }
-                *o = OUTCOMES[(code & OUTCOME_BITS) as usize];
-                *r = match code & RETRY_BITS {
-                    RETRY_NOW => 0,
-                    RETRY_NEVER => u64::MAX,
-                    _ => {
-                        let v = retries[cur[1] as usize];
-                        cur[1] += 1;
-                        v
-                    }
-                };
+                continue;
             }
-            seg.credit_after = sum;
-        });
-    let t3 = std::time::Instant::now();
-
-    // Phase 3b: the pool's events in batch order, one credit per run of credits.
-    for seg in &segments[..nchunks] {
-        for (k, p) in seg.pending.iter().enumerate() {
-            if let Some(f) = seg.pending.get(k + AHEAD) {
-                prefetch(&buckets[f.slot as usize]);
+            // The shard streams were written by other cores: fetch each a line ahead.
+            if i % 8 == 0 {
+                prefetch(&tokens[(i + 64).min(last - 1)]);
             }
-            credit_overflow(g, p.credit_before);
-            let ri = p.idx as usize;
-            let n = p.tokens;
-            let b = &mut buckets[p.slot as usize];
-            let d = match decide_local(b, n, &mut g.stats) {
-                Local::Done(d) => d,
-                Local::NeedsPool => decide_pool(b, n, g),
+            let cur = &mut seg.cursors[s as usize >> shift];
+            let code = codes[cur[0] as usize];
+            prefetch_at(codes, cur[0] as usize + 64);
+            cur[0] += 1;
+            if code & CREDIT != 0 {
+                sum = sum + credits[cur[2] as usize];
+                prefetch_at(credits, cur[2] as usize + 2);
+                cur[2] += 1;
+            }
+            if code & LATER != 0 {
+                seg.pending.push(Pending {
+                    idx: i as u32,
+                    slot: s,
+                    tokens: tokens[i],
+                    credit_before: sum,
+                });
+                sum = Overflow::default();
+                continue;
+            }
+            let r = match code & RETRY_BITS {
+                RETRY_NOW => 0,
+                RETRY_NEVER => u64::MAX,
+                _ => {
+                    let v = retries[cur[1] as usize];
+                    cur[1] += 1;
+                    v
+                }
             };
-            outcomes[ri] = d.outcome;
-            retry[ri] = d.retry_after_ns;
+            // SAFETY: as above.
+            unsafe {
+                out_o.write(i, OUTCOMES[(code & OUTCOME_BITS) as usize]);
+                out_r.write(i, r);
+            }
         }
-        credit_overflow(g, seg.credit_after);
-    }
+        seg.credit_after = sum;
+    };
+    // Replays the gathered chunks next in order (`all`: every chunk, once all are gathered).
+    let replay_ready = |rp: &mut Replay<'_>, all: bool| {
+        let t = std::time::Instant::now();
+        while rp.next < nchunks && (all || gathered[rp.next].load(Ordering::Acquire)) {
+            let seg = segments[rp.next].lock().expect("segment lock");
+            replay_chunk(rp, &seg, out_o, out_r);
+            rp.next += 1;
+        }
+        rp.busy += t.elapsed();
+    };
+    rayon::broadcast(|_| {
+        loop {
+            if let Ok(mut rp) = replay.try_lock() {
+                replay_ready(&mut rp, false);
+            }
+            let c = claimed.fetch_add(1, Ordering::Relaxed);
+            if c >= nchunks {
+                break;
+            }
+            gather(c);
+            gathered[c].store(true, Ordering::Release);
+        }
+    });
+    let mut rp = replay.into_inner().expect("replay lock");
+    replay_ready(&mut rp, true);
+    let busy = rp.busy;
     scratch.phases = PhaseTimes {
         bucket: t1 - t0,
         local: t2 - t1,
-        gather: t3 - t2,
-        pool: t3.elapsed(),
+        gather: t2.elapsed(),
+        pool: busy,
     };
+}
+
+/// The pool phase's sequential state: the pool, the records, and the next chunk to replay.
+struct Replay<'a> {
+    g: &'a mut Globals,
+    buckets: &'a mut [Bucket],
+    next: usize,
+    /// Time spent replaying.
+    busy: std::time::Duration,
+}
+
+/// Replays one gathered chunk against the pool: its pool-phase requests in batch order, each
+/// after the credits before it, then the credits after the last.
+fn replay_chunk(rp: &mut Replay<'_>, seg: &Segment, out_o: Out<Outcome>, out_r: Out<u64>) {
+    let g = &mut *rp.g;
+    for (k, p) in seg.pending.iter().enumerate() {
+        if let Some(f) = seg.pending.get(k + AHEAD) {
+            prefetch(&rp.buckets[f.slot as usize]);
+            out_o.prefetch(f.idx as usize);
+            out_r.prefetch(f.idx as usize);
+        }
+        credit_overflow(g, p.credit_before);
+        let n = p.tokens;
+        let b = &mut rp.buckets[p.slot as usize];
+        let d = match decide_local(b, n, &mut g.stats) {
+            Local::Done(d) => d,
+            Local::NeedsPool => decide_pool(b, n, g),
+        };
+        // SAFETY: the request's chunk is gathered (its gather wrote its outputs before the chunk
+        // was marked gathered), so no other thread writes this element any more.
+        unsafe {
+            out_o.write(p.idx as usize, d.outcome);
+            out_r.write(p.idx as usize, d.retry_after_ns);
+        }
+    }
+    credit_overflow(g, seg.credit_after);
 }
 
 /// Grows `v` to at least `n` elements (never shrinks it: the buffers are reused and only the
