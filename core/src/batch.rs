@@ -190,6 +190,8 @@ pub(crate) struct Scratch {
 
 /// How many requests ahead the loops prefetch their customer's record.
 pub const AHEAD: usize = 16;
+/// How many requests ahead the loops prefetch their customer's record into the second-level cache.
+const FAR: usize = 64;
 
 /// Asks the CPU to start loading the cache lines of `*p` (at most 128 bytes) now. A hint only:
 /// it never faults and changes nothing.
@@ -205,6 +207,25 @@ pub(crate) fn prefetch<T>(p: &T) {
             _mm_prefetch::<_MM_HINT_T0>(a);
             if std::mem::size_of::<T>() > 64 {
                 _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(64));
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// [`prefetch`] into the second-level cache only.
+#[inline(always)]
+pub(crate) fn prefetch_l2<T>(p: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        let a = p as *const T as *const i8;
+        // SAFETY: as in `prefetch`.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T1>(a);
+            if std::mem::size_of::<T>() > 64 {
+                _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64));
             }
         }
     }
@@ -336,6 +357,9 @@ pub(crate) fn run(
                     hi - lo
                 };
                 for k in a..b {
+                    if let Some(f) = reqs.get(k + FAR) {
+                        prefetch_l2(&bk[f.slot as usize - base]);
+                    }
                     if let Some(f) = reqs.get(k + AHEAD) {
                         // (not the journal entry: it is written whole, with streaming stores)
                         prefetch(&bk[f.slot as usize - base]);
