@@ -43,6 +43,7 @@ use proptest::prelude::*;
 
 use common::TempDir;
 use proptest::test_runner::TestCaseError;
+use shadowbucket::fixed::MAX_BURST_TOKENS;
 use shadowbucket::layout::{Closed, StatsRaw};
 use shadowbucket::{
     BatchOutcome, Contract, CreateOptions, CustomerView, Engine, EngineConfig, GrantPath, Keys,
@@ -1092,7 +1093,8 @@ fn rate_micros() -> impl Strategy<Value = u64> {
 }
 
 fn contract() -> impl Strategy<Value = Contract> {
-    (1u64..=2_000, rate_micros(), 0u16..=3)
+    let burst = prop_oneof![12 => 1u64..=2_000, 1 => Just(MAX_BURST_TOKENS)];
+    (burst, rate_micros(), 0u16..=3)
         .prop_map(|(b, r, w)| Contract::new(b, Rate::from_micros_per_sec(r)).with_weight(w))
 }
 
@@ -1129,6 +1131,14 @@ fn tokens() -> impl Strategy<Value = u64> {
         6 => 1u64..=20,
         3 => 1u64..=300,
         1 => 1u64..=3_000,
+        // around the largest burst, where the batch path's packed size field saturates
+        1 => prop_oneof![
+            Just(MAX_BURST_TOKENS - 2),
+            Just(MAX_BURST_TOKENS - 1),
+            Just(MAX_BURST_TOKENS),
+            Just(MAX_BURST_TOKENS + 1),
+            Just(u64::MAX),
+        ],
     ]
 }
 

@@ -241,12 +241,38 @@ fn prefetch_at<T>(v: &[T], i: usize) {
     }
 }
 
-/// A request as the shard phase reads it: packed, in shard order (its batch index is not
-/// needed: results stay in shard order until the gather).
+/// A request as the shard phase reads it, in shard order, packed in 8 bytes: its slot within
+/// the shard (14 bits) and its size (50 bits; [`Req::BIG`] for any size that does not fit). Its
+/// batch index is not needed: results stay in shard order until the gather.
 #[derive(Clone, Copy, Default)]
-struct Req {
-    slot: u32,
-    tokens: u64,
+struct Req(u64);
+
+const _: () = assert!(SHARD_SLOTS <= 1 << Req::SLOT_BITS);
+
+impl Req {
+    const SLOT_BITS: u32 = 14;
+    const SIZE_BITS: u32 = 64 - Req::SLOT_BITS;
+    /// The size field of a request of `BIG` tokens or more. No burst is larger than
+    /// [`crate::fixed::MAX_BURST_TOKENS`], so only sizes from `BIG` to that bound could still be
+    /// granted: such a request is decided in the pool phase, which reads its exact size.
+    const BIG: u64 = (1 << Req::SIZE_BITS) - 1;
+
+    #[inline(always)]
+    fn new(local: usize, tokens: u64) -> Req {
+        Req(((local as u64) << Req::SIZE_BITS) | tokens.min(Req::BIG))
+    }
+
+    /// The slot within its shard.
+    #[inline(always)]
+    fn local(self) -> usize {
+        (self.0 >> Req::SIZE_BITS) as usize
+    }
+
+    /// The size, or [`Req::BIG`].
+    #[inline(always)]
+    fn tokens(self) -> u64 {
+        self.0 & Req::BIG
+    }
 }
 
 /// Adds the counters of `b` to `a`.
@@ -342,7 +368,6 @@ pub(crate) fn run(
             let (lo, hi) = (starts[s], starts[s + 1]);
             let reqs = &reqs_all[lo..hi];
             let mut out = ShardOut::default();
-            let base = s * shard_slots;
             let mut blocked = [0u64; SHARD_SLOTS / 64];
             // where the next retry-after and credit of this shard go
             let (mut nr, mut nc) = (lo, lo);
@@ -358,14 +383,14 @@ pub(crate) fn run(
                 };
                 for k in a..b {
                     if let Some(f) = reqs.get(k + FAR) {
-                        prefetch_l2(&bk[f.slot as usize - base]);
+                        prefetch_l2(&bk[f.local()]);
                     }
                     if let Some(f) = reqs.get(k + AHEAD) {
                         // (not the journal entry: it is written whole, with streaming stores)
-                        prefetch(&bk[f.slot as usize - base]);
+                        prefetch(&bk[f.local()]);
                     }
                     let r = reqs[k];
-                    let local = r.slot as usize - base;
+                    let local = r.local();
                     let bu = &mut bk[local];
                     let code = if !bu.active() {
                         out.stats.requests += 1;
@@ -384,7 +409,13 @@ pub(crate) fn run(
                             nc += 1;
                             code = CREDIT;
                         }
-                        match decide_local(bu, r.tokens, &mut out.stats) {
+                        let n = r.tokens();
+                        let decided = if n == Req::BIG {
+                            Local::NeedsPool
+                        } else {
+                            decide_local(bu, n, &mut out.stats)
+                        };
+                        match decided {
                             Local::Done(d) => {
                                 code |= d.outcome as u8;
                                 code |= match d.retry_after_ns {
@@ -725,7 +756,8 @@ fn bucket_by_shard(
                     let o = &mut off[s as usize >> shift];
                     // SAFETY: the table gives each (chunk, shard) pair its own range, sized by
                     // this very chunk's histogram, so the positions are disjoint and below `pos`.
-                    unsafe { out.write(*o as usize, Req { slot: s, tokens: n }) };
+                    let r = Req::new(s as usize & (shard_slots - 1), n);
+                    unsafe { out.write(*o as usize, r) };
                     *o += 1;
                 }
             }
