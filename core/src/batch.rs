@@ -119,6 +119,16 @@ impl<T> Out<T> {
         let _ = i;
     }
 
+    /// The elements `start..start + len` as a slice.
+    ///
+    /// # Safety
+    /// The range is in bounds, and nothing else reads or writes it while the slice lives.
+    #[inline(always)]
+    unsafe fn slice_mut<'a>(self, start: usize, len: usize) -> &'a mut [T] {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+
     /// # Safety
     /// `i` is in bounds and no other thread writes index `i` concurrently.
     #[inline(always)]
@@ -480,10 +490,14 @@ pub(crate) fn run(
         next: 0,
         busy: std::time::Duration::ZERO,
     });
+    let results = Results {
+        codes,
+        retries,
+        credits,
+    };
     let gather = |c: usize| {
         let mut seg = segments[c].lock().expect("segment lock");
         let seg = &mut *seg;
-        seg.pending.clear();
         seg.cursors.clear();
         seg.cursors.extend(
             table[c * nshards..(c + 1) * nshards]
@@ -492,57 +506,22 @@ pub(crate) fn run(
                 .map(|(&k, &[r, cr])| [k, r, cr]),
         );
         let first = c * chunk;
-        let last = (first + chunk).min(slots.len());
-        let mut sum = Overflow::default();
-        for i in first..last {
-            let s = slots[i];
-            if s as usize >= capacity {
-                // SAFETY: request `i` belongs to chunk `c`, which this worker claimed alone.
-                unsafe {
-                    out_o.write(i, Outcome::UnknownCustomer);
-                    out_r.write(i, u64::MAX);
-                }
-                continue;
-            }
-            // The shard streams were written by other cores: fetch each a line ahead.
-            if i % 8 == 0 {
-                prefetch(&tokens[(i + 64).min(last - 1)]);
-            }
-            let cur = &mut seg.cursors[s as usize >> shift];
-            let code = codes[cur[0] as usize];
-            prefetch_at(codes, cur[0] as usize + 64);
-            cur[0] += 1;
-            if code & CREDIT != 0 {
-                sum = sum + credits[cur[2] as usize];
-                prefetch_at(credits, cur[2] as usize + 2);
-                cur[2] += 1;
-            }
-            if code & LATER != 0 {
-                seg.pending.push(Pending {
-                    idx: i as u32,
-                    slot: s,
-                    tokens: tokens[i],
-                    credit_before: sum,
-                });
-                sum = Overflow::default();
-                continue;
-            }
-            let r = match code & RETRY_BITS {
-                RETRY_NOW => 0,
-                RETRY_NEVER => u64::MAX,
-                _ => {
-                    let v = retries[cur[1] as usize];
-                    cur[1] += 1;
-                    v
-                }
-            };
-            // SAFETY: as above.
-            unsafe {
-                out_o.write(i, OUTCOMES[(code & OUTCOME_BITS) as usize]);
-                out_r.write(i, r);
-            }
-        }
-        seg.credit_after = sum;
+        let len = chunk.min(slots.len() - first);
+        // SAFETY: chunk `c`'s outputs are `first..first + len`, in bounds; this worker claimed
+        // the chunk alone, and the replay touches them only once the chunk is gathered.
+        let (co, cr) = unsafe { (out_o.slice_mut(first, len), out_r.slice_mut(first, len)) };
+        let range = first..first + len;
+        gather_chunk(
+            seg,
+            first,
+            &slots[range.clone()],
+            &tokens[range],
+            capacity,
+            shift,
+            &results,
+            co,
+            cr,
+        );
     };
     // Replays the gathered chunks next in order (`all`: every chunk, once all are gathered).
     let replay_ready = |rp: &mut Replay<'_>, all: bool| {
@@ -576,6 +555,95 @@ pub(crate) fn run(
         gather: t2.elapsed(),
         pool: busy,
     };
+}
+
+/// Phase 2's results, in shard order, as the gather reads them.
+struct Results<'a> {
+    codes: &'a [u8],
+    retries: &'a [u64],
+    credits: &'a [Overflow],
+}
+
+/// Gathers one chunk (batch indices from `first`; `slots`, `tokens` and the outputs are the
+/// chunk's own) with `seg.cursors` set to where its part of each shard's results starts: writes
+/// the outcomes decided in phase 2, and lists the pool-phase requests with the credits between
+/// them.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the chunk's inputs, outputs and the results it reads, borrowed separately"
+)]
+fn gather_chunk(
+    seg: &mut Segment,
+    first: usize,
+    slots: &[u32],
+    tokens: &[u64],
+    capacity: usize,
+    shift: u32,
+    res: &Results<'_>,
+    outcomes: &mut [Outcome],
+    retry: &mut [u64],
+) {
+    let cursors = &mut seg.cursors[..];
+    let pending = &mut seg.pending;
+    pending.clear();
+    // The shard streams were written by other cores, and the hardware follows few streams at
+    // once: fetch the first lines of each now, and each next line of codes when one is started.
+    for &[at, r, c] in cursors.iter() {
+        prefetch_at(res.codes, at as usize);
+        prefetch_at(res.codes, at as usize + 64);
+        prefetch_at(res.retries, r as usize);
+        prefetch_at(res.credits, c as usize);
+    }
+    let mut sum = Overflow::default();
+    for (k, ((&s, o), r)) in slots.iter().zip(outcomes).zip(retry.iter_mut()).enumerate() {
+        if k % 8 == 0 {
+            prefetch_at(tokens, k + 128);
+        }
+        if s as usize >= capacity {
+            *o = Outcome::UnknownCustomer;
+            *r = u64::MAX;
+            continue;
+        }
+        let cur = &mut cursors[s as usize >> shift];
+        let at = cur[0] as usize;
+        cur[0] += 1;
+        let code = res.codes[at];
+        if at % 64 == 0 {
+            prefetch_at(res.codes, at + 128);
+        }
+        if code & (CREDIT | LATER | RETRY_LISTED) == 0 {
+            *o = OUTCOMES[(code & OUTCOME_BITS) as usize];
+            *r = if code & RETRY_NEVER != 0 { u64::MAX } else { 0 };
+            continue;
+        }
+        if code & CREDIT != 0 {
+            let at = cur[2] as usize;
+            cur[2] += 1;
+            sum = sum + res.credits[at];
+            prefetch_at(res.credits, at + 2);
+        }
+        if code & LATER != 0 {
+            pending.push(Pending {
+                idx: (first + k) as u32,
+                slot: s,
+                tokens: tokens[k],
+                credit_before: sum,
+            });
+            sum = Overflow::default();
+            continue;
+        }
+        *o = OUTCOMES[(code & OUTCOME_BITS) as usize];
+        *r = match code & RETRY_BITS {
+            RETRY_NOW => 0,
+            RETRY_NEVER => u64::MAX,
+            _ => {
+                let at = cur[1] as usize;
+                cur[1] += 1;
+                res.retries[at]
+            }
+        };
+    }
+    seg.credit_after = sum;
 }
 
 /// The pool phase's sequential state: the pool, the records, and the next chunk to replay.
