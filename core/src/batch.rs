@@ -2,36 +2,40 @@
 //! outcomes and end state of applying them one at a time in order (semantics I5).
 //!
 //! 1. **Bucket by shard.** Slots are cut into shards of [`SHARD_SLOTS`] consecutive slots (2 MiB
-//!    of records). A parallel counting sort packs each request with its slot and size into its
-//!    shard's list, in batch order.
+//!    of records), and the batch into chunks of [`POOL_CHUNK`] requests. A parallel counting sort
+//!    packs each request (its slot within the shard and its size, in 8 bytes) into its shard's
+//!    list, in batch order; a table says where each chunk's part of each shard starts.
 //! 2. **Customer-local phase, shards in parallel.** A request whose outcome depends only on its
 //!    customer (a shadow grant, a contract denial, exceeds-burst, invalid) is decided at once.
 //!    The first request of a customer that needs the pool is left *pending*, and every later
 //!    request of that customer is *deferred*, because its state now depends on the pool. A
-//!    customer's first touch may return shadow overflow to the pool: that is a *credit* event at
-//!    that request's position. Both are marked in a byte per request, and credits are stored by
-//!    batch index.
-//! 3. **Pool phase, in batch order.** Chunks of the marks are scanned in parallel: each lists its
-//!    pending and deferred requests and sums the credits between them (a run of credits with no
-//!    pool request between them acts on the pool exactly as one credit of their sums). Then one
-//!    sequential pass applies each run's credit and decides each listed request against the pool.
-//!    Everything the first phase decided commutes with them: it touched no shared state, and no
-//!    state it read depends on the pool.
+//!    customer's first touch may return shadow overflow to the pool: a *credit* event at that
+//!    request's position. Results stay in shard order: a code byte per request (outcome, how its
+//!    retry-after is stored, credit and pool marks), and each shard's few listed retry-afters and
+//!    credits in its own lists, in order.
+//! 3. **Gather and replay, chunk by chunk.** A chunk's *gather* walks its requests in batch order,
+//!    reading each shard's results as one sequential stream from where the table says the chunk's
+//!    part starts: it writes the decided outcomes, lists the pending and deferred requests, and
+//!    sums the credits between them (a run of credits with no pool request between them acts on
+//!    the pool exactly as one credit of their sums). The *replay* then applies each run's credit
+//!    and decides each listed request against the pool, one chunk after another in batch order.
+//!    Chunks are gathered in parallel, and the replay of gathered chunks overlaps the gathers of
+//!    later ones. Everything phase 2 decided commutes with the replay: it touched no shared
+//!    state, and no state it read depends on the pool.
 //!
 //! So the pool sees its events in exactly the order a one-at-a-time loop would, and the parallel
-//! phase does the bulk of the work when most traffic is predicted.
+//! phases do the bulk of the work when most traffic is predicted.
 //!
-//! Memory, not arithmetic, sets the pace: each request's first touch of a customer misses the
-//! cache (its record, its journal entry, its output slot). Both phases prefetch the record and
-//! output lines [`AHEAD`] requests in advance so the misses overlap (the `allocate_batch` bench
-//! measured the batch path at 71 ns per request before prefetching and 43-51 after, on 1M
-//! customers). The journal's pre-images are written with non-temporal stores and not prefetched:
-//! they are written whole and never read back, so they need no cache line fetch (with huge pages
-//! this took the customer-local phase from 21-24 ms to 19 ms per 1M-request batch). The pool
-//! phase's list carries each request's slot and size, so its only random read is the record it
-//! prefetched. On the uniform 1M bench that and the merged credits took the sequential pool phase
-//! from 17-23 ms to about 10 ms per batch, and mapping the store with huge pages where the kernel
-//! allows (see `docs/engine.md`) to about 4 ms. The buffers are reused from batch to batch.
+//! Memory, not arithmetic, sets the pace, so every phase reads and writes sequentially except for
+//! the records themselves: each first touch of a customer misses the cache (its record and its
+//! journal entry). Phase 2 prefetches records [`AHEAD`] requests in advance (and into the
+//! second-level cache further ahead), and the replay its records and outputs. The journal's
+//! pre-images are written with non-temporal stores and not prefetched: they are written whole and
+//! never read back. Writing outputs in shard order and gathering them (rather than writing each
+//! output at its batch index from phase 2, a random write per request) took the uniform 1M bench
+//! from 32.6 to 23.5 ms per batch; packing requests in 8 bytes instead of 16 took it from 21 to
+//! 17.5-19 ms (figures and the other steps in the README). The buffers are reused from batch to
+//! batch, and [`PhaseTimes`] says where the last batch's time went.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -47,7 +51,8 @@ use crate::store::{journal_bucket, journal_bucket_streaming, stream_fence};
 
 /// Slots per shard (the default; see [`tuning`]).
 pub const SHARD_SLOTS: usize = 16384;
-/// Requests per chunk of the pool phase's parallel scan (the default; see [`tuning`]).
+/// Requests per chunk of the batch, for the bucketing, the gather and the replay (the default;
+/// see [`tuning`]).
 pub const POOL_CHUNK: usize = 1 << 15;
 /// Marker for a request whose id resolved to no customer.
 pub const NO_SLOT: u32 = u32::MAX;
@@ -71,7 +76,8 @@ pub mod tuning {
         SHARD_SLOTS.store(s.min(super::SHARD_SLOTS), Ordering::Relaxed);
     }
 
-    /// The pool phase's parallel scan cuts the batch into chunks of `requests` (at least 1).
+    /// The batch is cut into chunks of `requests` (at least 1) for the bucketing, the gather and
+    /// the replay.
     pub fn set_pool_chunk(requests: usize) {
         POOL_CHUNK.store(requests.max(1), Ordering::Relaxed);
     }

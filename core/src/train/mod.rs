@@ -8,7 +8,7 @@
 //! **Data.** Every customer is one sequence of closed intervals. The last
 //! [`TrainConfig::validation_fraction`] of the intervals are held out for early stopping: no
 //! training step sees a target there. The feature mean and standard deviation (stored in the
-//! model's [`FeatureScaling`]) come from the training part.
+//! model's [`FeatureScaling`](crate::model::weights::FeatureScaling)) come from the training part.
 //!
 //! **Loss** per step `t` and horizon `h` (see [`Dataset`] for the targets, all in units of the
 //! customer's scale `s_t`), weighted by [`LossWeights`]:

@@ -1,0 +1,157 @@
+//! The batch path with its default tuning (16384-slot shards, 32768-request chunks), on batches
+//! large enough to use every part of it: many shards, several chunks gathered in parallel and
+//! replayed in order, unknown slots, zero and oversized requests. The property tests check the
+//! same algorithm against a reference model with tiny shards and chunks; this checks the sizes
+//! it really runs with against the same engine fed one request at a time.
+
+mod common;
+
+use common::TempDir;
+use shadowbucket::fixed::MAX_BURST_TOKENS;
+use shadowbucket::{
+    Contract, CreateOptions, Engine, EngineConfig, Keys, NO_SLOT, Outcome, Rate, Reservation,
+};
+
+const CUSTOMERS: u64 = 40_000;
+const REQUESTS: usize = 70_000;
+
+/// splitmix64, for a reproducible stream without a dependency.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Two identical engines: customers with varied contracts (one in 97 with the largest burst),
+/// most with a reservation a little under their demand, and a pool small enough to run dry.
+fn engines(dir: &TempDir) -> (Engine, Engine, Vec<u32>) {
+    let mut cfg = EngineConfig::new(30_000, Rate::tokens_per_sec(20_000));
+    cfg.alpha_ppm = 900_000;
+    let contracts: Vec<(u64, Contract)> = (0..CUSTOMERS)
+        .map(|k| {
+            let burst = if k % 97 == 0 {
+                MAX_BURST_TOKENS
+            } else {
+                8 + k % 40
+            };
+            (
+                k * 7 + 1,
+                Contract::new(burst, Rate::tokens_per_sec(1 + k % 5)),
+            )
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut slots = Vec::new();
+    for name in ["batch.sb", "single.sb"] {
+        let mut e = Engine::create(
+            dir.join(name),
+            CreateOptions::new(CUSTOMERS + 100, cfg).without_model(),
+        )
+        .unwrap();
+        slots = e.add_customers(&contracts, 0).unwrap();
+        let res: Vec<Reservation> = slots
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| k % 5 != 0)
+            .map(|(k, &slot)| Reservation {
+                slot,
+                rate: Rate::from_micros_per_sec(300_000 + (k as u64 % 7) * 100_000),
+                capacity: 2 + k as u64 % 6,
+            })
+            .collect();
+        e.tick_with(0, &res).unwrap();
+        out.push(e);
+    }
+    let single = out.pop().unwrap();
+    let batch = out.pop().unwrap();
+    (batch, single, slots)
+}
+
+/// One batch of the stream: mostly small requests to known slots, some to slots without a
+/// customer or past the capacity, some of zero tokens, some around the largest burst.
+fn batch_of(b: u64, slots: &[u32]) -> (Vec<u32>, Vec<u64>) {
+    (0..REQUESTS)
+        .map(|i| {
+            let r = mix(b << 32 | i as u64);
+            let slot = match r % 1000 {
+                0 => NO_SLOT,
+                1 => CUSTOMERS as u32 + 50, // a free slot: no customer
+                2 => u32::MAX - 1,          // past the capacity
+                // a hot few, so customers repeat within a batch and across chunks
+                3..=200 => slots[(r >> 20) as usize % 300],
+                _ => slots[(r >> 20) as usize % slots.len()],
+            };
+            let tokens = match (r >> 10) % 500 {
+                0 => 0,
+                1 => MAX_BURST_TOKENS - 1,
+                2 => MAX_BURST_TOKENS,
+                3 => u64::MAX,
+                _ => 1 + (r >> 40) % 6,
+            };
+            (slot, tokens)
+        })
+        .unzip()
+}
+
+#[test]
+fn large_batches_equal_one_request_at_a_time() {
+    let dir = TempDir::new("default-tuning");
+    let (mut batch, mut single, slots) = engines(&dir);
+    let mut mix_seen = [0u64; 7];
+    for b in 0..4u64 {
+        let now = 1_000_000_000 * (b + 1);
+        let (keys, tokens) = batch_of(b, &slots);
+        let out = batch
+            .allocate_batch(Keys::Slots(&keys), &tokens, now)
+            .unwrap();
+        let p = batch.last_batch_phases();
+        assert!(
+            !p.bucket.is_zero() && !p.local.is_zero() && !p.gather.is_zero(),
+            "a batch of {REQUESTS} runs the parallel path: {p:?}"
+        );
+        for (i, (&k, &n)) in keys.iter().zip(&tokens).enumerate() {
+            let d = single.allocate_slot(k, n, now).unwrap();
+            assert_eq!(
+                (out.outcomes[i], out.retry_after_ns[i]),
+                (d.outcome, d.retry_after_ns),
+                "batch {b}, request {i} (slot {k}, {n} tokens)"
+            );
+            mix_seen[d.outcome as usize] += 1;
+        }
+        let (mut sa, sb) = (batch.stats(), single.stats());
+        sa.counters.batches = sb.counters.batches;
+        sa.last_committed = sb.last_committed;
+        assert_eq!(sa, sb, "batch {b}: engine-wide state");
+    }
+    for k in (0..CUSTOMERS).step_by(37) {
+        let id = k * 7 + 1;
+        assert_eq!(
+            batch.customer(id).unwrap(),
+            single.customer(id).unwrap(),
+            "customer {id}"
+        );
+    }
+    // the stream really mixes every outcome the batch path has a separate route for
+    for o in [
+        Outcome::GrantedShadow,
+        Outcome::GrantedPool,
+        Outcome::DeniedCustomerLimit,
+        Outcome::DeniedPoolExhausted,
+        Outcome::ExceedsBurst,
+        Outcome::UnknownCustomer,
+        Outcome::InvalidInput,
+    ] {
+        assert!(mix_seen[o as usize] > 0, "no {o:?} in {mix_seen:?}");
+    }
+    assert!(batch.ledger(4_000_000_000).balanced());
+}
+
+#[test]
+fn short_batches_run_sequentially_and_report_no_phases() {
+    let dir = TempDir::new("phases-short");
+    let (mut e, _, slots) = engines(&dir);
+    e.allocate_batch(Keys::Slots(&slots[..100]), &[1; 100], 1_000_000_000)
+        .unwrap();
+    assert_eq!(e.last_batch_phases(), Default::default());
+}
