@@ -602,7 +602,7 @@ fn gather_chunk(
     }
     let mut sum = Overflow::default();
     for (k, ((&s, o), r)) in slots.iter().zip(outcomes).zip(retry.iter_mut()).enumerate() {
-        if k % 8 == 0 {
+        if k.is_multiple_of(8) {
             prefetch_at(tokens, k + 128);
         }
         if s as usize >= capacity {
@@ -614,7 +614,7 @@ fn gather_chunk(
         let at = cur[0] as usize;
         cur[0] += 1;
         let code = res.codes[at];
-        if at % 64 == 0 {
+        if at.is_multiple_of(64) {
             prefetch_at(res.codes, at + 128);
         }
         if code & (CREDIT | LATER | RETRY_LISTED) == 0 {
@@ -828,9 +828,9 @@ fn bucket_by_shard(
                     unknown += 1;
                 } else {
                     let o = &mut off[s as usize >> shift];
+                    let r = Req::new(s as usize & (shard_slots - 1), n);
                     // SAFETY: the table gives each (chunk, shard) pair its own range, sized by
                     // this very chunk's histogram, so the positions are disjoint and below `pos`.
-                    let r = Req::new(s as usize & (shard_slots - 1), n);
                     unsafe { out.write(*o as usize, r) };
                     *o += 1;
                 }
