@@ -242,6 +242,9 @@ pub struct Engine {
     pub(crate) predictive: Predictive,
 }
 
+/// The most requests one batch call takes (the batch path numbers requests with 32 bits).
+pub const MAX_BATCH: usize = u32::MAX as usize - 1;
+
 /// Outcomes of a batch, one per request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -700,7 +703,8 @@ impl Engine {
     /// exactly those of the requests applied one at a time in order.
     ///
     /// # Errors
-    /// [`Error::LengthMismatch`]; [`Error::ReadOnly`].
+    /// [`Error::LengthMismatch`]; [`Error::InvalidArgument`] for more than [`MAX_BATCH`]
+    /// requests; [`Error::ReadOnly`].
     pub fn allocate_batch(
         &mut self,
         keys: Keys<'_>,
@@ -724,8 +728,8 @@ impl Engine {
     /// [`Engine::allocate_batch`] into caller-owned arrays (no allocation for the outputs).
     ///
     /// # Errors
-    /// [`Error::LengthMismatch`] when the arrays differ in length (nothing is changed);
-    /// [`Error::ReadOnly`].
+    /// [`Error::LengthMismatch`] when the arrays differ in length, [`Error::InvalidArgument`] for
+    /// a batch of more than [`MAX_BATCH`] requests (nothing is changed); [`Error::ReadOnly`].
     pub fn allocate_batch_into(
         &mut self,
         keys: Keys<'_>,
@@ -751,6 +755,11 @@ impl Engine {
                     expected: n,
                 });
             }
+        }
+        if n > MAX_BATCH {
+            return Err(Error::invalid(format!(
+                "a batch holds at most {MAX_BATCH} requests, got {n}: split it"
+            )));
         }
         if self.store.read_only() {
             return Err(Error::ReadOnly);

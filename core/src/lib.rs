@@ -40,7 +40,8 @@ pub mod train;
 pub use batch::NO_SLOT;
 pub use config::{Contract, EngineConfig, Reservation};
 pub use engine::{
-    BatchOutcome, CreateOptions, CustomerView, Engine, GrantPath, Keys, Ledger, Stats, TickReport,
+    BatchOutcome, CreateOptions, CustomerView, Engine, GrantPath, Keys, Ledger, MAX_BATCH, Stats,
+    TickReport,
 };
 pub use error::{Error, Result};
 pub use fixed::Rate;
