@@ -213,35 +213,35 @@ const FAR: usize = 64;
 /// it never faults and changes nothing.
 #[inline(always)]
 pub(crate) fn prefetch<T>(p: &T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let a = p as *const T as *const i8;
-        // SAFETY: prefetching is a hint that never faults, whatever the address; `a` and the
-        // line after it lie within (or just past) a live reference anyway.
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(a);
-            if std::mem::size_of::<T>() > 64 {
-                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(64));
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    prefetch_to::<HINT_L1, T>(p);
 }
 
 /// [`prefetch`] into the second-level cache only.
 #[inline(always)]
 pub(crate) fn prefetch_l2<T>(p: &T) {
+    prefetch_to::<HINT_L2, T>(p);
+}
+
+/// `_MM_HINT_T0`: into every cache level.
+const HINT_L1: i32 = 3;
+/// `_MM_HINT_T1`: into the second level and below.
+const HINT_L2: i32 = 2;
+#[cfg(target_arch = "x86_64")]
+const _: () =
+    assert!(HINT_L1 == std::arch::x86_64::_MM_HINT_T0 && HINT_L2 == std::arch::x86_64::_MM_HINT_T1);
+
+/// Prefetches the lines of `*p` (at most 128 bytes) with hint `HINT`.
+#[inline(always)]
+fn prefetch_to<const HINT: i32, T>(p: &T) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
         let a = p as *const T as *const i8;
-        // SAFETY: as in `prefetch`.
+        // SAFETY: prefetching is a hint that never faults, whatever the address; `a` and the
+        // line after it lie within (or just past) a live reference anyway.
         unsafe {
-            _mm_prefetch::<_MM_HINT_T1>(a);
+            std::arch::x86_64::_mm_prefetch::<HINT>(a);
             if std::mem::size_of::<T>() > 64 {
-                _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64));
+                std::arch::x86_64::_mm_prefetch::<HINT>(a.wrapping_add(64));
             }
         }
     }
