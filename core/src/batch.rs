@@ -179,9 +179,11 @@ pub struct PhaseTimes {
     pub bucket: std::time::Duration,
     /// The customer-local decisions, shards in parallel.
     pub local: std::time::Duration,
-    /// Writing the outputs in batch order and listing the pool-phase requests, in parallel.
+    /// Phase 3 as a whole: gathering the chunks into batch order (in parallel) and replaying
+    /// them against the pool, which overlap.
     pub gather: std::time::Duration,
-    /// The pool phase's sequential pass.
+    /// The part of `gather` spent in the sequential replay against the pool (its busy time, on
+    /// whichever threads ran it).
     pub pool: std::time::Duration,
 }
 
