@@ -24,7 +24,8 @@
 //!   (I2 as literally stated) and [`an_idle_interval_resets_the_contention_streak`].
 //!
 //! The batch path only runs its parallel algorithm above a size threshold, over shards of 16384
-//! slots, and scans the pool phase in chunks of 32768 requests; every test here first calls
+//! slots, and cuts the batch into chunks of 32768 requests (bucketed, gathered and replayed chunk
+//! by chunk); every test here first calls
 //! `tuning::set(1, 64)` and `tuning::set_pool_chunk(3)` (process-global, identical in every test
 //! of this file) so that small batches exercise it across several shards and several chunks.
 //!

@@ -120,6 +120,8 @@ pub fn run(a: BenchArgs) -> CmdResult {
     let mut retry = vec![0u64; a.batch];
     let mut counts = [0u64; 7];
     let mut ns = Vec::with_capacity(a.iterations);
+    // per phase of the batch path (bucket, local, gather, pool), ms per batch
+    let mut phases: [Vec<f64>; 4] = Default::default();
     for it in 0..=a.iterations {
         let now = (2 + it as u64) * SEC;
         let t = Instant::now();
@@ -128,6 +130,10 @@ pub fn run(a: BenchArgs) -> CmdResult {
         let dt = t.elapsed().as_nanos() as f64;
         if it > 0 {
             ns.push(dt / a.batch as f64);
+            let p = e.last_batch_phases();
+            for (v, d) in phases.iter_mut().zip([p.bucket, p.local, p.gather, p.pool]) {
+                v.push(d.as_secs_f64() * 1e3);
+            }
             for o in &outcomes {
                 counts[*o as usize] += 1;
             }
@@ -162,6 +168,13 @@ pub fn run(a: BenchArgs) -> CmdResult {
         "setup_s": setup_s,
         "ns_per_decision": stats(&mut ns),
         "decisions_per_s": 1e9 / median_ns,
+        "phases_ms": {
+            "note": "Engine::last_batch_phases; all zero for batches short enough to run sequentially",
+            "bucket": stats(&mut phases[0]),
+            "local": stats(&mut phases[1]),
+            "gather_and_replay": stats(&mut phases[2]),
+            "replay_busy": stats(&mut phases[3]),
+        },
         "outcome_shares": {
             "granted_shadow": share(0), "granted_pool": share(1),
             "denied_customer_limit": share(2), "denied_pool_exhausted": share(3),

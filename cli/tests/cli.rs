@@ -396,7 +396,7 @@ fn bench_writes_json_and_refuses_a_missing_gpu() {
         "--customers",
         "2000",
         "--batch",
-        "5000",
+        "10000",
         "--iterations",
         "2",
         "--out",
@@ -407,8 +407,13 @@ fn bench_writes_json_and_refuses_a_missing_gpu() {
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(v["customers"], 2000);
-    assert_eq!(v["batch"], 5000);
+    assert_eq!(v["batch"], 10000);
     assert!(v["ns_per_decision"]["median"].as_f64().unwrap() > 0.0);
+    // a batch this long runs the parallel path, whose phases are timed
+    for phase in ["bucket", "local", "gather_and_replay"] {
+        let ms = v["phases_ms"][phase]["min"].as_f64().unwrap();
+        assert!(ms > 0.0, "{phase}: {ms}");
+    }
     let shares = &v["outcome_shares"];
     let sum: f64 = [
         "granted_shadow",

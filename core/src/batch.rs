@@ -150,8 +150,8 @@ struct ShardOut {
     stats: StatsRaw,
 }
 
-/// One pool-phase request: its batch index, slot and size (copied here by the parallel scan, so
-/// the sequential pass reads nothing at random but the customer's record), and the shadow
+/// One pool-phase request: its batch index, slot and size (copied here by the gather, so the
+/// replay reads nothing at random but the customer's record and outputs), and the shadow
 /// overflow credited since the previous pool-phase request (its own refill's included), summed.
 #[derive(Clone, Copy, Default)]
 struct Pending {
