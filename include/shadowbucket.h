@@ -1092,7 +1092,8 @@ sb_result sb_engine_allocate(struct sb_engine *engine,
  * lengths must be equal; NULL is accepted for an array of length 0.
  *
  * Errors: `SB_RESULT_LENGTH_MISMATCH` (nothing is changed or written), `SB_RESULT_READ_ONLY`,
- * `SB_RESULT_INVALID_ARGUMENT` when an output overlaps another array.
+ * `SB_RESULT_INVALID_ARGUMENT` when an output overlaps another array or the batch holds more
+ * than 2^32 - 2 requests.
  *
  * Thread safety: write lock; the batch runs in parallel inside (rayon's global pool).
  *

@@ -33,9 +33,9 @@
 //! pre-images are written with non-temporal stores and not prefetched: they are written whole and
 //! never read back. Writing outputs in shard order and gathering them (rather than writing each
 //! output at its batch index from phase 2, a random write per request) took the uniform 1M bench
-//! from 32.6 to 23.5 ms per batch; packing requests in 8 bytes instead of 16 took it from 21 to
-//! 17.5-19 ms (figures and the other steps in the README). The buffers are reused from batch to
-//! batch, and [`PhaseTimes`] says where the last batch's time went.
+//! from 33.7 to 23.5 ms per batch (side by side); packing requests in 8 bytes instead of 16 took
+//! it from 21 to 17.5-19 ms (figures and the other steps in the README). The buffers are reused
+//! from batch to batch, and [`PhaseTimes`] says where the last batch's time went.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -409,51 +409,29 @@ pub(crate) fn run(
                     }
                     let r = reqs[k];
                     let local = r.local();
-                    let bu = &mut bk[local];
-                    let code = if !bu.active() {
-                        out.stats.requests += 1;
-                        out.stats.unknown += 1;
-                        Outcome::UnknownCustomer as u8 | RETRY_NEVER
-                    } else if blocked[local / 64] & (1 << (local % 64)) != 0 {
-                        LATER
-                    } else {
-                        journal_bucket_streaming(bu, &mut jn[local], seq);
-                        let over = refill_bucket(bu, now, full_at);
-                        let mut code = 0;
-                        if over != Overflow::default() {
-                            // SAFETY: the shard's credits fit in its own range `lo..hi` of the
-                            // list (at most one per request), which no other shard writes.
-                            unsafe { out_credit.write(nc, over) };
-                            nc += 1;
-                            code = CREDIT;
-                        }
-                        let n = r.tokens();
-                        let decided = if n == Req::BIG {
-                            Local::NeedsPool
-                        } else {
-                            decide_local(bu, n, &mut out.stats)
-                        };
-                        match decided {
-                            Local::Done(d) => {
-                                code |= d.outcome as u8;
-                                code |= match d.retry_after_ns {
-                                    0 => RETRY_NOW,
-                                    u64::MAX => RETRY_NEVER,
-                                    v => {
-                                        // SAFETY: as for the credits.
-                                        unsafe { out_retry.write(nr, v) };
-                                        nr += 1;
-                                        RETRY_LISTED
-                                    }
-                                };
-                            }
-                            Local::NeedsPool => {
-                                blocked[local / 64] |= 1 << (local % 64);
-                                code |= LATER;
-                            }
-                        }
-                        code
-                    };
+                    let d = decide_first(
+                        &mut bk[local],
+                        &mut jn[local],
+                        &mut blocked,
+                        local,
+                        r.tokens(),
+                        seq,
+                        now,
+                        full_at,
+                        &mut out.stats,
+                    );
+                    if d.code & CREDIT != 0 {
+                        // SAFETY: the shard's credits fit in its own range `lo..hi` of the list
+                        // (at most one per request), which no other shard writes.
+                        unsafe { out_credit.write(nc, d.credit) };
+                        nc += 1;
+                    }
+                    if d.code & RETRY_BITS == RETRY_LISTED {
+                        // SAFETY: as for the credits.
+                        unsafe { out_retry.write(nr, d.retry) };
+                        nr += 1;
+                    }
+                    let code = d.code;
                     // SAFETY: position `lo + k` is this shard's own, and below `known`.
                     unsafe { out_code.write(lo + k, code) };
                 }
@@ -620,7 +598,7 @@ fn gather_chunk(
             prefetch_at(res.codes, at + 128);
         }
         if code & (CREDIT | LATER | RETRY_LISTED) == 0 {
-            *o = OUTCOMES[(code & OUTCOME_BITS) as usize];
+            *o = Outcome::ALL[(code & OUTCOME_BITS) as usize];
             *r = if code & RETRY_NEVER != 0 { u64::MAX } else { 0 };
             continue;
         }
@@ -640,7 +618,7 @@ fn gather_chunk(
             sum = Overflow::default();
             continue;
         }
-        *o = OUTCOMES[(code & OUTCOME_BITS) as usize];
+        *o = Outcome::ALL[(code & OUTCOME_BITS) as usize];
         *r = match code & RETRY_BITS {
             RETRY_NOW => 0,
             RETRY_NEVER => u64::MAX,
@@ -690,6 +668,79 @@ fn replay_chunk(rp: &mut Replay<'_>, seg: &Segment, out_o: Out<Outcome>, out_r: 
     credit_overflow(g, seg.credit_after);
 }
 
+/// What phase 2 decided for one request: its code, and the credit and retry-after the code
+/// says to list.
+struct First {
+    code: u8,
+    credit: Overflow,
+    retry: u64,
+}
+
+/// Phase 2 for one request of `n` tokens ([`Req::BIG`] for a size only the pool phase reads
+/// exactly) to the customer in slot `local` of its shard: `UnknownCustomer` for an empty slot,
+/// `LATER` for a customer already waiting on the pool (`blocked`), otherwise the journal, the
+/// refill and the customer-local decision, which blocks the customer if it needs the pool.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the record, its journal entry, the shard's state and the batch's constants"
+)]
+#[inline(always)]
+fn decide_first(
+    b: &mut Bucket,
+    journal: &mut Bucket,
+    blocked: &mut [u64],
+    local: usize,
+    n: u64,
+    seq: u64,
+    now: u64,
+    full_at: u64,
+    stats: &mut StatsRaw,
+) -> First {
+    let mut d = First {
+        code: 0,
+        credit: Overflow::default(),
+        retry: 0,
+    };
+    if !b.active() {
+        stats.requests += 1;
+        stats.unknown += 1;
+        d.code = Outcome::UnknownCustomer as u8 | RETRY_NEVER;
+        return d;
+    }
+    if blocked[local / 64] & (1 << (local % 64)) != 0 {
+        d.code = LATER;
+        return d;
+    }
+    journal_bucket_streaming(b, journal, seq);
+    d.credit = refill_bucket(b, now, full_at);
+    if d.credit != Overflow::default() {
+        d.code = CREDIT;
+    }
+    let decided = if n == Req::BIG {
+        Local::NeedsPool
+    } else {
+        decide_local(b, n, stats)
+    };
+    match decided {
+        Local::Done(x) => {
+            d.code |= x.outcome as u8;
+            d.code |= match x.retry_after_ns {
+                0 => RETRY_NOW,
+                u64::MAX => RETRY_NEVER,
+                v => {
+                    d.retry = v;
+                    RETRY_LISTED
+                }
+            };
+        }
+        Local::NeedsPool => {
+            blocked[local / 64] |= 1 << (local % 64);
+            d.code |= LATER;
+        }
+    }
+    d
+}
+
 /// Grows `v` to at least `n` elements (never shrinks it: the buffers are reused and only the
 /// first `n` are read, after being written).
 fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
@@ -712,25 +763,6 @@ const RETRY_BITS: u8 = 3 << 3;
 const CREDIT: u8 = 1 << 5;
 /// The request is decided in the pool phase.
 const LATER: u8 = 1 << 6;
-
-/// Outcomes by their `repr(u8)` value.
-const OUTCOMES: [Outcome; 8] = [
-    Outcome::GrantedShadow,
-    Outcome::GrantedPool,
-    Outcome::DeniedCustomerLimit,
-    Outcome::DeniedPoolExhausted,
-    Outcome::ExceedsBurst,
-    Outcome::UnknownCustomer,
-    Outcome::InvalidInput,
-    Outcome::InvalidInput,
-];
-const _: () = {
-    let mut i = 0;
-    while i < 7 {
-        assert!(OUTCOMES[i] as usize == i);
-        i += 1;
-    }
-};
 
 #[expect(
     clippy::too_many_arguments,

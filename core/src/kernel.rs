@@ -32,20 +32,30 @@ impl Outcome {
         matches!(self, Outcome::GrantedShadow | Outcome::GrantedPool)
     }
 
+    /// Every outcome, in the order of their numeric codes (`Outcome::ALL[c as usize] as u8 == c`).
+    pub const ALL: [Outcome; 7] = [
+        Outcome::GrantedShadow,
+        Outcome::GrantedPool,
+        Outcome::DeniedCustomerLimit,
+        Outcome::DeniedPoolExhausted,
+        Outcome::ExceedsBurst,
+        Outcome::UnknownCustomer,
+        Outcome::InvalidInput,
+    ];
+
     /// The outcome with this numeric code.
     pub fn from_code(code: u8) -> Option<Outcome> {
-        Some(match code {
-            0 => Outcome::GrantedShadow,
-            1 => Outcome::GrantedPool,
-            2 => Outcome::DeniedCustomerLimit,
-            3 => Outcome::DeniedPoolExhausted,
-            4 => Outcome::ExceedsBurst,
-            5 => Outcome::UnknownCustomer,
-            6 => Outcome::InvalidInput,
-            _ => return None,
-        })
+        Outcome::ALL.get(code as usize).copied()
     }
 }
+
+const _: () = {
+    let mut i = 0;
+    while i < Outcome::ALL.len() {
+        assert!(Outcome::ALL[i] as usize == i);
+        i += 1;
+    }
+};
 
 /// A request's outcome and, for denials, the nanoseconds until the same request would pass if
 /// nothing else happened (`u64::MAX`: never; 0 for grants).

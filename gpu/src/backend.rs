@@ -36,11 +36,7 @@ impl StepKernel {
 
     /// Parses `tiled` or `simple` (case-insensitive, surrounding blanks ignored).
     pub fn parse(s: &str) -> Option<Self> {
-        match s.trim() {
-            v if v.eq_ignore_ascii_case("tiled") => Some(StepKernel::Tiled),
-            v if v.eq_ignore_ascii_case("simple") => Some(StepKernel::Simple),
-            _ => None,
-        }
+        parse_named(s, [StepKernel::Tiled, StepKernel::Simple], StepKernel::name)
     }
 
     /// `"tiled"` or `"simple"`.
@@ -50,6 +46,17 @@ impl StepKernel {
             StepKernel::Simple => "simple",
         }
     }
+}
+
+/// The one of `all` whose `name` is `s` (case-insensitive, surrounding blanks ignored): the
+/// option enums' `parse`, so a name is spelled once, in `name`.
+fn parse_named<T: Copy, const N: usize>(
+    s: &str,
+    all: [T; N],
+    name: fn(T) -> &'static str,
+) -> Option<T> {
+    let s = s.trim();
+    all.into_iter().find(|&v| s.eq_ignore_ascii_case(name(v)))
 }
 
 impl std::fmt::Display for StepKernel {
@@ -123,11 +130,7 @@ impl Activation {
 
     /// Parses `exp` or `rational` (case-insensitive, surrounding blanks ignored).
     pub fn parse(s: &str) -> Option<Self> {
-        match s.trim() {
-            v if v.eq_ignore_ascii_case("exp") => Some(Activation::Exp),
-            v if v.eq_ignore_ascii_case("rational") => Some(Activation::Rational),
-            _ => None,
-        }
+        parse_named(s, [Activation::Exp, Activation::Rational], Activation::name)
     }
 
     /// `"exp"` or `"rational"`.
@@ -1824,5 +1827,33 @@ impl StepBackend for GpuBackend {
 
     fn sync_every(&self) -> u32 {
         self.opts.sync_every.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Activation, StepKernel};
+
+    #[test]
+    fn option_names_parse_back() {
+        for k in [StepKernel::Tiled, StepKernel::Simple] {
+            assert_eq!(StepKernel::parse(k.name()), Some(k));
+            assert_eq!(
+                StepKernel::parse(&format!(" {} ", k.name().to_uppercase())),
+                Some(k)
+            );
+        }
+        for a in [Activation::Exp, Activation::Rational] {
+            assert_eq!(Activation::parse(a.name()), Some(a));
+            assert_eq!(
+                Activation::parse(&format!("\t{}\n", a.name().to_uppercase())),
+                Some(a)
+            );
+        }
+        assert_eq!(StepKernel::parse("tile"), None);
+        assert_eq!(StepKernel::parse(""), None);
+        assert_eq!(Activation::parse("tanh"), None);
+        assert_ne!(StepKernel::Tiled.name(), StepKernel::Simple.name());
+        assert_ne!(Activation::Exp.name(), Activation::Rational.name());
     }
 }
