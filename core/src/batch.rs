@@ -267,6 +267,9 @@ struct Req(u64);
 
 const _: () = assert!(SHARD_SLOTS <= 1 << Req::SLOT_BITS);
 
+/// Packed requests per 64-byte cache line.
+const REQS_PER_LINE: usize = 64 / std::mem::size_of::<Req>();
+
 impl Req {
     const SLOT_BITS: u32 = 14;
     const SIZE_BITS: u32 = 64 - Req::SLOT_BITS;
@@ -855,6 +858,8 @@ fn bucket_by_shard(
         .zip(tokens.par_chunks(chunk))
         .zip(table.par_chunks(nshards))
         .map(|((cs, ct), start)| {
+            // (copied, so the loop keeps them in registers across its writes through `out`)
+            let (out, capacity, shift, mask) = (out, capacity, shift, shard_slots - 1);
             let mut off = start.to_vec();
             let mut unknown = 0u64;
             for (&s, &n) in cs.iter().zip(ct) {
@@ -862,10 +867,16 @@ fn bucket_by_shard(
                     unknown += 1;
                 } else {
                     let o = &mut off[s as usize >> shift];
-                    let r = Req::new(s as usize & (shard_slots - 1), n);
+                    let at = *o as usize;
+                    // Each shard's part is written as one stream: fetch the line after next
+                    // when a line is started, so the writes do not wait for their lines.
+                    if at.is_multiple_of(REQS_PER_LINE) {
+                        out.prefetch(at + 2 * REQS_PER_LINE);
+                    }
+                    let r = Req::new(s as usize & mask, n);
                     // SAFETY: the table gives each (chunk, shard) pair its own range, sized by
                     // this very chunk's histogram, so the positions are disjoint and below `pos`.
-                    unsafe { out.write(*o as usize, r) };
+                    unsafe { out.write(at, r) };
                     *o += 1;
                 }
             }
