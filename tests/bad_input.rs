@@ -17,7 +17,9 @@ use std::process::{Command, Stdio};
 
 use common::TempDir;
 
-use shadowbucket::layout::{Col, FileHeader, HEADER_BYTES, StatePage, TxnState};
+use shadowbucket::layout::{
+    Col, FORMAT_VERSION, FileHeader, HEADER_BYTES, OLDEST_FORMAT_VERSION, StatePage, TxnState,
+};
 use shadowbucket::{
     Contract, CreateOptions, Engine, EngineConfig, Error, GrantPath, Keys, NO_SLOT, Outcome, Rate,
     Reservation, Stats,
@@ -915,6 +917,52 @@ fn assert_refused(path: &Path, write: bool, want: Want, ctx: &str) {
     );
 }
 
+/// A store of the oldest version this build reads (the same layout; only what a crashed batch
+/// leaves in the journal differs) opens read-only as it is, and opening it for writing marks it
+/// with this build's version, so that older builds refuse it from then on.
+#[test]
+fn an_older_version_is_read_and_upgraded_when_opened_for_writing() {
+    let _serial = serial();
+    let dir = TempDir::new("old-version");
+    let (eng, path) = store(&dir, "old.sb", 16);
+    let before = snap(&eng);
+    drop(eng);
+    let version = |b: &[u8]| {
+        let at = std::mem::offset_of!(FileHeader, version);
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    };
+    assert_eq!(version(&before.bytes), FORMAT_VERSION);
+    const { assert!(OLDEST_FORMAT_VERSION < FORMAT_VERSION) };
+    let mut old = before.bytes.clone();
+    put_u32(
+        &mut old,
+        std::mem::offset_of!(FileHeader, version),
+        OLDEST_FORMAT_VERSION,
+    );
+    fix_crc(&mut old);
+    std::fs::write(&path, &old).unwrap();
+
+    let ro = Engine::open_read_only(&path).unwrap();
+    assert_eq!(ro.stats(), before.stats);
+    drop(ro);
+    assert!(
+        std::fs::read(&path).unwrap() == old,
+        "a read-only open wrote"
+    );
+
+    let mut eng = Engine::open(&path).unwrap();
+    let now = snap(&eng);
+    assert_eq!(version(&now.bytes), FORMAT_VERSION);
+    assert_eq!(now.stats, before.stats);
+    assert_eq!(now.customers, before.customers);
+    // the header is all that changed
+    let h = std::mem::size_of::<FileHeader>();
+    assert!(now.bytes[h..] == before.bytes[h..]);
+    assert!(now.bytes[..h] == before.bytes[..h]);
+    eng.check().unwrap();
+    eng.allocate(IDS[0], 1, NOW).unwrap();
+}
+
 #[test]
 fn bad_files_are_refused_and_left_untouched() {
     let _serial = serial();
@@ -942,7 +990,13 @@ fn bad_files_are_refused_and_left_untouched() {
         ("text file", b"hello, world\n".repeat(1_000), "magic"),
         (
             "unknown version",
-            edit(&|b| put_u32(b, std::mem::offset_of!(FileHeader, version), 2)),
+            edit(&|b| {
+                put_u32(
+                    b,
+                    std::mem::offset_of!(FileHeader, version),
+                    FORMAT_VERSION + 1,
+                )
+            }),
             "version",
         ),
         (

@@ -47,7 +47,7 @@ use crate::kernel::{
     refill_bucket,
 };
 use crate::layout::{Bucket, Globals, StatsRaw};
-use crate::store::{journal_bucket, journal_bucket_streaming, stream_fence};
+use crate::store::{JournalLog, journal_bucket, stream_fence};
 
 /// Slots per shard (the default; see [`tuning`]).
 pub const SHARD_SLOTS: usize = 16384;
@@ -392,6 +392,9 @@ pub(crate) fn run(
             let mut blocked = [0u64; SHARD_SLOTS / 64];
             // where the next retry-after and credit of this shard go
             let (mut nr, mut nc) = (lo, lo);
+            // the shard's journal, and its first slot
+            let mut log = JournalLog::new(jn);
+            let base = s * shard_slots;
             for c in 0..nchunks {
                 // SAFETY: column `s` of the side table belongs to this shard only, and
                 // `c * nshards + s` is in bounds (the table was grown to `nchunks * nshards`).
@@ -414,7 +417,8 @@ pub(crate) fn run(
                     let local = r.local();
                     let d = decide_first(
                         &mut bk[local],
-                        &mut jn[local],
+                        &mut log,
+                        (base + local) as u32,
                         &mut blocked,
                         local,
                         r.tokens(),
@@ -680,17 +684,19 @@ struct First {
 }
 
 /// Phase 2 for one request of `n` tokens ([`Req::BIG`] for a size only the pool phase reads
-/// exactly) to the customer in slot `local` of its shard: `UnknownCustomer` for an empty slot,
+/// exactly) to the customer in slot `local` of its shard (`slot` of the store): `UnknownCustomer`
+/// for an empty slot,
 /// `LATER` for a customer already waiting on the pool (`blocked`), otherwise the journal, the
 /// refill and the customer-local decision, which blocks the customer if it needs the pool.
 #[expect(
     clippy::too_many_arguments,
-    reason = "the record, its journal entry, the shard's state and the batch's constants"
+    reason = "the record, the shard's journal and state, and the batch's constants"
 )]
 #[inline(always)]
 fn decide_first(
     b: &mut Bucket,
-    journal: &mut Bucket,
+    log: &mut JournalLog<'_>,
+    slot: u32,
     blocked: &mut [u64],
     local: usize,
     n: u64,
@@ -714,7 +720,7 @@ fn decide_first(
         d.code = LATER;
         return d;
     }
-    journal_bucket_streaming(b, journal, seq);
+    log.record(b, slot, seq);
     d.credit = refill_bucket(b, now, full_at);
     if d.credit != Overflow::default() {
         d.code = CREDIT;

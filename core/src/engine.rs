@@ -1363,3 +1363,6 @@ fn update_flag(b: &mut Bucket, cfg: &ConfigRaw) {
         b.streak = 0;
     }
 }
+
+#[cfg(test)]
+mod recovery_tests;

@@ -19,8 +19,13 @@ use bytemuck::{Pod, Zeroable};
 
 /// First bytes of every store file.
 pub const MAGIC: [u8; 8] = *b"SHDWBKT\0";
-/// Format version written by this build; others are refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version written by this build. Version 1 (whose batches journaled each record at its
+/// own slot, where version 2 batches append to a log per shard) is also read: opening it for
+/// writing recovers it as version 1 and then marks it version 2, so a build that knows only
+/// version 1 refuses it from then on. Others are refused.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Size of the static header page.
 pub const HEADER_BYTES: u64 = 4096;
 /// Size of the state page.
@@ -67,7 +72,8 @@ pub struct Bucket {
     pub denied_customer: u32,
     /// This interval: `PoolExhausted` denials.
     pub denied_pool: u32,
-    /// Sequence number of the last transaction that wrote this record (journal validity).
+    /// Sequence number of the last transaction that wrote this record (journal validity; 0 after
+    /// recovery restored it from a batch's log). In a batch log's entry: that batch's number.
     pub epoch: u64,
     /// Tier for reservation cut-back.
     pub weight: u16,
@@ -75,7 +81,7 @@ pub struct Bucket {
     pub flags: u8,
     /// Consecutive ticks counting toward flipping the contention flag.
     pub streak: u8,
-    /// Reserved, zero.
+    /// Reserved, zero. In a batch log's entry: the slot whose pre-image it holds.
     pub _pad: u32,
 }
 
@@ -147,7 +153,8 @@ pub struct Closed {
 
 /// The rest of a slot's pre-image, for the transactions that touch more than its bucket (settle,
 /// tick, customer changes). The bucket's own pre-image is in the journal column, a `Bucket` per
-/// slot, so an allocation batch writes 128 bytes of journal per customer it touches.
+/// slot (at the slot's own entry, or appended to its shard's log by a parallel batch), so an
+/// allocation batch writes 128 bytes of journal per customer it touches.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct JournalAux {

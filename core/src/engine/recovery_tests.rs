@@ -1,0 +1,124 @@
+//! Recovery of a batch that ran the parallel path and never committed: its shards' journal logs
+//! (`store::JournalLog`) must restore every record it touched, and nothing else.
+
+use super::*;
+use crate::layout::Bucket;
+
+/// A record as recovery must leave it: everything but `epoch`, which recovery resets.
+fn sans_epoch(b: &Bucket) -> Bucket {
+    Bucket { epoch: 0, ..*b }
+}
+
+#[test]
+fn a_crashed_parallel_batch_is_rolled_back_from_its_shard_logs() {
+    // several small shards, and the parallel path for any batch
+    batch::tuning::set(1, 64);
+    batch::tuning::set_pool_chunk(97);
+    let dir = std::env::temp_dir().join(format!("sb-recovery-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.sb");
+    let cfg = EngineConfig::new(40_000, Rate::tokens_per_sec(2_000));
+    let mut eng = Engine::create(&path, CreateOptions::new(1_000, cfg).without_model()).unwrap();
+    let n = 700u64;
+    let all: Vec<(u64, Contract)> = (0..n)
+        .map(|id| {
+            (
+                id,
+                Contract::new(50 + id % 7, Rate::tokens_per_sec(5 + id % 3)),
+            )
+        })
+        .collect();
+    let slots = eng.add_customers(&all, 0).unwrap();
+    let res: Vec<Reservation> = slots
+        .iter()
+        .step_by(2)
+        .map(|&slot| Reservation {
+            slot,
+            rate: Rate::tokens_per_sec(3),
+            capacity: 20,
+        })
+        .collect();
+    eng.tick_with(0, &res).unwrap();
+    // a stream of requests with duplicates, some customers not in it, one unknown slot
+    let mut x = 12345u64;
+    let mut next = move || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        x >> 33
+    };
+    let live = slots.clone();
+    let mut batch_of = |len: usize| -> (Vec<u32>, Vec<u64>) {
+        let mut s: Vec<u32> = (0..len).map(|_| live[(next() % 600) as usize]).collect();
+        s[len / 2] = 999;
+        let t = (0..len).map(|_| 1 + next() % 9).collect();
+        (s, t)
+    };
+    // a committed batch first, so records carry older stamps and the journal older entries
+    let (s1, t1) = batch_of(3_000);
+    let mut o = vec![Outcome::InvalidInput; s1.len()];
+    let mut r = vec![0u64; s1.len()];
+    eng.allocate_batch_into(Keys::Slots(&s1), &t1, 2_000_000_000, &mut o, &mut r)
+        .unwrap();
+    let before: Vec<Bucket> = eng.store.cols().buckets.to_vec();
+    let globals = eng.store.cols().state.globals;
+
+    // the next batch runs, and the process dies before its commit
+    let (s2, t2) = batch_of(5_000);
+    let mut o = vec![Outcome::InvalidInput; s2.len()];
+    let mut r = vec![0u64; s2.len()];
+    let seq = {
+        let c = eng.store.cols_mut().unwrap();
+        let txn = Txn::begin(c.state, txn_kind::ALLOCATE);
+        batch::run(
+            c.buckets,
+            c.journal,
+            &mut c.state.globals,
+            txn.seq,
+            &s2,
+            &t2,
+            5_000_000_000,
+            &mut o,
+            &mut r,
+            &mut eng.scratch,
+        );
+        txn.seq
+    };
+    assert!(
+        eng.last_batch_phases().local > std::time::Duration::ZERO,
+        "the batch did not take the parallel path"
+    );
+    let cols = eng.store.cols();
+    let touched = cols.buckets.iter().filter(|b| b.epoch == seq).count();
+    // every customer the batch named (slot 999 holds none)
+    let distinct: std::collections::HashSet<u32> =
+        s2.iter().copied().filter(|&s| s != 999).collect();
+    assert_eq!(touched, distinct.len());
+    let changed = cols
+        .buckets
+        .iter()
+        .zip(&before)
+        .filter(|(a, b)| sans_epoch(a) != sans_epoch(b))
+        .count();
+    assert!(changed > 100, "only {changed} records changed");
+    drop(eng);
+
+    let eng = Engine::open(&path).unwrap();
+    assert_eq!(eng.recovered(), Some(seq));
+    let after = eng.store.cols().buckets;
+    for (i, (a, b)) in after.iter().zip(&before).enumerate() {
+        assert_eq!(sans_epoch(a), sans_epoch(b), "slot {i}");
+        if !distinct.contains(&(i as u32)) {
+            assert_eq!(
+                a.epoch, b.epoch,
+                "slot {i}: untouched, yet its stamp changed"
+            );
+        }
+    }
+    assert_eq!(eng.stats().last_rolled_back, seq);
+    assert_eq!(eng.store.cols().state.globals, globals);
+    eng.check().unwrap();
+    drop(eng);
+    batch::tuning::reset();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
