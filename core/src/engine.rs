@@ -775,6 +775,22 @@ impl Engine {
             }
             Keys::Slots(s) => s,
         };
+        let txn = self.begin_batch(slots, tokens, now, outcomes, retry_after_ns)?;
+        txn.commit(self.store.cols_mut()?.state);
+        self.resolved = resolved;
+        Ok(())
+    }
+
+    /// Begins a batch's transaction and applies the batch (`slots` resolved, the arrays checked);
+    /// the caller commits it. A transaction never committed is what a killed process leaves.
+    fn begin_batch(
+        &mut self,
+        slots: &[u32],
+        tokens: &[u64],
+        now: u64,
+        outcomes: &mut [Outcome],
+        retry_after_ns: &mut [u64],
+    ) -> Result<Txn> {
         let c = self.store.cols_mut()?;
         let txn = Txn::begin(c.state, txn_kind::ALLOCATE);
         batch::run(
@@ -790,9 +806,7 @@ impl Engine {
             &mut self.scratch,
         );
         c.state.globals.stats.batches += 1;
-        txn.commit(c.state);
-        self.resolved = resolved;
-        Ok(())
+        Ok(txn)
     }
 
     /// Wall time of each phase of the last batch call (all zero when it was short enough to run

@@ -67,23 +67,10 @@ fn a_crashed_parallel_batch_is_rolled_back_from_its_shard_logs() {
     let (s2, t2) = batch_of(5_000);
     let mut o = vec![Outcome::InvalidInput; s2.len()];
     let mut r = vec![0u64; s2.len()];
-    let seq = {
-        let c = eng.store.cols_mut().unwrap();
-        let txn = Txn::begin(c.state, txn_kind::ALLOCATE);
-        batch::run(
-            c.buckets,
-            c.journal,
-            &mut c.state.globals,
-            txn.seq,
-            &s2,
-            &t2,
-            5_000_000_000,
-            &mut o,
-            &mut r,
-            &mut eng.scratch,
-        );
-        txn.seq
-    };
+    let seq = eng
+        .begin_batch(&s2, &t2, 5_000_000_000, &mut o, &mut r)
+        .unwrap()
+        .seq;
     assert!(
         eng.last_batch_phases().local > std::time::Duration::ZERO,
         "the batch did not take the parallel path"
