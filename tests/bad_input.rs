@@ -950,7 +950,7 @@ fn an_older_version_is_read_and_upgraded_when_opened_for_writing() {
         "a read-only open wrote"
     );
 
-    let mut eng = Engine::open(&path).unwrap();
+    let eng = Engine::open(&path).unwrap();
     let now = snap(&eng);
     assert_eq!(version(&now.bytes), FORMAT_VERSION);
     assert_eq!(now.stats, before.stats);
@@ -960,6 +960,52 @@ fn an_older_version_is_read_and_upgraded_when_opened_for_writing() {
     assert!(now.bytes[h..] == before.bytes[h..]);
     assert!(now.bytes[..h] == before.bytes[..h]);
     eng.check().unwrap();
+    drop(eng);
+
+    // A process killed in the middle of the upgrade leaves one of the two fields written: the
+    // store still opens, and opening it for writing finishes the upgrade.
+    let version_only = {
+        let mut b = old.clone();
+        put_u32(
+            &mut b,
+            std::mem::offset_of!(FileHeader, version),
+            FORMAT_VERSION,
+        );
+        b
+    };
+    let checksum_only = {
+        let mut b = old.clone();
+        b[CHECKSUM..CHECKSUM + 4].copy_from_slice(&before.bytes[CHECKSUM..CHECKSUM + 4]);
+        b
+    };
+    for (what, torn) in [
+        ("version only", version_only),
+        ("checksum only", checksum_only),
+    ] {
+        assert!(torn != old && torn != before.bytes, "{what}");
+        std::fs::write(&path, &torn).unwrap();
+        let ro = Engine::open_read_only(&path).unwrap();
+        assert_eq!(ro.stats(), before.stats, "{what}");
+        drop(ro);
+        let eng = Engine::open(&path).unwrap();
+        assert!(snap(&eng).bytes == before.bytes, "{what}: not upgraded");
+        drop(eng);
+    }
+
+    // anything else in the header corrupt is still refused
+    let mut bad = old.clone();
+    put_u32(
+        &mut bad,
+        std::mem::offset_of!(FileHeader, version),
+        FORMAT_VERSION,
+    );
+    bad[std::mem::offset_of!(FileHeader, capacity)] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    for write in [false, true] {
+        assert_refused(&path, write, Want::BadFile("checksum"), "torn and corrupt");
+    }
+    std::fs::write(&path, &before.bytes).unwrap();
+    let mut eng = Engine::open(&path).unwrap();
     eng.allocate(IDS[0], 1, NOW).unwrap();
 }
 

@@ -114,6 +114,17 @@ fn col<'a, T: bytemuck::Pod>(bytes: &'a [u8], h: &FileHeader, c: Col) -> &'a [T]
     bytemuck::cast_slice(&bytes[d.offset as usize..(d.offset + d.len) as usize])
 }
 
+/// Whether `h` is the header of an older version's store that a killed process was marking with
+/// this build's version ([`Store::upgrade_header`]): one of the two changed fields (the version
+/// and the checksum) written, the other not yet. The header is whole otherwise, and the next open
+/// for writing finishes the upgrade.
+fn torn_upgrade(h: &FileHeader) -> bool {
+    (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).any(|version| {
+        let other = FileHeader { version, ..*h };
+        other.checksum == other.compute_checksum()
+    })
+}
+
 /// Checks a header read from `path` whose file is `actual_len` bytes long.
 fn validate_header(path: &Path, bytes: &[u8]) -> Result<FileHeader> {
     let bad = |r: String| Error::bad_file(path, r);
@@ -128,7 +139,7 @@ fn validate_header(path: &Path, bytes: &[u8]) -> Result<FileHeader> {
             h.version
         )));
     }
-    if h.checksum != h.compute_checksum() {
+    if h.checksum != h.compute_checksum() && !torn_upgrade(&h) {
         return Err(bad(
             "header checksum mismatch (the header is corrupt)".into()
         ));
@@ -240,7 +251,10 @@ impl Store {
             map,
         };
         let recovered = if write { store.recover() } else { None };
-        if write && store.header.version < FORMAT_VERSION {
+        if write
+            && (store.header.version < FORMAT_VERSION
+                || store.header.checksum != store.header.compute_checksum())
+        {
             store.upgrade_header();
         }
         Ok((store, recovered))
@@ -280,7 +294,9 @@ impl Store {
     }
 
     /// Marks an older version's file (already recovered) as this build's version: the layout is
-    /// the same, only what a crashed batch leaves in the journal differs.
+    /// the same, only what a crashed batch leaves in the journal differs. Only the version and
+    /// the checksum change; a process killed between the two leaves a header that
+    /// [`torn_upgrade`] recognises, and the next open for writing writes both again.
     fn upgrade_header(&mut self) {
         let mut h = self.header;
         h.version = FORMAT_VERSION;
