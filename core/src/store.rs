@@ -428,9 +428,9 @@ pub(crate) fn journal_bucket(b: &mut Bucket, j: &mut Bucket, seq: u64) {
 /// A shard's journal for the batch path: an append-only log in the shard's own range of the
 /// journal column, one entry per customer the shard touches, written one after another instead of
 /// at random (that took the customer-local phase of the uniform 1M bench from 10.3-10.6 to
-/// 9.8-9.9 ms per batch, minima of runs side by side). Each entry is a record's pre-image tagged with the transaction (its
-/// `epoch` field holds the sequence number) and with its slot (its `_pad` field), so recovery
-/// finds it by scanning the column ([`Store::recover`]).
+/// 9.8-9.9 ms per batch, minima of runs side by side). Each entry is a record's pre-image tagged
+/// with the transaction (its `epoch` field holds the sequence number) and with its slot (its
+/// `_pad` field), so recovery finds it by scanning the column ([`Store::recover`]).
 pub(crate) struct JournalLog<'a> {
     entries: &'a mut [Bucket],
     next: usize,
