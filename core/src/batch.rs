@@ -30,12 +30,13 @@
 //! the records themselves: each first touch of a customer misses the cache (its record). Phase 2
 //! prefetches records [`AHEAD`] requests in advance (and into the second-level cache further
 //! ahead), and the replay its records and outputs. Each shard appends its pre-images to its own
-//! journal log (`store::JournalLog`) with non-temporal stores: one sequential stream per shard, written
-//! whole and never read back. Writing outputs in shard order and gathering them (rather than writing each
-//! output at its batch index from phase 2, a random write per request) took the uniform 1M bench
-//! from 33.7 to 23.5 ms per batch (side by side); packing requests in 8 bytes instead of 16 took
-//! it from 21 to 17.5-19 ms (figures and the other steps in the README). The buffers are reused
-//! from batch to batch, and [`PhaseTimes`] says where the last batch's time went.
+//! journal log (`store::JournalLog`) with non-temporal stores: one sequential stream per shard,
+//! written whole and never read back. Writing outputs in shard order and gathering them (rather
+//! than writing each output at its batch index from phase 2, a random write per request) took the
+//! uniform 1M bench from 33.7 to 23.5 ms per batch (side by side); packing requests in 8 bytes
+//! instead of 16 took it from 21 to 17.5-19 ms (figures and the other steps in the README). The
+//! buffers are reused from batch to batch, and [`PhaseTimes`] says where the last batch's time
+//! went.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
