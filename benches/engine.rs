@@ -44,7 +44,7 @@ use rand::{RngExt, SeedableRng};
 use rand_distr::Zipf;
 use rayon::prelude::*;
 use shadowbucket::{
-    Contract, CreateOptions, Engine, EngineConfig, Keys, Outcome, Rate, Reservation,
+    Contract, CreateOptions, Engine, EngineConfig, Keys, Outcome, PhaseTimes, Rate, Reservation,
 };
 
 // ---- workload ------------------------------------------------------------------------------------
@@ -256,8 +256,8 @@ struct Bed {
     retry: Vec<u64>,
     governor: Governor,
     governor_clock: FakeRelativeClock,
-    /// Each phase's minimum over the measured `engine_batch_slots` batches (bucket, local,
-    /// gather, pool), printed with the final mix.
+    /// Each phase's minimum over the measured `engine_batch_slots` batches (in the order of
+    /// `PhaseTimes::durations`), printed with the final mix.
     phase_min: [Duration; 4],
     _dir: TempDir,
 }
@@ -515,12 +515,8 @@ fn timed(bed: &mut Bed, iters: u64, v: Variant) -> Duration {
         bed.run(v);
         total += t.elapsed();
         if v == Variant::BatchSlots {
-            let p = bed.engine.last_batch_phases();
-            for (m, d) in bed
-                .phase_min
-                .iter_mut()
-                .zip([p.bucket, p.local, p.gather, p.pool])
-            {
+            let p = bed.engine.last_batch_phases().durations();
+            for (m, d) in bed.phase_min.iter_mut().zip(p) {
                 *m = (*m).min(d);
             }
         }
@@ -569,10 +565,14 @@ fn bench_allocate_batch(c: &mut Criterion) {
         }
         if let Some(mut b) = bed.take() {
             if b.phase_min[0] != Duration::MAX {
-                let [bucket, local, gather, pool] = b.phase_min;
+                let minima: Vec<String> = PhaseTimes::NAMES
+                    .iter()
+                    .zip(b.phase_min)
+                    .map(|(name, d)| format!("{name} {d:.2?}"))
+                    .collect();
                 eprintln!(
-                    "[{label}] engine_batch_slots phase minima: bucket {bucket:.2?}, local \
-                     {local:.2?}, gather {gather:.2?}, pool {pool:.2?}"
+                    "[{label}] engine_batch_slots phase minima: {}",
+                    minima.join(", ")
                 );
             }
             b.print_mix(&label, "after the benches");

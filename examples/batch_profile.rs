@@ -8,7 +8,7 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use shadowbucket::{
-    Contract, CreateOptions, Engine, EngineConfig, Keys, Outcome, Rate, Reservation,
+    Contract, CreateOptions, Engine, EngineConfig, Keys, Outcome, PhaseTimes, Rate, Reservation,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut r = vec![0u64; batch];
     let mut now = 1_000_000_000u64;
     let mut best = f64::MAX;
-    // the fastest batch's phases, and each phase's own minimum over the batches
+    // each phase's own minimum over the batches, ms
     let mut phases_min = [f64::MAX; 4];
     let cpu0 = cpu_seconds();
     for _ in 0..iters {
@@ -52,10 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         eng.allocate_batch_into(Keys::Slots(&slots), &tokens, now, &mut o, &mut r)?;
         best = best.min(t.elapsed().as_secs_f64());
-        let p = eng.last_batch_phases();
         for (m, d) in phases_min
             .iter_mut()
-            .zip([p.bucket, p.local, p.gather, p.pool])
+            .zip(eng.last_batch_phases().durations())
         {
             *m = m.min(d.as_secs_f64() * 1e3);
         }
@@ -69,10 +68,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         best * 1e9 / batch as f64,
         cpu * 1e9 / (batch as f64 * iters as f64)
     );
-    println!(
-        "phase minima, ms: bucket {:.2}, local {:.2}, gather {:.2}, pool {:.2}",
-        phases_min[0], phases_min[1], phases_min[2], phases_min[3]
-    );
+    let minima: Vec<String> = PhaseTimes::NAMES
+        .iter()
+        .zip(phases_min)
+        .map(|(name, ms)| format!("{name} {ms:.2}"))
+        .collect();
+    println!("phase minima, ms: {}", minima.join(", "));
     drop(eng);
     std::fs::remove_dir_all(&dir)?;
     Ok(())

@@ -120,7 +120,7 @@ pub fn run(a: BenchArgs) -> CmdResult {
     let mut retry = vec![0u64; a.batch];
     let mut counts = [0u64; 7];
     let mut ns = Vec::with_capacity(a.iterations);
-    // per phase of the batch path (bucket, local, gather, pool), ms per batch
+    // per phase of the batch path (in the order of `PhaseTimes::durations`), ms per batch
     let mut phases: [Vec<f64>; 4] = Default::default();
     for it in 0..=a.iterations {
         let now = (2 + it as u64) * SEC;
@@ -130,8 +130,7 @@ pub fn run(a: BenchArgs) -> CmdResult {
         let dt = t.elapsed().as_nanos() as f64;
         if it > 0 {
             ns.push(dt / a.batch as f64);
-            let p = e.last_batch_phases();
-            for (v, d) in phases.iter_mut().zip([p.bucket, p.local, p.gather, p.pool]) {
+            for (v, d) in phases.iter_mut().zip(e.last_batch_phases().durations()) {
                 v.push(d.as_secs_f64() * 1e3);
             }
             for o in &outcomes {

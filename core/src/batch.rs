@@ -145,12 +145,6 @@ impl<T> Out<T> {
     }
 }
 
-/// What one shard leaves for the pool phase.
-#[derive(Default)]
-struct ShardOut {
-    stats: StatsRaw,
-}
-
 /// One pool-phase request: its batch index, slot and size (copied here by the gather, so the
 /// replay reads nothing at random but the customer's record and outputs), and the shadow
 /// overflow credited since the previous pool-phase request (its own refill's included), summed.
@@ -186,6 +180,16 @@ pub struct PhaseTimes {
     /// The part of `gather` spent in the sequential replay against the pool (its busy time, on
     /// whichever threads ran it).
     pub pool: std::time::Duration,
+}
+
+impl PhaseTimes {
+    /// The fields' names, in the order of [`PhaseTimes::durations`].
+    pub const NAMES: [&'static str; 4] = ["bucket", "local", "gather", "pool"];
+
+    /// `[bucket, local, gather, pool]`.
+    pub fn durations(&self) -> [std::time::Duration; 4] {
+        [self.bucket, self.local, self.gather, self.pool]
+    }
 }
 
 /// Buffers a batch reuses from the previous one (no page faults, no allocation per batch).
@@ -382,20 +386,18 @@ pub(crate) fn run(
     let starts = &order.starts;
     let full_at = g.pool.full_at_ns;
 
-    let shard_outs: Vec<ShardOut> = buckets
+    let shard_stats: Vec<StatsRaw> = buckets
         .par_chunks_mut(shard_slots)
         .zip(journal.par_chunks_mut(shard_slots))
         .enumerate()
         .map(|(s, (bk, jn))| {
             let (lo, hi) = (starts[s], starts[s + 1]);
             let reqs = &reqs_all[lo..hi];
-            let mut out = ShardOut::default();
+            let mut stats = StatsRaw::default();
             let mut blocked = [0u64; SHARD_SLOTS / 64];
             // where the next retry-after and credit of this shard go
             let (mut nr, mut nc) = (lo, lo);
-            // the shard's journal, and its first slot
-            let mut log = JournalLog::new(jn);
-            let base = s * shard_slots;
+            let mut log = JournalLog::new(jn, s * shard_slots);
             for c in 0..nchunks {
                 // SAFETY: column `s` of the side table belongs to this shard only, and
                 // `c * nshards + s` is in bounds (the table was grown to `nchunks * nshards`).
@@ -419,14 +421,13 @@ pub(crate) fn run(
                     let d = decide_first(
                         &mut bk[local],
                         &mut log,
-                        (base + local) as u32,
                         &mut blocked,
                         local,
                         r.tokens(),
                         seq,
                         now,
                         full_at,
-                        &mut out.stats,
+                        &mut stats,
                     );
                     if d.code & CREDIT != 0 {
                         // SAFETY: the shard's credits fit in its own range `lo..hi` of the list
@@ -446,12 +447,12 @@ pub(crate) fn run(
             }
             // the journal's streaming stores, ordered on the thread that made them
             stream_fence();
-            out
+            stats
         })
         .collect();
 
-    for so in &shard_outs {
-        add_stats(&mut g.stats, &so.stats);
+    for st in &shard_stats {
+        add_stats(&mut g.stats, st);
     }
     let t2 = std::time::Instant::now();
 
@@ -685,8 +686,7 @@ struct First {
 }
 
 /// Phase 2 for one request of `n` tokens ([`Req::BIG`] for a size only the pool phase reads
-/// exactly) to the customer in slot `local` of its shard (`slot` of the store): `UnknownCustomer`
-/// for an empty slot,
+/// exactly) to the customer in slot `local` of its shard: `UnknownCustomer` for an empty slot,
 /// `LATER` for a customer already waiting on the pool (`blocked`), otherwise the journal, the
 /// refill and the customer-local decision, which blocks the customer if it needs the pool.
 #[expect(
@@ -697,7 +697,6 @@ struct First {
 fn decide_first(
     b: &mut Bucket,
     log: &mut JournalLog<'_>,
-    slot: u32,
     blocked: &mut [u64],
     local: usize,
     n: u64,
@@ -721,7 +720,7 @@ fn decide_first(
         d.code = LATER;
         return d;
     }
-    log.record(b, slot, seq);
+    log.record(b, local, seq);
     d.credit = refill_bucket(b, now, full_at);
     if d.credit != Overflow::default() {
         d.code = CREDIT;

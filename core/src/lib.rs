@@ -37,7 +37,7 @@ pub mod reserve;
 mod store;
 pub mod train;
 
-pub use batch::NO_SLOT;
+pub use batch::{NO_SLOT, PhaseTimes};
 pub use config::{Contract, EngineConfig, Reservation};
 pub use engine::{
     BatchOutcome, CreateOptions, CustomerView, Engine, GrantPath, Keys, Ledger, MAX_BATCH, Stats,

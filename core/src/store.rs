@@ -428,22 +428,28 @@ pub(crate) fn journal_bucket(b: &mut Bucket, j: &mut Bucket, seq: u64) {
 /// A shard's journal for the batch path: an append-only log in the shard's own range of the
 /// journal column, one entry per customer the shard touches, written one after another instead of
 /// at random (that took the customer-local phase of the uniform 1M bench from 10.3-10.6 to
-/// 9.8-9.9 ms per batch, minima of runs side by side). Each entry is a record's pre-image tagged
+/// 9.8-9.9 ms per batch in three of four runs, 10.9 in the fourth; minima, builds alternated). Each entry is a record's pre-image tagged
 /// with the transaction (its `epoch` field holds the sequence number) and with its slot (its
 /// `_pad` field), so recovery finds it by scanning the column ([`Store::recover`]).
 pub(crate) struct JournalLog<'a> {
     entries: &'a mut [Bucket],
     next: usize,
+    /// The shard's first slot.
+    first_slot: usize,
 }
 
 impl<'a> JournalLog<'a> {
-    /// An empty log over `entries` (as many as the slots that may log into it).
-    pub(crate) fn new(entries: &'a mut [Bucket]) -> Self {
-        JournalLog { entries, next: 0 }
+    /// An empty log over `entries`, for the shard of as many slots from `first_slot`.
+    pub(crate) fn new(entries: &'a mut [Bucket], first_slot: usize) -> Self {
+        JournalLog {
+            entries,
+            next: 0,
+            first_slot,
+        }
     }
 
     /// [`journal_bucket`] into the log: the first time transaction `seq` touches the record in
-    /// `slot`, appends its pre-image and stamps it.
+    /// slot `local` of the shard, appends its pre-image and stamps it.
     ///
     /// The entry is written with non-temporal stores: its lines are not first read into the cache
     /// (each entry is written once, and nothing reads it unless a crash is rolled back), so they
@@ -455,10 +461,12 @@ impl<'a> JournalLog<'a> {
     /// # Panics
     /// If the log is full: more distinct records logged than it has entries.
     #[inline(always)]
-    pub(crate) fn record(&mut self, b: &mut Bucket, slot: u32, seq: u64) {
+    pub(crate) fn record(&mut self, b: &mut Bucket, local: usize, seq: u64) {
         if b.epoch == seq {
             return;
         }
+        // below the store's capacity, which is below `u32::MAX`
+        let slot = (self.first_slot + local) as u32;
         let entry = &mut self.entries[self.next];
         self.next += 1;
         #[cfg(target_arch = "x86_64")]
