@@ -242,6 +242,13 @@ pub struct Engine {
     pub(crate) predictive: Predictive,
 }
 
+/// Ids per parallel task of [`Engine::resolve`].
+const RESOLVE_CHUNK: usize = 4096;
+/// How many ids ahead [`Engine::resolve`] prefetches the index line where a search begins (24
+/// against 16 and 32, with the home entries worked out first: 5.6-5.7 against 6.1-6.2 and
+/// 5.7-5.8 ns per id, 1M customers).
+const RESOLVE_AHEAD: usize = 24;
+
 /// The most requests one batch call takes (the batch path numbers requests with 32 bits).
 pub const MAX_BATCH: usize = u32::MAX as usize - 1;
 
@@ -419,6 +426,20 @@ impl Engine {
 
     /// Resolves ids to slots in parallel; unknown ids give [`crate::NO_SLOT`].
     ///
+    /// ```
+    /// # use shadowbucket::{Contract, CreateOptions, Engine, EngineConfig, Rate, NO_SLOT};
+    /// # let dir = std::env::temp_dir().join(format!("sb-resolve-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let cfg = EngineConfig::new(1_000, Rate::tokens_per_sec(100));
+    /// let mut eng = Engine::create(dir.join("r.sb"), CreateOptions::new(10, cfg).without_model())?;
+    /// let slot = eng.add_customer(42, Contract::new(10, Rate::tokens_per_sec(1)), 0)?;
+    /// let mut out = [0u32; 2];
+    /// eng.resolve(&[42, 7], &mut out)?;
+    /// assert_eq!(out, [slot, NO_SLOT]);
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::LengthMismatch`] when `out` is not as long as `ids`.
     pub fn resolve(&self, ids: &[u64], out: &mut [u32]) -> Result<()> {
@@ -431,16 +452,25 @@ impl Engine {
         }
         let table = self.store.cols().index;
         let cap = self.capacity();
-        out.par_chunks_mut(4096)
-            .zip(ids.par_chunks(4096))
+        out.par_chunks_mut(RESOLVE_CHUNK)
+            .zip(ids.par_chunks(RESOLVE_CHUNK))
             .for_each(|(out, ids)| {
+                // Each lookup is a cache miss in a large index, so the loop below starts each
+                // line's load well ahead. Working out every home entry first, in a loop of its
+                // own, keeps that loop short: hashing each id twice (to prefetch, then to search)
+                // made the whole resolution about 20% slower.
+                let mut homes = [0u32; RESOLVE_CHUNK];
+                let homes = &mut homes[..ids.len()];
+                for (h, &id) in homes.iter_mut().zip(ids) {
+                    // below the index's capacity, a power of two far below `u32::MAX`
+                    *h = index::home(table, id) as u32;
+                }
                 for (k, (o, &id)) in out.iter_mut().zip(ids).enumerate() {
-                    // each lookup is a cache miss in a large index: start the next ones early
-                    if let Some(&next) = ids.get(k + batch::AHEAD) {
-                        index::prefetch_slot(table, next);
+                    if let Some(&h) = homes.get(k + RESOLVE_AHEAD) {
+                        batch::prefetch(&table[h as usize]);
                     }
                     *o = if valid_id(id) {
-                        match index::find(table, id) {
+                        match index::find_from(table, id, homes[k] as usize) {
                             Some(s) if s < cap => s as u32,
                             _ => NO_SLOT,
                         }

@@ -23,13 +23,27 @@ pub fn valid_id(id: u64) -> bool {
     id < INDEX_TOMBSTONE
 }
 
+/// Where the search for `id` begins: its home entry.
+#[inline(always)]
+pub(crate) fn home(table: &[IndexEntry], id: u64) -> usize {
+    (mix(id) & (table.len() as u64 - 1)) as usize
+}
+
 /// The slot of `id`, if present.
 #[inline]
 pub(crate) fn find(table: &[IndexEntry], id: u64) -> Option<u64> {
-    let mask = table.len() as u64 - 1;
-    let mut i = mix(id) & mask;
-    loop {
-        let e = &table[i as usize];
+    find_from(table, id, home(table, id))
+}
+
+/// [`find`], from `id`'s home entry `at` (worked out beforehand by the caller, see
+/// `Engine::resolve`). Gives up after one pass over a table with no empty entry (only a damaged
+/// one has none).
+#[inline(always)]
+pub(crate) fn find_from(table: &[IndexEntry], id: u64, at: usize) -> Option<u64> {
+    let mask = table.len() - 1;
+    let mut i = at;
+    for _ in 0..table.len() {
+        let e = &table[i];
         if e.id == id {
             return Some(e.slot);
         }
@@ -38,13 +52,7 @@ pub(crate) fn find(table: &[IndexEntry], id: u64) -> Option<u64> {
         }
         i = (i + 1) & mask;
     }
-}
-
-/// Starts loading the table line where the search for `id` begins (a hint only).
-#[inline(always)]
-pub(crate) fn prefetch_slot(table: &[IndexEntry], id: u64) {
-    let i = (mix(id) & (table.len() as u64 - 1)) as usize;
-    crate::batch::prefetch(&table[i]);
+    None
 }
 
 /// Inserts `id` (which must be absent). Returns whether a tombstone was reused.
@@ -97,6 +105,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_table_with_no_empty_entry_ends_the_search() {
+        // only a damaged index is full: the search must still end, whatever the id's home
+        let t: Vec<IndexEntry> = (0..8u64).map(|i| IndexEntry { id: i, slot: i }).collect();
+        for id in 100..120u64 {
+            assert_eq!(find(&t, id), None);
+        }
+        for id in 0..8u64 {
+            assert_eq!(find(&t, id), Some(id));
+        }
+    }
+
+    #[test]
     fn insert_find_remove_reuse() {
         let mut t = vec![
             IndexEntry {
@@ -119,6 +139,10 @@ mod tests {
             assert_eq!(find(&t, id * 7919), Some(id));
         }
         assert_eq!(find(&t, 12345), None);
+        // from a home worked out beforehand, the same answers
+        for id in (0..10u64).filter(|&i| i != 3) {
+            assert_eq!(find_from(&t, id * 7919, home(&t, id * 7919)), Some(id));
+        }
         assert!(valid_id(0) && !valid_id(INDEX_EMPTY) && !valid_id(INDEX_TOMBSTONE));
     }
 }
