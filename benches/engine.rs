@@ -11,6 +11,7 @@
 //!   - `engine_batch_slots`: `Engine::allocate_batch_into` with `Keys::Slots` resolved once;
 //!   - `engine_batch_ids`: the same with `Keys::Ids` (the index lookup inside the call);
 //!   - `engine_single_loop`: `Engine::allocate_slot` one request at a time;
+//!   - `engine_resolve`: `Engine::resolve` alone, ids to slots (what `engine_batch_ids` adds);
 //!   - `governor_keyed`: governor's keyed limiter (dashmap state store, fake clock),
 //!     `check_key_n` per request, one thread;
 //!   - `governor_keyed_rayon`: the same spread over rayon's pool (governor is thread-safe).
@@ -208,6 +209,8 @@ enum Variant {
     BatchIds,
     /// `Engine::allocate_slot` per request.
     SingleLoop,
+    /// `Engine::resolve` alone: the part of `BatchIds` that `BatchSlots` leaves out.
+    Resolve,
     /// governor's keyed limiter, `check_key_n` per request, one thread.
     Governor,
     /// The same over rayon's pool.
@@ -215,10 +218,11 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 5] = [
+    const ALL: [Variant; 6] = [
         Variant::BatchSlots,
         Variant::BatchIds,
         Variant::SingleLoop,
+        Variant::Resolve,
         Variant::Governor,
         Variant::GovernorRayon,
     ];
@@ -228,6 +232,7 @@ impl Variant {
             Variant::BatchSlots => "engine_batch_slots",
             Variant::BatchIds => "engine_batch_ids",
             Variant::SingleLoop => "engine_single_loop",
+            Variant::Resolve => "engine_resolve",
             Variant::Governor => "governor_keyed",
             Variant::GovernorRayon => "governor_keyed_rayon",
         }
@@ -445,6 +450,11 @@ impl Bed {
                         .expect("allocate")
                         .outcome;
                 }
+            }
+            Variant::Resolve => {
+                self.engine
+                    .resolve(&self.ids, &mut self.slots)
+                    .expect("resolve");
             }
             Variant::Governor | Variant::GovernorRayon => {
                 self.governor_clock.advance(Duration::from_nanos(DT_NS));
