@@ -927,18 +927,17 @@ fn an_older_version_is_read_and_upgraded_when_opened_for_writing() {
     let (eng, path) = store(&dir, "old.sb", 16);
     let before = snap(&eng);
     drop(eng);
-    let version = |b: &[u8]| {
-        let at = std::mem::offset_of!(FileHeader, version);
-        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    const VERSION: usize = std::mem::offset_of!(FileHeader, version);
+    let version = |b: &[u8]| u32::from_le_bytes(b[VERSION..VERSION + 4].try_into().unwrap());
+    // `b` with its header's version field set to `v` (its checksum left as it is)
+    let with_version = |b: &[u8], v: u32| {
+        let mut b = b.to_vec();
+        put_u32(&mut b, VERSION, v);
+        b
     };
     assert_eq!(version(&before.bytes), FORMAT_VERSION);
     const { assert!(OLDEST_FORMAT_VERSION < FORMAT_VERSION) };
-    let mut old = before.bytes.clone();
-    put_u32(
-        &mut old,
-        std::mem::offset_of!(FileHeader, version),
-        OLDEST_FORMAT_VERSION,
-    );
+    let mut old = with_version(&before.bytes, OLDEST_FORMAT_VERSION);
     fix_crc(&mut old);
     std::fs::write(&path, &old).unwrap();
 
@@ -964,15 +963,7 @@ fn an_older_version_is_read_and_upgraded_when_opened_for_writing() {
 
     // A process killed in the middle of the upgrade leaves one of the two fields written: the
     // store still opens, and opening it for writing finishes the upgrade.
-    let version_only = {
-        let mut b = old.clone();
-        put_u32(
-            &mut b,
-            std::mem::offset_of!(FileHeader, version),
-            FORMAT_VERSION,
-        );
-        b
-    };
+    let version_only = with_version(&old, FORMAT_VERSION);
     let checksum_only = {
         let mut b = old.clone();
         b[CHECKSUM..CHECKSUM + 4].copy_from_slice(&before.bytes[CHECKSUM..CHECKSUM + 4]);
@@ -993,12 +984,7 @@ fn an_older_version_is_read_and_upgraded_when_opened_for_writing() {
     }
 
     // anything else in the header corrupt is still refused
-    let mut bad = old.clone();
-    put_u32(
-        &mut bad,
-        std::mem::offset_of!(FileHeader, version),
-        FORMAT_VERSION,
-    );
+    let mut bad = with_version(&old, FORMAT_VERSION);
     bad[std::mem::offset_of!(FileHeader, capacity)] ^= 1;
     std::fs::write(&path, &bad).unwrap();
     for write in [false, true] {

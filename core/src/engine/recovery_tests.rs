@@ -47,9 +47,8 @@ fn a_crashed_parallel_batch_is_rolled_back_from_its_shard_logs() {
             .wrapping_add(1442695040888963407);
         x >> 33
     };
-    let live = slots.clone();
-    let mut batch_of = |len: usize| -> (Vec<u32>, Vec<u64>) {
-        let mut s: Vec<u32> = (0..len).map(|_| live[(next() % 600) as usize]).collect();
+    let mut batch_of = move |len: usize| -> (Vec<u32>, Vec<u64>) {
+        let mut s: Vec<u32> = (0..len).map(|_| slots[(next() % 600) as usize]).collect();
         s[len / 2] = 999;
         let t = (0..len).map(|_| 1 + next() % 9).collect();
         (s, t)
