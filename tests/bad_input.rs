@@ -18,7 +18,8 @@ use std::process::{Command, Stdio};
 use common::TempDir;
 
 use shadowbucket::layout::{
-    Col, FORMAT_VERSION, FileHeader, HEADER_BYTES, OLDEST_FORMAT_VERSION, StatePage, TxnState,
+    Bucket, Col, FORMAT_VERSION, FileHeader, HEADER_BYTES, OLDEST_FORMAT_VERSION, StatePage,
+    TxnState,
 };
 use shadowbucket::{
     Contract, CreateOptions, Engine, EngineConfig, Error, GrantPath, Keys, NO_SLOT, Outcome, Rate,
@@ -917,82 +918,234 @@ fn assert_refused(path: &Path, write: bool, want: Want, ctx: &str) {
     );
 }
 
-/// A store of the oldest version this build reads (the same layout; only what a crashed batch
-/// leaves in the journal differs) opens read-only as it is, and opening it for writing marks it
-/// with this build's version, so that older builds refuse it from then on.
+/// Where each field of a record lies in format versions 1 and 2 (the same fields as
+/// `Bucket`, in another order), and its size, written out here rather than taken from the
+/// library, so that the upgrade is checked against the old format itself.
+const V2_FIELDS: [(usize, usize, usize); 19] = {
+    use std::mem::offset_of;
+    type B = Bucket;
+    [
+        // (offset in version 2, offset now, size)
+        (0, offset_of!(B, std), 16),
+        (16, offset_of!(B, shadow), 16),
+        (32, offset_of!(B, last_ns), 8),
+        (40, offset_of!(B, rate), 8),
+        (48, offset_of!(B, burst), 8),
+        (56, offset_of!(B, rho), 8),
+        (64, offset_of!(B, sigma), 8),
+        (72, offset_of!(B, outstanding), 8),
+        (80, offset_of!(B, granted_shadow), 8),
+        (88, offset_of!(B, granted_pool), 8),
+        (96, offset_of!(B, requests), 4),
+        (100, offset_of!(B, fallbacks), 4),
+        (104, offset_of!(B, denied_customer), 4),
+        (108, offset_of!(B, denied_pool), 4),
+        (112, offset_of!(B, epoch), 8),
+        (120, offset_of!(B, weight), 2),
+        (122, offset_of!(B, flags), 1),
+        (123, offset_of!(B, streak), 1),
+        (124, offset_of!(B, _pad), 4),
+    ]
+};
+
+/// A record (`Bucket`, 128 bytes) laid out as version 2 did.
+fn record_v2(r: &[u8]) -> [u8; 128] {
+    let mut out = [0u8; 128];
+    for (old, now, len) in V2_FIELDS {
+        out[old..old + len].copy_from_slice(&r[now..now + len]);
+    }
+    out
+}
+
+/// Byte offset of record `i` of column `c` in the file `b`.
+fn record_at(b: &[u8], c: Col, i: usize) -> usize {
+    get_u64(b, column(c as usize)) as usize + 128 * i
+}
+
+/// The store file `b` (this version) as a genuine store of format `version` (1 or 2): its
+/// records and journal entries in the old field order, without the log heads column (the last
+/// one), the header saying so.
+fn as_old_version(b: &[u8], version: u32) -> Vec<u8> {
+    let mut old = b.to_vec();
+    for c in [Col::Buckets, Col::Journal] {
+        let len = get_u64(b, column(c as usize) + 8) as usize / 128;
+        for i in 0..len {
+            let at = record_at(b, c, i);
+            old[at..at + 128].copy_from_slice(&record_v2(&b[at..at + 128]));
+        }
+    }
+    let heads = column(Col::LogHeads as usize);
+    let end = get_u64(b, heads) as usize;
+    old.truncate(end);
+    old[heads..heads + 16].fill(0);
+    put_u64(
+        &mut old,
+        std::mem::offset_of!(FileHeader, file_len),
+        end as u64,
+    );
+    put_u32(&mut old, std::mem::offset_of!(FileHeader, version), version);
+    fix_crc(&mut old);
+    old
+}
+
+/// The bytes of `b` outside the log heads column, which an upgrade starts empty.
+fn sans_log_heads(b: &[u8]) -> Vec<u8> {
+    let at = get_u64(b, column(Col::LogHeads as usize)) as usize;
+    b[..at].to_vec()
+}
+
+/// A store of versions 1 or 2 (whose records order their fields differently) is refused
+/// read-only, with the way to upgrade it in the error; opening it for writing rewrites it as this
+/// version with every byte of its state as it was. So is a version 1 store whose header a version
+/// 2 build was marking as version 2 when it was killed (one of the two fields written).
 #[test]
-fn an_older_version_is_read_and_upgraded_when_opened_for_writing() {
+fn an_older_version_is_upgraded_when_opened_for_writing() {
     let _serial = serial();
     let dir = TempDir::new("old-version");
     let (eng, path) = store(&dir, "old.sb", 16);
     let before = snap(&eng);
     drop(eng);
     const VERSION: usize = std::mem::offset_of!(FileHeader, version);
-    let version = |b: &[u8]| u32::from_le_bytes(b[VERSION..VERSION + 4].try_into().unwrap());
-    // `b` with its header's version field set to `v` (its checksum left as it is)
-    let with_version = |b: &[u8], v: u32| {
-        let mut b = b.to_vec();
-        put_u32(&mut b, VERSION, v);
+    assert_eq!(get_u64(&before.bytes, VERSION) as u32, FORMAT_VERSION);
+    const { assert!(OLDEST_FORMAT_VERSION == 1 && FORMAT_VERSION == 3) };
+    let v1 = as_old_version(&before.bytes, 1);
+    let v2 = as_old_version(&before.bytes, 2);
+    assert!(v2.len() < before.bytes.len() && v1 != v2);
+    // what a killed in-place upgrade from version 1 to 2 left: the version or the checksum
+    let version_only = {
+        let mut b = v1.clone();
+        put_u32(&mut b, VERSION, 2);
         b
     };
-    assert_eq!(version(&before.bytes), FORMAT_VERSION);
-    const { assert!(OLDEST_FORMAT_VERSION < FORMAT_VERSION) };
-    let mut old = with_version(&before.bytes, OLDEST_FORMAT_VERSION);
-    fix_crc(&mut old);
-    std::fs::write(&path, &old).unwrap();
-
-    let ro = Engine::open_read_only(&path).unwrap();
-    assert_eq!(ro.stats(), before.stats);
-    drop(ro);
-    assert!(
-        std::fs::read(&path).unwrap() == old,
-        "a read-only open wrote"
-    );
-
-    let eng = Engine::open(&path).unwrap();
-    let now = snap(&eng);
-    assert_eq!(version(&now.bytes), FORMAT_VERSION);
-    assert_eq!(now.stats, before.stats);
-    assert_eq!(now.customers, before.customers);
-    // the header is all that changed
-    let h = std::mem::size_of::<FileHeader>();
-    assert!(now.bytes[h..] == before.bytes[h..]);
-    assert!(now.bytes[..h] == before.bytes[..h]);
-    eng.check().unwrap();
-    drop(eng);
-
-    // A process killed in the middle of the upgrade leaves one of the two fields written: the
-    // store still opens, and opening it for writing finishes the upgrade.
-    let version_only = with_version(&old, FORMAT_VERSION);
     let checksum_only = {
-        let mut b = old.clone();
-        b[CHECKSUM..CHECKSUM + 4].copy_from_slice(&before.bytes[CHECKSUM..CHECKSUM + 4]);
+        let mut b = v1.clone();
+        b[CHECKSUM..CHECKSUM + 4].copy_from_slice(&v2[CHECKSUM..CHECKSUM + 4]);
         b
     };
-    for (what, torn) in [
-        ("version only", version_only),
-        ("checksum only", checksum_only),
+    for (what, old) in [
+        ("version 1", v1.clone()),
+        ("version 2", v2),
+        ("torn, version only", version_only),
+        ("torn, checksum only", checksum_only),
     ] {
-        assert!(torn != old && torn != before.bytes, "{what}");
-        std::fs::write(&path, &torn).unwrap();
+        std::fs::write(&path, &old).unwrap();
+        assert_refused(
+            &path,
+            false,
+            Want::BadFile("open the store for writing"),
+            what,
+        );
+        let eng = Engine::open(&path).unwrap();
+        assert_eq!(eng.recovered(), None, "{what}");
+        let now = snap(&eng);
+        assert_eq!(now.stats, before.stats, "{what}");
+        assert_eq!(now.customers, before.customers, "{what}");
+        assert!(now.bytes.len() == before.bytes.len(), "{what}");
+        assert!(
+            sans_log_heads(&now.bytes) == sans_log_heads(&before.bytes),
+            "{what}: not the same store"
+        );
+        eng.check().unwrap();
+        drop(eng);
+        assert!(
+            !dir.join("old.sb.upgrade-tmp").exists(),
+            "{what}: the new file is left beside the store"
+        );
+        // and it is this version's store now, read-only too
         let ro = Engine::open_read_only(&path).unwrap();
         assert_eq!(ro.stats(), before.stats, "{what}");
-        drop(ro);
-        let eng = Engine::open(&path).unwrap();
-        assert!(snap(&eng).bytes == before.bytes, "{what}: not upgraded");
-        drop(eng);
     }
 
-    // anything else in the header corrupt is still refused
-    let mut bad = with_version(&old, FORMAT_VERSION);
+    // anything else in an old header corrupt is still refused
+    let mut bad = v1.clone();
     bad[std::mem::offset_of!(FileHeader, capacity)] ^= 1;
     std::fs::write(&path, &bad).unwrap();
     for write in [false, true] {
-        assert_refused(&path, write, Want::BadFile("checksum"), "torn and corrupt");
+        assert_refused(&path, write, Want::BadFile("checksum"), "corrupt version 1");
     }
     std::fs::write(&path, &before.bytes).unwrap();
     let mut eng = Engine::open(&path).unwrap();
     eng.allocate(IDS[0], 1, NOW).unwrap();
+}
+
+/// A version 2 store left by a process killed in a batch (its journal as version 2 kept it:
+/// whole records appended to a log, each entry tagged with the transaction in `epoch` and naming
+/// its slot in `_pad`, the records stamped with the transaction; and a record journaled at its
+/// own slot) is rolled back as version 2 would have, then upgraded.
+#[test]
+fn an_older_version_killed_in_a_batch_is_rolled_back_then_upgraded() {
+    let _serial = serial();
+    let dir = TempDir::new("old-version-crash");
+    let (eng, path) = store(&dir, "old.sb", 16);
+    let before = snap(&eng);
+    let slots: Vec<usize> = IDS
+        .iter()
+        .map(|&id| eng.slot_of(id).unwrap() as usize)
+        .collect();
+    drop(eng);
+    // (the log's first four places are not the journal entries of the other two slots)
+    assert!(slots[4..].iter().all(|&s| s >= 4), "{slots:?}");
+    let mut b = before.bytes.clone();
+    let committed = get_u64(&b, state(std::mem::offset_of!(TxnState, last_committed)));
+    let seq = committed + 1;
+    // a batch in flight: the globals' pre-image saved, the transaction active
+    let (g, u) = (
+        state(std::mem::offset_of!(StatePage, globals)),
+        state(std::mem::offset_of!(StatePage, undo)),
+    );
+    let len = std::mem::size_of::<shadowbucket::layout::Globals>();
+    b.copy_within(g..g + len, u);
+    put_u64(&mut b, state(std::mem::offset_of!(TxnState, active)), seq);
+    put_u64(&mut b, state(std::mem::offset_of!(TxnState, kind)), 1);
+    // the pool changed by the batch
+    b[globals(0)] ^= 0x55;
+    let epoch = std::mem::offset_of!(Bucket, epoch);
+    let pad = std::mem::offset_of!(Bucket, _pad);
+    let std_level = std::mem::offset_of!(Bucket, std);
+    for (k, &slot) in slots.iter().enumerate() {
+        let rec = record_at(&b, Col::Buckets, slot);
+        if k < 4 {
+            // logged: the entry goes to the log's next place, tagged and naming its slot
+            let entry = record_at(&b, Col::Journal, k);
+            b.copy_within(rec..rec + 128, entry);
+            put_u64(&mut b, entry + epoch, seq);
+            put_u32(&mut b, entry + pad, slot as u32);
+        } else {
+            // journaled at its own slot
+            let entry = record_at(&b, Col::Journal, slot);
+            b.copy_within(rec..rec + 128, entry);
+        }
+        // then the record is stamped and changed
+        put_u64(&mut b, rec + epoch, seq);
+        b[rec + std_level + 3] ^= 0xa5;
+    }
+    std::fs::write(&path, as_old_version(&b, 2)).unwrap();
+
+    let eng = Engine::open(&path).unwrap();
+    assert_eq!(eng.recovered(), Some(seq));
+    let now = snap(&eng);
+    assert_eq!(now.customers, before.customers);
+    assert_eq!(now.stats.last_rolled_back, seq);
+    assert_eq!(
+        Stats {
+            last_rolled_back: 0,
+            ..now.stats
+        },
+        before.stats
+    );
+    for (k, &slot) in slots.iter().enumerate() {
+        let (was, is) = (
+            record_at(&before.bytes, Col::Buckets, slot),
+            record_at(&now.bytes, Col::Buckets, slot),
+        );
+        let mut want = before.bytes[was..was + 128].to_vec();
+        if k < 4 {
+            // restored from the log: its stamp is reset
+            want[epoch..epoch + 8].fill(0);
+        }
+        assert!(now.bytes[is..is + 128] == want[..], "slot {slot}");
+    }
+    eng.check().unwrap();
 }
 
 #[test]

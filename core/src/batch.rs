@@ -29,9 +29,10 @@
 //! Memory, not arithmetic, sets the pace, so every phase reads and writes sequentially except for
 //! the records themselves: each first touch of a customer misses the cache (its record). Phase 2
 //! prefetches records [`AHEAD`] requests in advance (and into the second-level cache further
-//! ahead), and the replay its records and outputs. Each shard appends its pre-images to its own
-//! journal log (`store::JournalLog`) with non-temporal stores: one sequential stream per shard,
-//! written whole and never read back. Writing outputs in shard order and gathering them (rather
+//! ahead), and the replay its records and outputs. Each shard appends its pre-images (a record's
+//! first cache line when the batch first touches it, its second line only before the batch
+//! changes that) to its own journal log (`store::JournalLog`) with non-temporal stores: sequential
+//! streams, written whole and never read back. Writing outputs in shard order and gathering them (rather
 //! than writing each output at its batch index from phase 2, a random write per request) took the
 //! uniform 1M bench from 33.7 to 23.5 ms per batch (side by side); packing requests in 8 bytes
 //! instead of 16 took it from 21 to 17.5-19 ms (figures and the other steps in the README). The
@@ -44,10 +45,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use rayon::prelude::*;
 
 use crate::kernel::{
-    Decision, Local, Outcome, Overflow, advance, credit_overflow, decide_local, decide_pool,
-    refill_bucket,
+    Decision, Local, Outcome, Overflow, advance, credit_overflow, decide_local, decide_local_with,
+    decide_pool, refill_bucket,
 };
-use crate::layout::{Bucket, Globals, StatsRaw};
+use crate::layout::{Bucket, Globals, LogHead, StatsRaw};
 use crate::store::{JournalLog, journal_bucket, stream_fence};
 
 /// Slots per shard (the default; see [`tuning`]).
@@ -72,7 +73,7 @@ pub mod tuning {
     pub fn set(parallel_min: usize, shard_slots: usize) {
         PARALLEL_MIN.store(parallel_min, Ordering::Relaxed);
         let s = shard_slots
-            .clamp(64, super::SHARD_SLOTS)
+            .clamp(crate::layout::MIN_SHARD_SLOTS as usize, super::SHARD_SLOTS)
             .next_power_of_two();
         SHARD_SLOTS.store(s.min(super::SHARD_SLOTS), Ordering::Relaxed);
     }
@@ -331,6 +332,7 @@ pub(crate) fn add_stats(a: &mut StatsRaw, b: &StatsRaw) {
 pub(crate) fn run(
     buckets: &mut [Bucket],
     journal: &mut [Bucket],
+    log_heads: &mut [LogHead],
     g: &mut Globals,
     seq: u64,
     slots: &[u32],
@@ -389,15 +391,16 @@ pub(crate) fn run(
     let shard_stats: Vec<StatsRaw> = buckets
         .par_chunks_mut(shard_slots)
         .zip(journal.par_chunks_mut(shard_slots))
+        .zip(log_heads[..nshards].par_iter_mut())
         .enumerate()
-        .map(|(s, (bk, jn))| {
+        .map(|(s, ((bk, jn), head))| {
             let (lo, hi) = (starts[s], starts[s + 1]);
             let reqs = &reqs_all[lo..hi];
             let mut stats = StatsRaw::default();
             let mut blocked = [0u64; SHARD_SLOTS / 64];
             // where the next retry-after and credit of this shard go
             let (mut nr, mut nc) = (lo, lo);
-            let mut log = JournalLog::new(jn, s * shard_slots);
+            let mut log = JournalLog::new(jn, head, s * shard_slots, seq);
             for c in 0..nchunks {
                 // SAFETY: column `s` of the side table belongs to this shard only, and
                 // `c * nshards + s` is in bounds (the table was grown to `nchunks * nshards`).
@@ -424,7 +427,6 @@ pub(crate) fn run(
                         &mut blocked,
                         local,
                         r.tokens(),
-                        seq,
                         now,
                         full_at,
                         &mut stats,
@@ -700,7 +702,6 @@ fn decide_first(
     blocked: &mut [u64],
     local: usize,
     n: u64,
-    seq: u64,
     now: u64,
     full_at: u64,
     stats: &mut StatsRaw,
@@ -720,15 +721,19 @@ fn decide_first(
         d.code = LATER;
         return d;
     }
-    log.record(b, local, seq);
+    log.record0(b, local);
     d.credit = refill_bucket(b, now, full_at);
     if d.credit != Overflow::default() {
         d.code = CREDIT;
     }
+    // The record's second line changes with a contract denial's counter, or in the pool phase:
+    // it is logged just before, inside the decision's own branches. (A test of its own here, a
+    // branch mispredicted whenever the decision's is, cost the uniform bench's customer-local
+    // phase 0.4 ms: 9.35 against 8.94 ms, both builds logging no second lines.)
     let decided = if n == Req::BIG {
         Local::NeedsPool
     } else {
-        decide_local(b, n, stats)
+        decide_local_with(b, n, stats, |b| log.record1(b, local))
     };
     match decided {
         Local::Done(x) => {
@@ -743,6 +748,7 @@ fn decide_first(
             };
         }
         Local::NeedsPool => {
+            log.record1(b, local);
             blocked[local / 64] |= 1 << (local % 64);
             d.code |= LATER;
         }

@@ -691,14 +691,7 @@ impl Engine {
         }
         next.flush()?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-        // Make the rename itself durable (best effort: some file systems refuse to sync a dir).
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        store::sync_parent_dir(&path);
         next.path = path;
         self.store = next;
         Ok(())
@@ -826,6 +819,7 @@ impl Engine {
         batch::run(
             c.buckets,
             c.journal,
+            c.log_heads,
             &mut c.state.globals,
             txn.seq,
             slots,

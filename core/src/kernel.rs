@@ -213,6 +213,19 @@ pub(crate) enum Local {
 /// `now`), applying a shadow grant or counting a denial.
 #[inline(always)]
 pub(crate) fn decide_local(b: &mut Bucket, n: u64, st: &mut StatsRaw) -> Local {
+    decide_local_with(b, n, st, |_| ())
+}
+
+/// [`decide_local`], calling `before_line1` with the record just before it changes the record's
+/// second line (a contract denial's counter), the only change there it can make: the batch
+/// path's journal logs that line then, with no test of its own on the hot path.
+#[inline(always)]
+pub(crate) fn decide_local_with(
+    b: &mut Bucket,
+    n: u64,
+    st: &mut StatsRaw,
+    before_line1: impl FnOnce(&Bucket),
+) -> Local {
     if n == 0 {
         st.requests += 1;
         st.invalid += 1;
@@ -246,6 +259,7 @@ pub(crate) fn decide_local(b: &mut Bucket, n: u64, st: &mut StatsRaw) -> Local {
         });
     }
     if b.std < nf {
+        before_line1(b);
         b.requests = b.requests.saturating_add(1);
         b.denied_customer = b.denied_customer.saturating_add(1);
         st.requests += 1;

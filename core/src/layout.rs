@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! offset 0      FileHeader   static: magic, version, capacity, model dimensions, column table,
-//!                            CRC-32 of all of it. Written once at create (and by grow, which
-//!                            replaces the whole file atomically).
+//!                            CRC-32 of all of it. Written once at create (and by grow and the
+//!                            upgrade of an older version, which replace the whole file
+//!                            atomically).
 //! offset 4096   StatePage    dynamic: transaction state, then Globals (config, pool, counters)
 //!                            and the undo copy of Globals for the transaction in flight.
 //! offset 8192.. columns      each starting on a 4096-byte boundary, `capacity` elements each
@@ -12,18 +13,21 @@
 //!
 //! The hot path touches one column only: [`Bucket`], a 128-byte record that groups every field a
 //! request reads or writes, so a random request costs one pair of adjacent cache lines instead of
-//! one miss per field (the `layout` bench measures this against one column per field). The other
-//! columns (ids, interval history, settle counters, forecaster state) are one field each.
+//! one miss per field (the `layout` bench measures this against one column per field), and a shadow
+//! grant writes only the first of the two. The other columns (ids, interval history, settle
+//! counters, forecaster state, the batch logs' heads) are one field each.
 
 use bytemuck::{Pod, Zeroable};
 
 /// First bytes of every store file.
 pub const MAGIC: [u8; 8] = *b"SHDWBKT\0";
-/// Format version written by this build. Version 1 (whose batches journaled each record at its
-/// own slot, where version 2 batches append to a log per shard) is also read: opening it for
-/// writing recovers it as version 1 and then marks it version 2, so a build that knows only
-/// version 1 refuses it from then on. Others are refused.
-pub const FORMAT_VERSION: u32 = 2;
+/// Format version written by this build. Versions 1 and 2 are also read (version 1 batches
+/// journaled each record at its own slot; version 2 batches appended whole records to a log per
+/// shard; version 3 orders a record's fields so that a shadow grant changes one cache line, and
+/// its batch logs hold single lines, counted in a column of log heads): opening one for writing
+/// recovers it as its own version and rewrites it as version 3 (a new file, renamed over the
+/// old one). Others are refused.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format version this build reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Size of the static header page.
@@ -40,16 +44,31 @@ pub const FLAG_ACTIVE: u8 = 1;
 /// `Bucket::flags`: the customer's contention flag is raised.
 pub const FLAG_CONTENDED: u8 = 2;
 
-/// Everything a request touches for one customer, in one 128-byte record.
+/// Everything a request touches for one customer, in one 128-byte record of two cache lines.
+///
+/// The first line holds every field a shadow grant writes; the second the contract, the
+/// reservation and the fields that only the other outcomes (and settles, ticks and customer
+/// changes) write. A batch that grants from shadow buckets leaves the second lines clean, so they
+/// are never written back, and journals only the first (`store::JournalLog`).
 #[repr(C, align(128))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Bucket {
+    // ---- line 0: what a shadow grant changes
     /// Standard bucket level, femto-tokens (negative after settlement debt).
     pub std: i128,
     /// Shadow bucket level, femto-tokens (at most `sigma` tokens; negative after debt).
     pub shadow: i128,
     /// Time both levels were last brought up to, ns.
     pub last_ns: u64,
+    /// Tokens granted and not yet settled (bounds what a settle may refund).
+    pub outstanding: u64,
+    /// This interval: tokens granted from the shadow bucket.
+    pub granted_shadow: u64,
+    /// This interval: requests decided (all outcomes but unknown/invalid).
+    pub requests: u32,
+    /// Reserved, zero. In a batch log's first-line entry: the slot whose line it holds.
+    pub _pad: u32,
+    // ---- line 1: the contract, the reservation, the other outcomes' counters
     /// Contract rate, micro-tokens/s.
     pub rate: u64,
     /// Contract burst, tokens.
@@ -58,34 +77,115 @@ pub struct Bucket {
     pub rho: u64,
     /// Shadow capacity `sigma`, tokens.
     pub sigma: u64,
-    /// Tokens granted and not yet settled (bounds what a settle may refund).
-    pub outstanding: u64,
-    /// This interval: tokens granted from the shadow bucket.
-    pub granted_shadow: u64,
     /// This interval: tokens granted from the pool.
     pub granted_pool: u64,
-    /// This interval: requests decided (all outcomes but unknown/invalid).
-    pub requests: u32,
     /// This interval: pool grants (deviations from the reservation).
     pub fallbacks: u32,
     /// This interval: `CustomerLimit` denials.
     pub denied_customer: u32,
     /// This interval: `PoolExhausted` denials.
     pub denied_pool: u32,
-    /// Sequence number of the last transaction that wrote this record (journal validity; 0 after
-    /// recovery restored it from a batch's log). In a batch log's entry: that batch's number.
-    pub epoch: u64,
     /// Tier for reservation cut-back.
     pub weight: u16,
     /// `FLAG_*` bits.
     pub flags: u8,
     /// Consecutive ticks counting toward flipping the contention flag.
     pub streak: u8,
-    /// Reserved, zero. In a batch log's entry: the slot whose pre-image it holds.
-    pub _pad: u32,
+    /// Sequence number of the last transaction that journaled this record at its own slot (0
+    /// after recovery restored it). In a batch log's second-line entry: the slot whose line it
+    /// holds.
+    pub epoch: u64,
 }
 
 const _: () = assert!(std::mem::size_of::<Bucket>() == 128);
+const _: () = assert!(
+    std::mem::offset_of!(Bucket, _pad) == 60
+        && std::mem::offset_of!(Bucket, rate) == 64
+        && std::mem::offset_of!(Bucket, epoch) == 120
+);
+
+/// One cache line of a [`Bucket`] (the unit of the batch logs).
+pub type Line = [u64; 8];
+
+/// Where one shard's batch log stands: which transaction wrote it, the shard it covers, and how
+/// many first-line and second-line entries it holds (`store::JournalLog`).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LogHead {
+    /// Sequence number of the transaction that wrote the log.
+    pub seq: u64,
+    /// The shard's first slot.
+    pub first_slot: u32,
+    /// The shard's slots (its range of the journal column holds twice as many lines).
+    pub slots: u32,
+    /// First-line entries, from the start of the range.
+    pub line0: u32,
+    /// Second-line entries, from the end of the range backwards.
+    pub line1: u32,
+    /// Reserved, zero.
+    pub _pad: [u32; 10],
+}
+
+const _: () = assert!(std::mem::size_of::<LogHead>() == 64);
+
+/// The smallest shard the batch path uses: the log heads column has one head per this many
+/// slots.
+pub const MIN_SHARD_SLOTS: u64 = 64;
+
+/// A record as versions 1 and 2 laid it out (the same fields in another order), read only to
+/// upgrade such a store.
+#[repr(C, align(128))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+#[allow(missing_docs)]
+pub(crate) struct BucketV2 {
+    pub std: i128,
+    pub shadow: i128,
+    pub last_ns: u64,
+    pub rate: u64,
+    pub burst: u64,
+    pub rho: u64,
+    pub sigma: u64,
+    pub outstanding: u64,
+    pub granted_shadow: u64,
+    pub granted_pool: u64,
+    pub requests: u32,
+    pub fallbacks: u32,
+    pub denied_customer: u32,
+    pub denied_pool: u32,
+    pub epoch: u64,
+    pub weight: u16,
+    pub flags: u8,
+    pub streak: u8,
+    pub _pad: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<BucketV2>() == 128);
+
+impl From<BucketV2> for Bucket {
+    fn from(b: BucketV2) -> Bucket {
+        Bucket {
+            std: b.std,
+            shadow: b.shadow,
+            last_ns: b.last_ns,
+            outstanding: b.outstanding,
+            granted_shadow: b.granted_shadow,
+            requests: b.requests,
+            _pad: b._pad,
+            rate: b.rate,
+            burst: b.burst,
+            rho: b.rho,
+            sigma: b.sigma,
+            granted_pool: b.granted_pool,
+            fallbacks: b.fallbacks,
+            denied_customer: b.denied_customer,
+            denied_pool: b.denied_pool,
+            weight: b.weight,
+            flags: b.flags,
+            streak: b.streak,
+            epoch: b.epoch,
+        }
+    }
+}
 
 impl Bucket {
     /// Whether the slot holds a customer.
@@ -251,10 +351,12 @@ pub enum Col {
     Scale,
     /// [`JournalAux`] per slot.
     JournalAux,
+    /// [`LogHead`] per [`MIN_SHARD_SLOTS`] slots (since version 3).
+    LogHeads,
 }
 
 /// Number of columns in use.
-pub const NUM_COLUMNS: usize = 12;
+pub const NUM_COLUMNS: usize = 13;
 
 /// Shape of a store, from which every offset follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,14 +394,26 @@ impl Dims {
             (c, 4 * self.scenario_dim as u64),
             (c, 4 * self.scale_dim as u64),
             (c, 80),
+            (c.div_ceil(MIN_SHARD_SLOTS), 64),
         ]
     }
 
     /// The column table and total length, or `None` on overflow.
     pub fn layout(&self) -> Option<([ColumnDesc; MAX_COLUMNS], u64)> {
+        self.layout_of(FORMAT_VERSION)
+    }
+
+    /// The column table and total length of a store of format `version` (versions 1 and 2 have
+    /// no log heads), or `None` on overflow.
+    pub fn layout_of(&self, version: u32) -> Option<([ColumnDesc; MAX_COLUMNS], u64)> {
+        let used = if version >= 3 {
+            NUM_COLUMNS
+        } else {
+            NUM_COLUMNS - 1
+        };
         let mut cols = [ColumnDesc::default(); MAX_COLUMNS];
         let mut off = HEADER_BYTES + STATE_BYTES;
-        for (i, (n, size)) in self.elem_sizes().iter().enumerate() {
+        for (i, (n, size)) in self.elem_sizes()[..used].iter().enumerate() {
             let len = n.checked_mul(*size)?;
             cols[i] = ColumnDesc { offset: off, len };
             off = off

@@ -2,14 +2,15 @@
 //!
 //! Durability (semantics I7) comes from an undo journal. A transaction (a batch, a settle, a tick,
 //! one customer change) first copies the engine-wide state to an undo area and marks itself
-//! active; before it first writes a slot it copies the slot's record into the journal column and
-//! stamps the record with the transaction's sequence number; it commits by recording its number
-//! as the last committed one. Most transactions put the copy in the slot's own journal entry; the
-//! parallel batch path appends it to its shard's log instead, tagged with the sequence number and
-//! the slot ([`JournalLog`]). A process killed at any instant leaves either no active
-//! transaction or one whose every touched record still has its pre-image: opening the store for
-//! writing restores them, so every transaction is all or nothing, and the store says which was
-//! the last one completed and which one was rolled back.
+//! active; before it first writes a slot it saves what it may change there; it commits by
+//! recording its number as the last committed one. Most transactions copy the slot's record into
+//! the slot's own journal entry and stamp the record with the transaction's sequence number; the
+//! parallel batch path appends the record's cache lines to its shard's log instead, each only
+//! before the batch may change it, and counts them in the shard's log head ([`JournalLog`]). A
+//! process killed at any instant leaves either no active transaction or one whose every change
+//! still has its pre-image: opening the store for writing restores them, so every transaction is
+//! all or nothing, and the store says which was the last one completed and which one was rolled
+//! back.
 //!
 //! All of this protects against the process dying (its writes to the shared mapping are already in
 //! the page cache); [`Store::flush`] makes them durable against the machine dying too.
@@ -37,6 +38,7 @@ pub(crate) struct ColsMut<'a> {
     pub forecast: &'a mut [f32],
     pub scenario: &'a mut [f32],
     pub scale: &'a mut [f32],
+    pub log_heads: &'a mut [LogHead],
 }
 
 /// Shared views of every column and the state page.
@@ -91,6 +93,7 @@ fn split_cols<'a>(bytes: &'a mut [u8], h: &FileHeader) -> ColsMut<'a> {
         scenario,
         scale,
         journal_aux,
+        log_heads,
     ] = parts;
     ColsMut {
         state,
@@ -106,6 +109,7 @@ fn split_cols<'a>(bytes: &'a mut [u8], h: &FileHeader) -> ColsMut<'a> {
         scenario: bytemuck::cast_slice_mut(scenario),
         scale: bytemuck::cast_slice_mut(scale),
         journal_aux: bytemuck::cast_slice_mut(journal_aux),
+        log_heads: bytemuck::cast_slice_mut(log_heads),
     }
 }
 
@@ -114,15 +118,16 @@ fn col<'a, T: bytemuck::Pod>(bytes: &'a [u8], h: &FileHeader, c: Col) -> &'a [T]
     bytemuck::cast_slice(&bytes[d.offset as usize..(d.offset + d.len) as usize])
 }
 
-/// Whether `h` is the header of an older version's store that a killed process was marking with
-/// this build's version ([`Store::upgrade_header`]): one of the two changed fields (the version
-/// and the checksum) written, the other not yet. The header is whole otherwise, and the next open
-/// for writing finishes the upgrade.
+/// Whether `h` is the header of a version 1 store that a killed process was marking as version
+/// 2 in place (as version 2 builds did): one of the two changed fields (the version and the
+/// checksum) written, the other not yet. The header is whole otherwise (the two versions share a
+/// layout), and the next open for writing upgrades the store.
 fn torn_upgrade(h: &FileHeader) -> bool {
-    (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).any(|version| {
-        let other = FileHeader { version, ..*h };
-        other.checksum == other.compute_checksum()
-    })
+    h.version <= 2
+        && (1..=2).any(|version| {
+            let other = FileHeader { version, ..*h };
+            other.checksum == other.compute_checksum()
+        })
 }
 
 /// Checks a header read from `path` whose file is `actual_len` bytes long.
@@ -151,7 +156,7 @@ fn validate_header(path: &Path, bytes: &[u8]) -> Result<FileHeader> {
         return Err(bad(format!("capacity {} out of range", h.capacity)));
     }
     let dims = h.dims();
-    let Some((cols, len)) = dims.layout() else {
+    let Some((cols, len)) = dims.layout_of(h.version) else {
         return Err(bad("dimensions overflow".into()));
     };
     if h.index_capacity != dims.index_capacity() {
@@ -231,7 +236,8 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens and validates an existing store; for writing, recovers an interrupted transaction.
+    /// Opens and validates an existing store; for writing, recovers an interrupted transaction
+    /// (and upgrades an older version's store, see [`FORMAT_VERSION`]).
     pub(crate) fn open(path: &Path, write: bool) -> Result<(Store, Option<u64>)> {
         let min = HEADER_BYTES + STATE_BYTES;
         let map = if write {
@@ -245,19 +251,83 @@ impl Store {
                 [HEADER_BYTES as usize..HEADER_BYTES as usize + std::mem::size_of::<StatePage>()],
         );
         validate_state(path, &header, &state)?;
+        if header.version < FORMAT_VERSION {
+            if !write {
+                return Err(Error::bad_file(
+                    path,
+                    format!(
+                        "format version {} is read only to upgrade it: open the store for \
+                         writing once, which rewrites it as version {FORMAT_VERSION}",
+                        header.version
+                    ),
+                ));
+            }
+            return Store::upgrade(path, &header, map);
+        }
         let mut store = Store {
             path: path.to_path_buf(),
             header,
             map,
         };
-        let recovered = if write { store.recover() } else { None };
-        if write
-            && (store.header.version < FORMAT_VERSION
-                || store.header.checksum != store.header.compute_checksum())
-        {
-            store.upgrade_header();
-        }
+        let recovered = if write { store.recover(false) } else { None };
         Ok((store, recovered))
+    }
+
+    /// Rewrites a version 1 or 2 store (`old`, mapped for writing, its header `h` validated) as
+    /// this version, the way [`crate::Engine::grow`] replaces a store: a new file beside it, the
+    /// columns copied (each record's fields reordered), the interrupted transaction, if any,
+    /// rolled back as the old version journaled it, then flushed and renamed over the old
+    /// file. A process killed before the rename leaves the old file as it was.
+    fn upgrade(path: &Path, h: &FileHeader, old: Mapping) -> Result<(Store, Option<u64>)> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".upgrade-tmp");
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let mut next = Store::create(&tmp, h.dims())?;
+        let bytes = old.bytes();
+        let (old_cols, _) = h
+            .dims()
+            .layout_of(h.version)
+            .expect("validated: the layout fits");
+        let column = |c: Col| {
+            let d = old_cols[c as usize];
+            &bytes[d.offset as usize..(d.offset + d.len) as usize]
+        };
+        let records = |c: Col| -> Vec<Bucket> {
+            bytemuck::cast_slice::<u8, BucketV2>(column(c))
+                .iter()
+                .map(|&b| Bucket::from(b))
+                .collect()
+        };
+        {
+            let n = next.cols_mut()?;
+            let s = HEADER_BYTES as usize;
+            *n.state =
+                bytemuck::pod_read_unaligned(&bytes[s..s + std::mem::size_of::<StatePage>()]);
+            n.buckets.copy_from_slice(&records(Col::Buckets));
+            n.journal.copy_from_slice(&records(Col::Journal));
+            for (to, c) in [
+                (bytemuck::cast_slice_mut::<_, u8>(n.ids), Col::Ids),
+                (bytemuck::cast_slice_mut(n.settled), Col::Settled),
+                (bytemuck::cast_slice_mut(n.closed), Col::Closed),
+                (bytemuck::cast_slice_mut(n.free), Col::FreeStack),
+                (bytemuck::cast_slice_mut(n.index), Col::Index),
+                (bytemuck::cast_slice_mut(n.model_state), Col::ModelState),
+                (bytemuck::cast_slice_mut(n.forecast), Col::Forecast),
+                (bytemuck::cast_slice_mut(n.scenario), Col::Scenario),
+                (bytemuck::cast_slice_mut(n.scale), Col::Scale),
+                (bytemuck::cast_slice_mut(n.journal_aux), Col::JournalAux),
+            ] {
+                to.copy_from_slice(column(c));
+            }
+        }
+        let recovered = next.recover(true);
+        next.flush()?;
+        drop(old);
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        sync_parent_dir(path);
+        next.path = path.to_path_buf();
+        Ok((next, recovered))
     }
 
     /// Whether the store was opened read-only.
@@ -293,21 +363,11 @@ impl Store {
         self.map.flush(&self.path)
     }
 
-    /// Marks an older version's file (already recovered) as this build's version: the layout is
-    /// the same, only what a crashed batch leaves in the journal differs. Only the version and
-    /// the checksum change; a process killed between the two leaves a header that
-    /// [`torn_upgrade`] recognises, and the next open for writing writes both again.
-    fn upgrade_header(&mut self) {
-        let mut h = self.header;
-        h.version = FORMAT_VERSION;
-        h.checksum = h.compute_checksum();
-        let bytes = self.map.bytes_mut().expect("writable");
-        bytes[..std::mem::size_of::<FileHeader>()].copy_from_slice(bytemuck::bytes_of(&h));
-        self.header = h;
-    }
-
     /// Rolls back a transaction left active by a killed process. Returns its sequence number.
-    fn recover(&mut self) -> Option<u64> {
+    /// `legacy`: the journal is a version 1 or 2 store's (converted to this version's records),
+    /// whose batch logs held whole records tagged in `epoch` and `_pad`, the records they
+    /// covered stamped with the transaction.
+    fn recover(&mut self, legacy: bool) -> Option<u64> {
         let mut c = self.cols_mut().expect("writable");
         let txn = c.state.txn;
         if txn.active == 0 {
@@ -318,10 +378,12 @@ impl Store {
             return None;
         }
         let seq = txn.active;
-        if txn.kind == txn_kind::ALLOCATE {
-            // The batch path's logs (`JournalLog`): entries tagged with this
-            // transaction, each naming its slot. The per-slot pass below then finds no record
-            // of those left stamped with it.
+        if txn.kind == txn_kind::ALLOCATE && !legacy {
+            restore_logs(&mut c, seq);
+        }
+        if txn.kind == txn_kind::ALLOCATE && legacy {
+            // Version 2's batch logs: entries tagged with this transaction, each naming its
+            // slot. The per-slot pass below then finds no record of those left stamped with it.
             for e in c.journal.iter() {
                 if e.epoch != seq {
                     continue;
@@ -425,92 +487,172 @@ pub(crate) fn journal_bucket(b: &mut Bucket, j: &mut Bucket, seq: u64) {
     }
 }
 
-/// A shard's journal for the batch path: an append-only log in the shard's own range of the
-/// journal column, one entry per customer the shard touches, written one after another instead of
-/// at random (that took the customer-local phase of the uniform 1M bench from 10.3-10.6 to
-/// 9.8-9.9 ms per batch in three of four runs, 10.9 in the fourth; minima, builds alternated). Each entry is a record's pre-image tagged
-/// with the transaction (its `epoch` field holds the sequence number) and with its slot (its
-/// `_pad` field), so recovery finds it by scanning the column ([`Store::recover`]).
+/// Makes a rename in `path`'s directory durable (best effort: some file systems refuse to sync a
+/// directory).
+pub(crate) fn sync_parent_dir(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Rolls back the batch logs ([`JournalLog`]) that transaction `seq` wrote: every log head
+/// stamped with it names its shard and how many entries of each kind it holds.
+fn restore_logs(c: &mut ColsMut<'_>, seq: u64) {
+    let capacity = c.buckets.len();
+    let journal: &[Line] = bytemuck::cast_slice(&*c.journal);
+    let buckets: &mut [Line] = bytemuck::cast_slice_mut(&mut *c.buckets);
+    for h in c.log_heads.iter().filter(|h| h.seq == seq) {
+        let (first, slots) = (h.first_slot as usize, h.slots as usize);
+        let (n0, n1) = (h.line0 as usize, h.line1 as usize);
+        // A head is written by this build only, for a shard inside the store; anything else
+        // would be a damaged file, whose entries are not trusted.
+        if first + slots > capacity || n0 + n1 > 2 * slots {
+            continue;
+        }
+        let lines = &journal[2 * first..2 * (first + slots)];
+        for e in &lines[..n0] {
+            let slot = (e[7] >> 32) as usize;
+            if (first..first + slots).contains(&slot) {
+                let mut line = *e;
+                line[7] &= u32::MAX as u64; // `_pad` back to zero
+                buckets[2 * slot] = line;
+            }
+        }
+        for e in lines[2 * slots - n1..].iter() {
+            let slot = e[7] as usize;
+            if (first..first + slots).contains(&slot) {
+                let mut line = *e;
+                line[7] = 0; // `epoch`: restored
+                buckets[2 * slot + 1] = line;
+            }
+        }
+    }
+}
+
+/// A shard's journal for the batch path: a log in the shard's own range of the journal column
+/// (two 64-byte lines per slot), with a head in the log heads column.
+///
+/// The first time a batch touches a record, the record's first line (everything a shadow grant
+/// changes) is appended from the start of the range; before the batch first changes the record's
+/// second line (a denial's or a pool request's counters, the reservation a fallback raises), that
+/// line is appended from the end of the range backwards. Each entry names its slot in a field
+/// that the line restores to a known value (`_pad`, `epoch`), and the head counts the entries, so
+/// recovery ([`Store::recover`]) restores exactly the lines a killed batch may have changed. A
+/// batch of shadow grants thus writes 64 bytes of journal per customer, and never dirties (nor
+/// writes back) the records' second lines: the uniform 1M bench's customer-local phase took
+/// 9.28-9.34 ms against 9.80-9.84 with whole records logged and stamped (format version 2; see
+/// the README).
 pub(crate) struct JournalLog<'a> {
-    entries: &'a mut [Bucket],
-    next: usize,
-    /// The shard's first slot.
+    lines: &'a mut [Line],
+    head: &'a mut LogHead,
     first_slot: usize,
+    line0: usize,
+    line1: usize,
+    logged0: [u64; crate::batch::SHARD_SLOTS / 64],
+    logged1: [u64; crate::batch::SHARD_SLOTS / 64],
 }
 
 impl<'a> JournalLog<'a> {
-    /// An empty log over `entries`, for the shard of as many slots from `first_slot`.
-    pub(crate) fn new(entries: &'a mut [Bucket], first_slot: usize) -> Self {
+    /// An empty log of transaction `seq` over `entries` (the journal column's range for the shard
+    /// of as many slots from `first_slot`, at most [`crate::batch::SHARD_SLOTS`]), with its head.
+    pub(crate) fn new(
+        entries: &'a mut [Bucket],
+        head: &'a mut LogHead,
+        first_slot: usize,
+        seq: u64,
+    ) -> Self {
+        assert!(entries.len() <= crate::batch::SHARD_SLOTS);
+        *head = LogHead {
+            seq,
+            first_slot: first_slot as u32,
+            slots: entries.len() as u32,
+            ..LogHead::default()
+        };
         JournalLog {
-            entries,
-            next: 0,
+            lines: bytemuck::cast_slice_mut(entries),
+            head,
             first_slot,
+            line0: 0,
+            line1: 0,
+            logged0: [0; crate::batch::SHARD_SLOTS / 64],
+            logged1: [0; crate::batch::SHARD_SLOTS / 64],
         }
     }
 
-    /// [`journal_bucket`] into the log: the first time transaction `seq` touches the record in
-    /// slot `local` of the shard, appends its pre-image and stamps it.
+    /// Appends the first line of the record in slot `local` of the shard, the first time the
+    /// transaction touches it.
     ///
-    /// The entry is written with non-temporal stores: its lines are not first read into the cache
-    /// (each entry is written once, and nothing reads it unless a crash is rolled back), so they
+    /// Entries are written with non-temporal stores: their lines are not first read into the
+    /// cache (each is written once, and nothing reads it unless a crash is rolled back), so they
     /// take no cache line fetch and no room in the cache. A killed process cannot lose or reorder
     /// them against the record's stores: they are retired before the record is written, and the
     /// memory they go to (the file's page) outlives the process. The thread calls
     /// [`stream_fence`] before the transaction commits.
-    ///
-    /// # Panics
-    /// If the log is full: more distinct records logged than it has entries.
     #[inline(always)]
-    pub(crate) fn record(&mut self, b: &mut Bucket, local: usize, seq: u64) {
-        if b.epoch == seq {
+    pub(crate) fn record0(&mut self, b: &Bucket, local: usize) {
+        if !first_time(&mut self.logged0, local) {
             return;
         }
-        // below the store's capacity, which is below `u32::MAX`
-        let slot = (self.first_slot + local) as u32;
-        let entry = &mut self.entries[self.next];
-        self.next += 1;
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{__m128i, _mm_load_si128, _mm_set_epi64x, _mm_stream_si128};
-            // the last lane: `epoch` (the tag), then `weight`, `flags`, `streak` and `_pad` (the
-            // slot)
-            const _: () = assert!(
-                std::mem::offset_of!(Bucket, epoch) == 112
-                    && std::mem::offset_of!(Bucket, weight) == 120
-                    && std::mem::offset_of!(Bucket, flags) == 122
-                    && std::mem::offset_of!(Bucket, streak) == 123
-                    && std::mem::offset_of!(Bucket, _pad) == 124
-            );
-            let hi = b.weight as u64
-                | (b.flags as u64) << 16
-                | (b.streak as u64) << 24
-                | (slot as u64) << 32;
-            let src = (b as *const Bucket).cast::<__m128i>();
-            let dst = (entry as *mut Bucket).cast::<__m128i>();
-            // SAFETY: a `Bucket` is 128 bytes aligned to 128 (asserted in `layout`), so both are
-            // eight aligned 16-byte lanes inside live references; `entry` is borrowed
-            // exclusively, and SSE2 is part of x86_64's baseline.
-            unsafe {
-                for i in 0..7 {
-                    _mm_stream_si128(dst.add(i), _mm_load_si128(src.add(i)));
-                }
-                _mm_stream_si128(dst.add(7), _mm_set_epi64x(hi as i64, seq as i64));
-            }
+        let mut line: Line = bytemuck::cast_slice::<Bucket, Line>(std::slice::from_ref(b))[0];
+        line[7] = (line[7] & u32::MAX as u64) | ((self.first_slot + local) as u64) << 32;
+        stream_line(&mut self.lines[self.line0], &line);
+        self.line0 += 1;
+        self.head.line0 = self.line0 as u32;
+    }
+
+    /// Appends the second line of the record in slot `local`, the first time the transaction is
+    /// about to change it. [`JournalLog::record0`] says how the entry is written.
+    #[inline(always)]
+    pub(crate) fn record1(&mut self, b: &Bucket, local: usize) {
+        if !first_time(&mut self.logged1, local) {
+            return;
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            *entry = Bucket {
-                epoch: seq,
-                _pad: slot,
-                ..*b
-            };
-        }
-        compiler_fence(Ordering::SeqCst);
-        b.epoch = seq;
+        let mut line: Line = bytemuck::cast_slice::<Bucket, Line>(std::slice::from_ref(b))[1];
+        line[7] = (self.first_slot + local) as u64;
+        let at = self.lines.len() - 1 - self.line1;
+        stream_line(&mut self.lines[at], &line);
+        self.line1 += 1;
+        self.head.line1 = self.line1 as u32;
     }
 }
 
-/// Orders this thread's earlier non-temporal stores ([`JournalLog::record`]) before its
+/// Sets bit `i` of `bits`; whether it was clear.
+#[inline(always)]
+fn first_time(bits: &mut [u64], i: usize) -> bool {
+    let (w, m) = (i / 64, 1u64 << (i % 64));
+    let clear = bits[w] & m == 0;
+    bits[w] |= m;
+    clear
+}
+
+/// Writes `src` to `dst` with non-temporal stores.
+#[inline(always)]
+fn stream_line(dst: &mut Line, src: &Line) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_set_epi64x, _mm_stream_si128};
+        let d = (dst as *mut Line).cast::<__m128i>();
+        // SAFETY: `dst` is a 64-byte line of the journal column (a `Bucket` column, so aligned to
+        // 128), borrowed exclusively: four aligned 16-byte lanes. SSE2 is part of x86_64's
+        // baseline.
+        unsafe {
+            for i in 0..4 {
+                let v = _mm_set_epi64x(src[2 * i + 1] as i64, src[2 * i] as i64);
+                _mm_stream_si128(d.add(i), v);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        *dst = *src;
+    }
+}
+
+/// Orders this thread's earlier non-temporal stores ([`JournalLog::record0`]) before its
 /// later stores.
 #[inline]
 pub(crate) fn stream_fence() {

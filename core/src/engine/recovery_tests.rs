@@ -1,8 +1,8 @@
 //! Recovery of a batch that ran the parallel path and never committed: its shards' journal logs
-//! (`store::JournalLog`) must restore every record it touched, and nothing else.
+//! (`store::JournalLog`) must restore every line it changed, and nothing else.
 
 use super::*;
-use crate::layout::Bucket;
+use crate::layout::{Bucket, LogHead};
 
 /// A record as recovery must leave it: everything but `epoch`, which recovery resets.
 fn sans_epoch(b: &Bucket) -> Bucket {
@@ -53,7 +53,7 @@ fn a_crashed_parallel_batch_is_rolled_back_from_its_shard_logs() {
         let t = (0..len).map(|_| 1 + next() % 9).collect();
         (s, t)
     };
-    // a committed batch first, so records carry older stamps and the journal older entries
+    // a committed batch first, so the journal and the log heads hold older entries
     let (s1, t1) = batch_of(3_000);
     let mut o = vec![Outcome::InvalidInput; s1.len()];
     let mut r = vec![0u64; s1.len()];
@@ -74,19 +74,48 @@ fn a_crashed_parallel_batch_is_rolled_back_from_its_shard_logs() {
         eng.last_batch_phases().local > std::time::Duration::ZERO,
         "the batch did not take the parallel path"
     );
-    let cols = eng.store.cols();
-    let touched = cols.buckets.iter().filter(|b| b.epoch == seq).count();
-    // every customer the batch named (slot 999 holds none)
+    // every customer the batch named (slot 999 holds none) logged its first line once; those
+    // whose second line changed logged that too
     let distinct: std::collections::HashSet<u32> =
         s2.iter().copied().filter(|&s| s != 999).collect();
-    assert_eq!(touched, distinct.len());
-    let changed = cols
+    let c = eng.store.cols_mut().unwrap();
+    let heads: Vec<LogHead> = c
+        .log_heads
+        .iter()
+        .filter(|h| h.seq == seq)
+        .copied()
+        .collect();
+    assert!(heads.len() > 1, "{} shard logs", heads.len());
+    let line0: usize = heads.iter().map(|h| h.line0 as usize).sum();
+    let line1: usize = heads.iter().map(|h| h.line1 as usize).sum();
+    assert_eq!(line0, distinct.len());
+    let second_line = |b: &Bucket| Bucket {
+        std: 0,
+        shadow: 0,
+        last_ns: 0,
+        outstanding: 0,
+        granted_shadow: 0,
+        requests: 0,
+        ..sans_epoch(b)
+    };
+    let changed = c
         .buckets
         .iter()
         .zip(&before)
         .filter(|(a, b)| sans_epoch(a) != sans_epoch(b))
         .count();
+    let changed1 = c
+        .buckets
+        .iter()
+        .zip(&before)
+        .filter(|(a, b)| second_line(a) != second_line(b))
+        .count();
     assert!(changed > 100, "only {changed} records changed");
+    assert!(changed1 > 10, "only {changed1} second lines changed");
+    assert!(
+        (changed1..distinct.len()).contains(&line1),
+        "{line1} second lines logged, {changed1} changed"
+    );
     drop(eng);
 
     let eng = Engine::open(&path).unwrap();
@@ -95,10 +124,7 @@ fn a_crashed_parallel_batch_is_rolled_back_from_its_shard_logs() {
     for (i, (a, b)) in after.iter().zip(&before).enumerate() {
         assert_eq!(sans_epoch(a), sans_epoch(b), "slot {i}");
         if !distinct.contains(&(i as u32)) {
-            assert_eq!(
-                a.epoch, b.epoch,
-                "slot {i}: untouched, yet its stamp changed"
-            );
+            assert_eq!(a, b, "slot {i}: untouched, yet it changed");
         }
     }
     assert_eq!(eng.stats().last_rolled_back, seq);
