@@ -136,7 +136,6 @@ pub const MIN_SHARD_SLOTS: u64 = 64;
 /// upgrade such a store.
 #[repr(C, align(128))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
-#[allow(missing_docs)]
 pub(crate) struct BucketV2 {
     pub std: i128,
     pub shadow: i128,

@@ -283,7 +283,21 @@ impl Store {
         tmp.push(".upgrade-tmp");
         let tmp = PathBuf::from(tmp);
         let _ = std::fs::remove_file(&tmp);
-        let mut next = Store::create(&tmp, h.dims())?;
+        let r = Store::rewrite(path, &tmp, h, old);
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
+    }
+
+    /// [`Store::upgrade`] through the new file `tmp`.
+    fn rewrite(
+        path: &Path,
+        tmp: &Path,
+        h: &FileHeader,
+        old: Mapping,
+    ) -> Result<(Store, Option<u64>)> {
+        let mut next = Store::create(tmp, h.dims())?;
         let bytes = old.bytes();
         let (old_cols, _) = h
             .dims()
@@ -293,19 +307,22 @@ impl Store {
             let d = old_cols[c as usize];
             &bytes[d.offset as usize..(d.offset + d.len) as usize]
         };
-        let records = |c: Col| -> Vec<Bucket> {
-            bytemuck::cast_slice::<u8, BucketV2>(column(c))
-                .iter()
-                .map(|&b| Bucket::from(b))
-                .collect()
+        let convert = |to: &mut [Bucket], c: Col| {
+            // (the column starts on a page boundary of the mapping, so it is aligned)
+            for (t, &b) in to
+                .iter_mut()
+                .zip(bytemuck::cast_slice::<u8, BucketV2>(column(c)))
+            {
+                *t = Bucket::from(b);
+            }
         };
         {
             let n = next.cols_mut()?;
             let s = HEADER_BYTES as usize;
             *n.state =
                 bytemuck::pod_read_unaligned(&bytes[s..s + std::mem::size_of::<StatePage>()]);
-            n.buckets.copy_from_slice(&records(Col::Buckets));
-            n.journal.copy_from_slice(&records(Col::Journal));
+            convert(n.buckets, Col::Buckets);
+            convert(n.journal, Col::Journal);
             for (to, c) in [
                 (bytemuck::cast_slice_mut::<_, u8>(n.ids), Col::Ids),
                 (bytemuck::cast_slice_mut(n.settled), Col::Settled),
@@ -324,7 +341,7 @@ impl Store {
         let recovered = next.recover(true);
         next.flush()?;
         drop(old);
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        std::fs::rename(tmp, path).map_err(|e| Error::io(path, e))?;
         sync_parent_dir(path);
         next.path = path.to_path_buf();
         Ok((next, recovered))
