@@ -49,7 +49,7 @@ use crate::kernel::{
     decide_pool, refill_bucket,
 };
 use crate::layout::{Bucket, Globals, LogHead, StatsRaw};
-use crate::store::{JournalLog, journal_bucket, stream_fence};
+use crate::store::{FIRST_LINE, JournalLog, SECOND_LINE, journal_bucket, stream_fence};
 
 /// Slots per shard (the default; see [`tuning`]).
 pub const SHARD_SLOTS: usize = 16384;
@@ -721,7 +721,7 @@ fn decide_first(
         d.code = LATER;
         return d;
     }
-    log.record0(b, local);
+    log.record::<FIRST_LINE>(b, local);
     d.credit = refill_bucket(b, now, full_at);
     if d.credit != Overflow::default() {
         d.code = CREDIT;
@@ -733,7 +733,7 @@ fn decide_first(
     let decided = if n == Req::BIG {
         Local::NeedsPool
     } else {
-        decide_local_with(b, n, stats, |b| log.record1(b, local))
+        decide_local_with(b, n, stats, |b| log.record::<SECOND_LINE>(b, local))
     };
     match decided {
         Local::Done(x) => {
@@ -748,7 +748,7 @@ fn decide_first(
             };
         }
         Local::NeedsPool => {
-            log.record1(b, local);
+            log.record::<SECOND_LINE>(b, local);
             blocked[local / 64] |= 1 << (local % 64);
             d.code |= LATER;
         }

@@ -118,10 +118,9 @@ pub struct LogHead {
     pub first_slot: u32,
     /// The shard's slots (its range of the journal column holds twice as many lines).
     pub slots: u32,
-    /// First-line entries, from the start of the range.
-    pub line0: u32,
-    /// Second-line entries, from the end of the range backwards.
-    pub line1: u32,
+    /// Entries of each kind: first lines (from the start of the range), then second lines
+    /// (from the end of the range backwards).
+    pub entries: [u32; 2],
     /// Reserved, zero.
     pub _pad: [u32; 10],
 }

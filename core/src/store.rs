@@ -397,8 +397,7 @@ impl Store {
         let seq = txn.active;
         if txn.kind == txn_kind::ALLOCATE && !legacy {
             restore_logs(&mut c, seq);
-        }
-        if txn.kind == txn_kind::ALLOCATE && legacy {
+        } else if txn.kind == txn_kind::ALLOCATE {
             // Version 2's batch logs: entries tagged with this transaction, each naming its
             // slot. The per-slot pass below then finds no record of those left stamped with it.
             for e in c.journal.iter() {
@@ -524,30 +523,69 @@ fn restore_logs(c: &mut ColsMut<'_>, seq: u64) {
     let buckets: &mut [Line] = bytemuck::cast_slice_mut(&mut *c.buckets);
     for h in c.log_heads.iter().filter(|h| h.seq == seq) {
         let (first, slots) = (h.first_slot as usize, h.slots as usize);
-        let (n0, n1) = (h.line0 as usize, h.line1 as usize);
+        let [n0, n1] = h.entries.map(|n| n as usize);
         // A head is written by this build only, for a shard inside the store; anything else
         // would be a damaged file, whose entries are not trusted.
         if first + slots > capacity || n0 + n1 > 2 * slots {
             continue;
         }
         let lines = &journal[2 * first..2 * (first + slots)];
-        for e in &lines[..n0] {
-            let slot = (e[7] >> 32) as usize;
-            if (first..first + slots).contains(&slot) {
-                let mut line = *e;
-                line[7] &= u32::MAX as u64; // `_pad` back to zero
-                buckets[2 * slot] = line;
-            }
-        }
-        for e in lines[2 * slots - n1..].iter() {
-            let slot = e[7] as usize;
-            if (first..first + slots).contains(&slot) {
-                let mut line = *e;
-                line[7] = 0; // `epoch`: restored
-                buckets[2 * slot + 1] = line;
-            }
+        restore_entries::<FIRST_LINE>(lines, n0, first..first + slots, buckets);
+        restore_entries::<SECOND_LINE>(lines, n1, first..first + slots, buckets);
+    }
+}
+
+/// Puts the `n` entries of kind `L` of a shard's log `lines` back into the records (as lines),
+/// each in its slot when that lies in the shard's range.
+fn restore_entries<const L: usize>(
+    lines: &[Line],
+    n: usize,
+    shard: std::ops::Range<usize>,
+    buckets: &mut [Line],
+) {
+    for k in 0..n {
+        let (slot, line) = untag::<L>(lines[at::<L>(lines.len(), k)]);
+        if shard.contains(&slot) {
+            buckets[2 * slot + L] = line;
         }
     }
+}
+
+/// A log entry holding a record's first line ([`JournalLog`]).
+pub(crate) const FIRST_LINE: usize = 0;
+/// A log entry holding a record's second line.
+pub(crate) const SECOND_LINE: usize = 1;
+
+/// Where entry `k` of kind `L` lies in a log of `len` lines: first lines from the start, second
+/// lines from the end backwards.
+#[inline(always)]
+fn at<const L: usize>(len: usize, k: usize) -> usize {
+    if L == FIRST_LINE { k } else { len - 1 - k }
+}
+
+/// Line `L` of a record as a log entry: the slot goes in a field that the restore sets to a
+/// known value, `_pad` (the first line's last four bytes) or `epoch` (the second line's last
+/// eight; offsets asserted in `layout`).
+#[inline(always)]
+fn tag<const L: usize>(mut line: Line, slot: usize) -> Line {
+    line[7] = if L == FIRST_LINE {
+        (line[7] & u32::MAX as u64) | (slot as u64) << 32
+    } else {
+        slot as u64
+    };
+    line
+}
+
+/// [`tag`] undone: the slot, and the line as it was (`_pad` zero, `epoch` reset to zero).
+#[inline(always)]
+fn untag<const L: usize>(mut e: Line) -> (usize, Line) {
+    let slot = if L == FIRST_LINE { e[7] >> 32 } else { e[7] };
+    e[7] = if L == FIRST_LINE {
+        e[7] & u32::MAX as u64
+    } else {
+        0
+    };
+    (slot as usize, e)
 }
 
 /// A shard's journal for the batch path: a log in the shard's own range of the journal column
@@ -567,10 +605,10 @@ pub(crate) struct JournalLog<'a> {
     lines: &'a mut [Line],
     head: &'a mut LogHead,
     first_slot: usize,
-    line0: usize,
-    line1: usize,
-    logged0: [u64; crate::batch::SHARD_SLOTS / 64],
-    logged1: [u64; crate::batch::SHARD_SLOTS / 64],
+    /// Entries of each kind so far (also in the head, for recovery).
+    entries: [usize; 2],
+    /// Per kind, the shard's slots whose line is logged.
+    logged: [[u64; crate::batch::SHARD_SLOTS / 64]; 2],
 }
 
 impl<'a> JournalLog<'a> {
@@ -593,15 +631,14 @@ impl<'a> JournalLog<'a> {
             lines: bytemuck::cast_slice_mut(entries),
             head,
             first_slot,
-            line0: 0,
-            line1: 0,
-            logged0: [0; crate::batch::SHARD_SLOTS / 64],
-            logged1: [0; crate::batch::SHARD_SLOTS / 64],
+            entries: [0; 2],
+            logged: [[0; crate::batch::SHARD_SLOTS / 64]; 2],
         }
     }
 
-    /// Appends the first line of the record in slot `local` of the shard, the first time the
-    /// transaction touches it.
+    /// Appends line `L` ([`FIRST_LINE`] or [`SECOND_LINE`]) of the record in slot `local` of
+    /// the shard, the first time the transaction touches it (the first line) or is about to
+    /// change it (the second).
     ///
     /// Entries are written with non-temporal stores: their lines are not first read into the
     /// cache (each is written once, and nothing reads it unless a crash is rolled back), so they
@@ -610,30 +647,19 @@ impl<'a> JournalLog<'a> {
     /// memory they go to (the file's page) outlives the process. The thread calls
     /// [`stream_fence`] before the transaction commits.
     #[inline(always)]
-    pub(crate) fn record0(&mut self, b: &Bucket, local: usize) {
-        if !first_time(&mut self.logged0, local) {
+    pub(crate) fn record<const L: usize>(&mut self, b: &Bucket, local: usize) {
+        if !first_time(&mut self.logged[L], local) {
             return;
         }
-        let mut line: Line = bytemuck::cast_slice::<Bucket, Line>(std::slice::from_ref(b))[0];
-        line[7] = (line[7] & u32::MAX as u64) | ((self.first_slot + local) as u64) << 32;
-        stream_line(&mut self.lines[self.line0], &line);
-        self.line0 += 1;
-        self.head.line0 = self.line0 as u32;
-    }
-
-    /// Appends the second line of the record in slot `local`, the first time the transaction is
-    /// about to change it. [`JournalLog::record0`] says how the entry is written.
-    #[inline(always)]
-    pub(crate) fn record1(&mut self, b: &Bucket, local: usize) {
-        if !first_time(&mut self.logged1, local) {
-            return;
-        }
-        let mut line: Line = bytemuck::cast_slice::<Bucket, Line>(std::slice::from_ref(b))[1];
-        line[7] = (self.first_slot + local) as u64;
-        let at = self.lines.len() - 1 - self.line1;
-        stream_line(&mut self.lines[at], &line);
-        self.line1 += 1;
-        self.head.line1 = self.line1 as u32;
+        let line = bytemuck::cast_slice::<Bucket, Line>(std::slice::from_ref(b))[L];
+        let k = self.entries[L];
+        let at = at::<L>(self.lines.len(), k);
+        stream_line(
+            &mut self.lines[at],
+            &tag::<L>(line, self.first_slot + local),
+        );
+        self.entries[L] = k + 1;
+        self.head.entries[L] = (k + 1) as u32;
     }
 }
 
@@ -669,7 +695,7 @@ fn stream_line(dst: &mut Line, src: &Line) {
     }
 }
 
-/// Orders this thread's earlier non-temporal stores ([`JournalLog::record0`]) before its
+/// Orders this thread's earlier non-temporal stores ([`JournalLog::record`]) before its
 /// later stores.
 #[inline]
 pub(crate) fn stream_fence() {

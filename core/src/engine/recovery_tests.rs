@@ -86,8 +86,8 @@ fn a_crashed_parallel_batch_is_rolled_back_from_its_shard_logs() {
         .copied()
         .collect();
     assert!(heads.len() > 1, "{} shard logs", heads.len());
-    let line0: usize = heads.iter().map(|h| h.line0 as usize).sum();
-    let line1: usize = heads.iter().map(|h| h.line1 as usize).sum();
+    let line0: usize = heads.iter().map(|h| h.entries[0] as usize).sum();
+    let line1: usize = heads.iter().map(|h| h.entries[1] as usize).sum();
     assert_eq!(line0, distinct.len());
     let second_line = |b: &Bucket| Bucket {
         std: 0,
