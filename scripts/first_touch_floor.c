@@ -38,7 +38,7 @@ static void *work(void *a) {
   long t = (long)a;
   size_t half = N / 2;
   unsigned *ix = idx + t * half;
-  rec *log = L + t * half;
+  char *log = (char *)(L + t * half); // entries of 64 * lines bytes, one after another
   long acc = 0;
   for (size_t i = 0; i < half; i++) {
     if (i + 16 < half) {
@@ -47,9 +47,11 @@ static void *work(void *a) {
       __builtin_prefetch((char *)f + 64, 1);
     }
     rec *p = &R[ix[i]];
-    rec *j = mode == AT_SLOT ? &J[ix[i]] : mode == LOG ? log++ : NULL;
-    if (j) {
-      __m128i *s = (__m128i *)p, *d = (__m128i *)j;
+    __m128i *d = mode == AT_SLOT ? (__m128i *)&J[ix[i]]
+                 : mode == LOG   ? (__m128i *)(log + i * 64 * lines)
+                                 : NULL;
+    if (d) {
+      __m128i *s = (__m128i *)p;
       for (int k = 0; k < 4 * lines; k++) _mm_stream_si128(d + k, _mm_load_si128(s + k));
     }
     p->v[0] += 1;
