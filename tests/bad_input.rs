@@ -850,6 +850,10 @@ fn put_u64(b: &mut [u8], off: usize, v: u64) {
     b[off..off + 8].copy_from_slice(&v.to_le_bytes());
 }
 
+fn get_u32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+}
+
 fn get_u64(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
 }
@@ -862,6 +866,11 @@ fn fix_crc(b: &mut [u8]) {
 
 fn column(i: usize) -> usize {
     std::mem::offset_of!(FileHeader, columns) + i * 16
+}
+
+/// Byte offset of column `c` in the store file `b`, from its header.
+fn column_offset(b: &[u8], c: Col) -> usize {
+    get_u64(b, column(c as usize)) as usize
 }
 
 fn state(field: usize) -> usize {
@@ -959,7 +968,7 @@ fn record_v2(r: &[u8]) -> [u8; 128] {
 
 /// Byte offset of record `i` of column `c` in the file `b`.
 fn record_at(b: &[u8], c: Col, i: usize) -> usize {
-    get_u64(b, column(c as usize)) as usize + 128 * i
+    column_offset(b, c) + 128 * i
 }
 
 /// The store file `b` (this version) as a genuine store of format `version` (1 or 2): its
@@ -974,9 +983,9 @@ fn as_old_version(b: &[u8], version: u32) -> Vec<u8> {
             old[at..at + 128].copy_from_slice(&record_v2(&b[at..at + 128]));
         }
     }
-    let heads = column(Col::LogHeads as usize);
-    let end = get_u64(b, heads) as usize;
+    let end = column_offset(b, Col::LogHeads);
     old.truncate(end);
+    let heads = column(Col::LogHeads as usize);
     old[heads..heads + 16].fill(0);
     put_u64(
         &mut old,
@@ -990,8 +999,7 @@ fn as_old_version(b: &[u8], version: u32) -> Vec<u8> {
 
 /// The bytes of `b` outside the log heads column, which an upgrade starts empty.
 fn sans_log_heads(b: &[u8]) -> Vec<u8> {
-    let at = get_u64(b, column(Col::LogHeads as usize)) as usize;
-    b[..at].to_vec()
+    b[..column_offset(b, Col::LogHeads)].to_vec()
 }
 
 /// A store of versions 1 or 2 (whose records order their fields differently) is refused
@@ -1006,7 +1014,7 @@ fn an_older_version_is_upgraded_when_opened_for_writing() {
     let before = snap(&eng);
     drop(eng);
     const VERSION: usize = std::mem::offset_of!(FileHeader, version);
-    assert_eq!(get_u64(&before.bytes, VERSION) as u32, FORMAT_VERSION);
+    assert_eq!(get_u32(&before.bytes, VERSION), FORMAT_VERSION);
     const { assert!(OLDEST_FORMAT_VERSION == 1 && FORMAT_VERSION == 3) };
     let v1 = as_old_version(&before.bytes, 1);
     let v2 = as_old_version(&before.bytes, 2);
@@ -1426,11 +1434,6 @@ fn a_directory_read_only_is_an_io_error() {
 //
 // The columns are not checksummed and `open` does not read them (it must stay O(1)), so a
 // corrupt column is for `Engine::check` to report; no call may panic on one.
-
-/// Byte offset of column `c` in the store file `b`, from its header.
-fn column_offset(b: &[u8], c: Col) -> usize {
-    get_u64(b, column(c as usize)) as usize
-}
 
 /// A small store with 4 customers in 16 slots, closed; returns its path and bytes.
 fn small_closed_store(dir: &TempDir) -> (PathBuf, Vec<u8>) {

@@ -645,7 +645,8 @@ impl Engine {
     }
 
     /// Moves the store to a new file with room for `new_capacity` customers (slots are kept),
-    /// replacing the old file atomically (write a temporary file, fsync, rename).
+    /// replacing the old file atomically (write a temporary file, fsync, rename; the temporary
+    /// file is removed on an error).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when `new_capacity` is not larger; [`Error::Io`];
@@ -663,15 +664,10 @@ impl Engine {
             )));
         }
         let path = self.store.path.clone();
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(".grow-tmp");
-        let tmp = std::path::PathBuf::from(tmp);
-        let _ = std::fs::remove_file(&tmp);
         let mut dims = self.store.header.dims();
         dims.capacity = new_capacity;
-        let mut next = Store::create(&tmp, dims)?;
-        {
-            let old = self.store.cols();
+        let old = self.store.cols();
+        let (next, ()) = Store::replace(&path, ".grow-tmp", dims, |next| {
             let mut n = next.cols_mut()?;
             let oc = old_cap as usize;
             n.buckets[..oc].copy_from_slice(old.buckets);
@@ -688,11 +684,8 @@ impl Engine {
             // slots are kept; the index and the free-slot stack are rebuilt for the new size
             store::rebuild_index(&mut n);
             store::rebuild_free(&mut n);
-        }
-        next.flush()?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-        store::sync_parent_dir(&path);
-        next.path = path;
+            Ok(())
+        })?;
         self.store = next;
         Ok(())
     }
