@@ -1,7 +1,9 @@
 //! Runs `allocate_batch` on a large store in a loop, for profilers (`perf record`) and quick
 //! timing: `cargo run --release --example batch_profile -- [customers] [batch] [iterations]
 //! [reserved tokens/s]`. Prints the best wall time per decision and the mean CPU time per decision
-//! (all threads; less disturbed than wall time when the machine is shared).
+//! (all threads; less disturbed than wall time when the machine is shared). With `SB_SNAPSHOT=PATH`
+//! in the environment it then takes a snapshot of the store to `PATH` (`Engine::snapshot`) and
+//! prints how long it took. The store lives under `TMPDIR`.
 
 use std::time::Instant;
 
@@ -44,6 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut r = vec![0u64; batch];
     let mut now = 1_000_000_000u64;
     let mut best = f64::MAX;
+    let mut total = 0.0;
     // each phase's own minimum over the batches, ms
     let mut phases_min = [f64::MAX; 4];
     let cpu0 = cpu_seconds();
@@ -51,7 +54,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         now += 1_000_000_000;
         let t = Instant::now();
         eng.allocate_batch_into(Keys::Slots(&slots), &tokens, now, &mut o, &mut r)?;
-        best = best.min(t.elapsed().as_secs_f64());
+        let took = t.elapsed().as_secs_f64();
+        best = best.min(took);
+        total += took;
         for (m, d) in phases_min
             .iter_mut()
             .zip(eng.last_batch_phases().durations())
@@ -63,9 +68,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut mix = [0u64; 7];
     o.iter().for_each(|x| mix[*x as usize] += 1);
     println!(
-        "{n} customers, batch {batch}: best {:.1} ms, {:.1} ns/decision; CPU {:.1} ns/decision; mix {mix:?}",
+        "{n} customers, batch {batch}: best {:.1} ms, {:.1} ns/decision; mean {:.1} ns/decision; CPU {:.1} ns/decision; mix {mix:?}",
         best * 1e3,
         best * 1e9 / batch as f64,
+        total * 1e9 / (batch as f64 * iters as f64),
         cpu * 1e9 / (batch as f64 * iters as f64)
     );
     let minima: Vec<String> = PhaseTimes::NAMES
@@ -74,6 +80,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(name, ms)| format!("{name} {ms:.2}"))
         .collect();
     println!("phase minima, ms: {}", minima.join(", "));
+    if let Some(dest) = std::env::var_os("SB_SNAPSHOT") {
+        let t = Instant::now();
+        let snap = eng.snapshot(&dest)?;
+        println!(
+            "snapshot to {}: {:.2} s, {} MB ({} MB written)",
+            snap.path.display(),
+            t.elapsed().as_secs_f64(),
+            snap.bytes >> 20,
+            snap.written >> 20
+        );
+    }
     drop(eng);
     std::fs::remove_dir_all(&dir)?;
     Ok(())

@@ -426,6 +426,24 @@ typedef struct sb_tick_report {
 } sb_tick_report;
 
 /**
+ * What `sb_engine_snapshot` wrote.
+ */
+typedef struct sb_snapshot {
+  /**
+   * The snapshot's length in bytes (the store file's).
+   */
+  uint64_t bytes;
+  /**
+   * Bytes written to the disk; the rest are runs of zeros left as holes.
+   */
+  uint64_t written;
+  /**
+   * The last transaction the snapshot holds (`sb_stats.last_committed`).
+   */
+  uint64_t last_committed;
+} sb_snapshot;
+
+/**
  * How forecasts become reservations: `rho = target * headroom / interval`,
  * `sigma = rho * interval * capacity_intervals`, each capped at the customer's contract.
  * Fill with `sb_policy_default`.
@@ -1271,6 +1289,31 @@ sb_result sb_engine_reset_model_state(struct sb_engine *engine);
  * `engine` is NULL or a live handle.
  */
 sb_result sb_engine_sync_model_state(struct sb_engine *engine);
+
+/**
+ * Writes a consistent copy of the store to `dest`, which then opens like any store (copy it back
+ * over a lost store to restore it), and what was written to `*out`.
+ *
+ * The copy holds every transaction committed before the call (a device backend's recurrent
+ * state is written back first), with the store's events and signals beside it
+ * (`<dest>.events`). It is written to a new file beside `dest` (`<dest>.snapshot-tmp`), synced
+ * to the disk and renamed over `dest`, so a process killed at any instant leaves `dest` as it
+ * was or as the complete new snapshot. Through a read-only handle the snapshot holds a shared
+ * lock on the store while it copies (a writer opening the store meanwhile gets
+ * `SB_RESULT_LOCKED`). A store on a RAM-backed file system (tmpfs) is never written back by the
+ * kernel: snapshots are how it reaches a disk.
+ *
+ * Errors: `SB_RESULT_INVALID_ARGUMENT` when `dest` is the store itself; `SB_RESULT_LOCKED` when
+ * a writer has `dest` open as a store, or (read-only handle) has this store open;
+ * `SB_RESULT_NOT_FOUND` (no such folder), `SB_RESULT_IO` (`dest` is then unchanged).
+ *
+ * Thread safety: write lock (no change may run during the copy).
+ *
+ * # Safety
+ * `engine` is NULL or a live handle; `dest` is NULL or a NUL-terminated string; `out` is NULL
+ * or valid for writing an `sb_snapshot`.
+ */
+sb_result sb_engine_snapshot(struct sb_engine *engine, const char *dest, struct sb_snapshot *out);
 
 /**
  * Copies a short description of the predictor in use (e.g. `"ewma(0.5)"`) to `buf`,

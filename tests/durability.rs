@@ -349,6 +349,91 @@ fn killed_during_ticks_settles_and_customer_changes() {
     );
 }
 
+/// A snapshot is whole whenever the process taking it is killed: the worker applies the stream
+/// to a fresh copy of the store and snapshots it after every operation; after each kill the
+/// snapshot (where one was finished) opens without recovering anything, passes `Engine::check`,
+/// and equals the replay of exactly the transactions it says were committed.
+#[test]
+fn killed_during_snapshots() {
+    let _serial = serial();
+    let seed = seed();
+    let dir = TempDir::new("snapshots");
+    let setup_path = dir.join("setup.sb");
+    let s0 = workload::setup(&setup_path, seed).unwrap().stats();
+    let mut rng = Rng::new(seed, 0x5AA9_5407);
+    let (mut snaps, mut mid_copy) = (Vec::new(), 0);
+    for i in 0..16 {
+        let path = dir.join(&format!("store-{i}.sb"));
+        let dest = dir.join(&format!("snap-{i}.sb"));
+        std::fs::copy(&setup_path, &path).unwrap();
+        let err_path = dir.join(&format!("worker-{i}.stderr"));
+        let mut child = Command::new(WORKER)
+            .arg("snapshot")
+            .arg(&path)
+            .arg(&dest)
+            .arg(seed.to_string())
+            .arg(Mix::Small.name())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .expect("spawn the worker");
+        std::thread::sleep(Duration::from_millis(rng.range(20, 400)));
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the worker exited by itself ({status}): {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        if dir.join(&format!("snap-{i}.sb.snapshot-tmp")).exists() {
+            mid_copy += 1;
+        }
+        if !dest.exists() {
+            continue; // killed before its first snapshot was in place
+        }
+        let eng = Engine::open(&dest).expect("open a snapshot");
+        let ctx = format!("kill {i}");
+        assert_eq!(
+            eng.recovered(),
+            None,
+            "{ctx}: a snapshot holds no transaction in flight"
+        );
+        eng.check()
+            .unwrap_or_else(|e| panic!("{ctx}: check failed: {e}"));
+        let s = eng.stats();
+        assert_eq!(s.last_rolled_back, s0.last_rolled_back, "{ctx}");
+        assert!(s.last_committed > s0.last_committed, "{ctx}");
+        snaps.push((s.last_committed - s0.last_committed, dest));
+    }
+    eprintln!(
+        "snapshots: {} of 16 kills left a snapshot, {mid_copy} landed in the middle of a copy",
+        snaps.len()
+    );
+    assert!(
+        snaps.len() >= 8,
+        "too few snapshots were finished to test them"
+    );
+    assert!(
+        mid_copy >= 1,
+        "no kill landed inside a snapshot: the test did not test one"
+    );
+    // against one replay, in the order of the transactions they hold
+    snaps.sort();
+    let rpath = dir.join("replay.sb");
+    std::fs::copy(&setup_path, &rpath).unwrap();
+    let mut rep = Replay::new(Engine::open(&rpath).unwrap(), seed, Mix::Small);
+    for (done, dest) in snaps {
+        rep.advance_to(done);
+        let now = op_time(seed, done);
+        let ctx = format!("snapshot after {done} transactions");
+        let eng = Engine::open(&dest).unwrap();
+        assert_same(&eng, &rep.eng, now, &ctx);
+        assert_bounds(&eng, &rep, now, &ctx);
+    }
+}
+
 // ---- kills at exact instants, forged ------------------------------------------------------------
 //
 // SIGKILL lands where it lands. These tests forge, in the state page, exactly what a kill at one

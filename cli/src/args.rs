@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// shadowbucket: forecast-driven shadow token buckets. Simulate a workload end to end, train and
-/// evaluate the forecaster, benchmark the batch path, inspect a store.
+/// evaluate the forecaster, benchmark the batch path, inspect a store, snapshot it.
 #[derive(Parser, Debug)]
 #[command(name = "shadowbucket", version, about, long_about = None)]
 pub struct Cli {
@@ -28,6 +28,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Show a store file: header, configuration, counters, customers, flagged customers.
     Inspect(InspectArgs),
+    /// Copy a store that no process has open for writing to a snapshot file, consistently and
+    /// atomically (a store on tmpfs reaches a disk this way).
+    Snapshot(SnapshotArgs),
 }
 
 /// Days of the week.
@@ -281,6 +284,25 @@ pub struct InspectArgs {
     /// Flagged customers to list.
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub flagged: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `snapshot`.
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    /// The store file (opened read-only; a process that has it open for writing takes its
+    /// snapshots through the library instead).
+    #[arg(value_name = "STORE")]
+    pub store: PathBuf,
+    /// Where to write the snapshot: a new file beside it first, synced, then renamed over it, so
+    /// this path always holds the previous snapshot or the new one.
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -5,6 +5,7 @@
 //! - `train`, `evaluate`: the predictive engine's trainer, and forecasters scored, from CSV.
 //! - `bench`: the batch benchmarks, JSON out.
 //! - `inspect`: a store file's header, customers, counters and flagged customers.
+//! - `snapshot`: a consistent copy of a store that no process has open for writing.
 //!
 //! Exit codes: 0 success; 1 a failure while running (an unreadable file, an engine error);
 //! 2 bad arguments; 130 a simulation stopped by Ctrl-C (its report is still written).
@@ -19,6 +20,7 @@ mod predictor;
 mod report;
 mod sim;
 mod simulate;
+mod snapshot;
 mod trace;
 mod workload;
 
@@ -50,6 +52,7 @@ fn main() {
         args::Command::Evaluate(a) => learn::evaluate(a),
         args::Command::Bench(a) => bench::run(a),
         args::Command::Inspect(a) => inspect::run(a),
+        args::Command::Snapshot(a) => snapshot::run(a),
     };
     let code = match result {
         Ok(code) => code,

@@ -388,6 +388,70 @@ fn kept_stores_can_be_inspected() {
 }
 
 #[test]
+fn kept_stores_can_be_snapshotted() {
+    let d = dir("snapshot");
+    let stores = d.join("stores");
+    let o = small_sim(&d, &["--store-dir", s(&stores)]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let shadow = stores.join("shadow.sb");
+    let before = std::fs::read(&shadow).unwrap();
+    let snap = d.join("snap.sb");
+
+    let o = run(&["snapshot", s(&shadow), s(&snap), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["snapshot"], s(&snap));
+    assert_eq!(v["bytes"], before.len() as u64);
+    assert!(v["written"].as_u64().unwrap() <= before.len() as u64);
+    // the snapshot holds the store's bytes, and the store is unchanged
+    assert!(std::fs::read(&snap).unwrap() == before);
+    assert!(std::fs::read(&shadow).unwrap() == before);
+    // it inspects like the store
+    let inspect = |p: &Path| {
+        let o = run(&["inspect", s(p), "--json", "--customer", "10000"]);
+        assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+        let mut v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_object_mut().unwrap().remove("store");
+        v
+    };
+    let shown = inspect(&snap);
+    assert!(
+        shown == inspect(&shadow),
+        "the snapshot inspects differently"
+    );
+    assert_eq!(shown["last_committed"], v["last_committed"]);
+
+    // text output, and a second snapshot over the first
+    let o = run(&["snapshot", s(&shadow), s(&snap), "--quiet"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("written to") && out.contains("last committed transaction"),
+        "{out}"
+    );
+
+    // a store open for writing in another process, the store itself, a missing store
+    let writer = shadowbucket::Engine::open(&shadow).unwrap();
+    let o = run(&["snapshot", s(&shadow), s(&d.join("other.sb")), "--quiet"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).1.contains("open for writing in another process"),
+        "{:?}",
+        text(&o)
+    );
+    assert!(!d.join("other.sb").exists());
+    drop(writer);
+    let o = run(&["snapshot", s(&shadow), s(&shadow), "--quiet"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("the store itself"), "{:?}", text(&o));
+    let o = run(&["snapshot", s(&d.join("missing.sb")), s(&snap)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("no such file"));
+    let o = run(&["snapshot", s(&shadow)]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
 fn bench_writes_json_and_refuses_a_missing_gpu() {
     let d = dir("bench");
     let out = d.join("bench.json");
@@ -511,6 +575,7 @@ fn every_command_explains_its_options() {
             &["--customers", "--batch", "--device", "--out"][..],
         ),
         ("inspect", &["--customers", "--customer", "--json"][..]),
+        ("snapshot", &["STORE", "DEST", "--quiet", "--json"][..]),
     ] {
         let o = run(&[cmd, "--help"]);
         assert_eq!(o.status.code(), Some(0));

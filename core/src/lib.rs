@@ -17,7 +17,7 @@
 //!
 //! Modules: [`fixed`] (token arithmetic), [`config`] (contracts, pool, reservations),
 //! [`layout`] (the file format), `store` (file, transactions, recovery), `kernel` (one request),
-//! `batch` (the parallel batch path), [`reserve`] (budget cut-back), [`engine`] (the API),
+//! `batch` (the parallel batch path), [`reserve`] (budget cut-back), [`engine`] (the API), [`snapshot`] (consistent copies),
 //! [`forecast`] (usage histories, baseline forecasters and their evaluation metrics), [`model`]
 //! (the streaming LSTM), [`train`] (fitting it on the CPU).
 
@@ -34,6 +34,7 @@ mod mmap;
 pub mod model;
 pub mod predict;
 pub mod reserve;
+pub mod snapshot;
 mod store;
 pub mod train;
 
@@ -47,3 +48,4 @@ pub use error::{Error, Result};
 pub use fixed::Rate;
 pub use kernel::{Decision, Outcome};
 pub use predict::{Event, Forecast, Predictor, ReservationPolicy, Target};
+pub use snapshot::Snapshot;

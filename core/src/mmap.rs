@@ -4,7 +4,9 @@
 //! mapped, so no cooperating process writes or truncates the file under it. Read-only opens take
 //! no lock: they map the file read-only and see the live state, which is safe because no writer
 //! ever shrinks a store file (growing writes a new file and renames it over the old path, which
-//! leaves the old inode, and so every existing mapping, intact).
+//! leaves the old inode, and so every existing mapping, intact). A snapshot taken through a
+//! read-only open holds a shared lock on the file while it copies (see [`Mapping::hold_still`]), so
+//! no writer opens the store in the middle of the copy.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
@@ -20,13 +22,27 @@ pub(crate) enum Mapping {
         /// The map.
         map: MmapMut,
         /// Kept open so the lock lives as long as the map.
-        _file: File,
+        file: File,
     },
     /// Mapped read-only, no lock.
     Read {
         /// The map.
         map: Mmap,
+        /// The mapped file (the one [`Mapping::hold_still`] locks, even after the path has been
+        /// replaced by a grown store).
+        file: File,
     },
+}
+
+/// Keeps the writers out of a read-only mapped store while it lives ([`Mapping::hold_still`]).
+pub(crate) struct StillGuard<'a>(Option<&'a File>);
+
+impl Drop for StillGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0 {
+            let _ = f.unlock();
+        }
+    }
 }
 
 impl Mapping {
@@ -34,7 +50,50 @@ impl Mapping {
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Mapping::Write { map, .. } => map,
-            Mapping::Read { map } => map,
+            Mapping::Read { map, .. } => map,
+        }
+    }
+
+    /// Makes sure nobody changes the mapped bytes while the guard lives: a writable mapping
+    /// already holds the exclusive lock; a read-only one takes a shared lock on its file, which
+    /// keeps writers from opening the store until the guard is dropped.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] when a writer has the store open.
+    pub(crate) fn hold_still(&self, path: &Path) -> Result<StillGuard<'_>> {
+        match self {
+            Mapping::Write { .. } => Ok(StillGuard(None)),
+            Mapping::Read { file, .. } => match file.try_lock_shared() {
+                Ok(()) => Ok(StillGuard(Some(file))),
+                Err(TryLockError::WouldBlock) => Err(Error::Locked(path.to_path_buf())),
+                Err(TryLockError::Error(e)) => Err(Error::io(path, e)),
+            },
+        }
+    }
+
+    /// Whether `other` is the mapped file itself (same device and inode; on other systems, the same
+    /// canonical path as `path`, the mapping's own).
+    pub(crate) fn is_same_file(&self, path: &Path, other: &File, other_path: &Path) -> bool {
+        let mine = match self {
+            Mapping::Write { file, .. } => file,
+            Mapping::Read { file, .. } => file,
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let _ = (path, other_path);
+            match (mine.metadata(), other.metadata()) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (mine, other);
+            matches!(
+                (path.canonicalize(), other_path.canonicalize()),
+                (Ok(a), Ok(b)) if a == b
+            )
         }
     }
 
@@ -53,6 +112,26 @@ impl Mapping {
             Mapping::Read { .. } => Ok(()),
         }
     }
+}
+
+/// The file at `path`, if one exists, and whether a writer holds its lock (renaming a new file
+/// over a store that a writer has open would leave that writer changing a file nobody can open
+/// again).
+pub(crate) fn probe(path: &Path) -> Result<Option<(File, bool)>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let locked = match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(TryLockError::WouldBlock) => true,
+        Err(TryLockError::Error(e)) => return Err(Error::io(path, e)),
+    };
+    Ok(Some((file, locked)))
 }
 
 fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
@@ -77,7 +156,7 @@ pub(crate) fn create(path: &Path, len: u64) -> Result<Mapping> {
     // lock first, so nobody else writes or truncates the file while it is mapped.
     let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io(path, e))?;
     advise_huge_pages(&map);
-    Ok(Mapping::Write { map, _file: file })
+    Ok(Mapping::Write { map, file })
 }
 
 /// Asks the kernel to back the mapping with huge pages where it can (a hint; errors are ignored).
@@ -135,7 +214,7 @@ pub(crate) fn open_write(path: &Path, min_len: u64) -> Result<Mapping> {
     // SAFETY: we hold the exclusive lock (see `create`), so no other writer maps or truncates it.
     let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io(path, e))?;
     advise_huge_pages(&map);
-    Ok(Mapping::Write { map, _file: file })
+    Ok(Mapping::Write { map, file })
 }
 
 /// Opens an existing store read-only, without a lock.
@@ -150,7 +229,7 @@ pub(crate) fn open_read(path: &Path, min_len: u64) -> Result<Mapping> {
     // SAFETY: the map is read-only; writers never shrink a store file (see the module docs), so the
     // mapped range stays backed by the file for the map's lifetime.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    Ok(Mapping::Read { map })
+    Ok(Mapping::Read { map, file })
 }
 
 #[cfg(all(test, target_os = "linux"))]

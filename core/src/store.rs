@@ -345,6 +345,79 @@ impl Store {
         Ok((next, out))
     }
 
+    /// Writes a copy of the store file to `dest` (see [`crate::Engine::snapshot`]): to a new
+    /// file beside it first (`dest` with `.snapshot-tmp` added, runs of zeros left as holes),
+    /// synced to disk, then `before_rename`, then renamed over `dest`, and the directory synced.
+    /// `progress` gets the bytes copied so far and the total after each chunk. Returns the bytes
+    /// written (the rest are holes). On an error the new file is removed and `dest` is as it was.
+    pub(crate) fn snapshot_to(
+        &self,
+        dest: &Path,
+        mut progress: impl FnMut(u64, u64),
+        before_rename: impl FnOnce() -> Result<()>,
+    ) -> Result<u64> {
+        let _still = self.map.hold_still(&self.path)?;
+        if let Some((file, locked)) = mmap::probe(dest)? {
+            if self.map.is_same_file(&self.path, &file, dest) {
+                return Err(Error::invalid(format!(
+                    "{} is the store itself: a snapshot goes to another path",
+                    dest.display()
+                )));
+            }
+            if locked {
+                return Err(Error::Locked(dest.to_path_buf()));
+            }
+            if file.metadata().is_ok_and(|m| m.is_dir()) {
+                return Err(Error::io(
+                    dest,
+                    std::io::Error::from(std::io::ErrorKind::IsADirectory),
+                ));
+            }
+        }
+        let mut tmp = dest.as_os_str().to_owned();
+        tmp.push(".snapshot-tmp");
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let mut copy = || -> std::io::Result<u64> {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            let bytes = self.map.bytes();
+            let total = bytes.len() as u64;
+            let (mut done, mut written) = (0, 0);
+            for chunk in bytes.chunks(SNAPSHOT_CHUNK) {
+                if all_zero(chunk) {
+                    f.seek(SeekFrom::Current(chunk.len() as i64))?;
+                } else {
+                    f.write_all(chunk)?;
+                    written += chunk.len() as u64;
+                }
+                done += chunk.len() as u64;
+                progress(done, total);
+            }
+            f.set_len(total)?;
+            f.sync_all()?;
+            Ok(written)
+        };
+        let made = copy().map_err(|e| Error::io(&tmp, e)).and_then(|written| {
+            before_rename()?;
+            std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
+            Ok(written)
+        });
+        let written = made.inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
+        sync_parent_dir(dest);
+        Ok(written)
+    }
+
+    /// The store file's length in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.map.bytes().len() as u64
+    }
+
     /// Whether the store was opened read-only.
     pub(crate) fn read_only(&self) -> bool {
         matches!(self.map, Mapping::Read { .. })
@@ -499,6 +572,18 @@ pub(crate) fn journal_bucket(b: &mut Bucket, j: &mut Bucket, seq: u64) {
         compiler_fence(Ordering::SeqCst);
         b.epoch = seq;
     }
+}
+
+/// Bytes of the store a snapshot copies at a time (and between two progress reports).
+const SNAPSHOT_CHUNK: usize = 4 << 20;
+
+/// Whether `b` holds only zero bytes (a run a snapshot leaves as a hole).
+fn all_zero(b: &[u8]) -> bool {
+    let (head, words, tail) = bytemuck::pod_align_to::<u8, u64>(b);
+    head.iter().chain(tail).all(|&x| x == 0)
+        && words
+            .chunks(64)
+            .all(|c| c.iter().fold(0, |acc, &w| acc | w) == 0)
 }
 
 /// Makes a rename in `path`'s directory durable (best effort: some file systems refuse to sync a

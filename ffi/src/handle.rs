@@ -950,6 +950,52 @@ pub unsafe extern "C" fn sb_engine_sync_model_state(engine: *mut sb_engine) -> s
     })
 }
 
+/// Writes a consistent copy of the store to `dest`, which then opens like any store (copy it back
+/// over a lost store to restore it), and what was written to `*out`.
+///
+/// The copy holds every transaction committed before the call (a device backend's recurrent
+/// state is written back first), with the store's events and signals beside it
+/// (`<dest>.events`). It is written to a new file beside `dest` (`<dest>.snapshot-tmp`), synced
+/// to the disk and renamed over `dest`, so a process killed at any instant leaves `dest` as it
+/// was or as the complete new snapshot. Through a read-only handle the snapshot holds a shared
+/// lock on the store while it copies (a writer opening the store meanwhile gets
+/// `SB_RESULT_LOCKED`). A store on a RAM-backed file system (tmpfs) is never written back by the
+/// kernel: snapshots are how it reaches a disk.
+///
+/// Errors: `SB_RESULT_INVALID_ARGUMENT` when `dest` is the store itself; `SB_RESULT_LOCKED` when
+/// a writer has `dest` open as a store, or (read-only handle) has this store open;
+/// `SB_RESULT_NOT_FOUND` (no such folder), `SB_RESULT_IO` (`dest` is then unchanged).
+///
+/// Thread safety: write lock (no change may run during the copy).
+///
+/// # Safety
+/// `engine` is NULL or a live handle; `dest` is NULL or a NUL-terminated string; `out` is NULL
+/// or valid for writing an `sb_snapshot`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_engine_snapshot(
+    engine: *mut sb_engine,
+    dest: *const c_char,
+    out: *mut sb_snapshot,
+) -> sb_result {
+    boundary("sb_engine_snapshot", || {
+        // SAFETY: the caller's contract (# Safety).
+        let (h, dest, out) = unsafe {
+            (
+                handle(engine)?,
+                try_path(dest, "dest")?,
+                try_out(out, "out")?,
+            )
+        };
+        let s = write(h)?.snapshot(dest)?;
+        out.write(sb_snapshot {
+            bytes: s.bytes,
+            written: s.written,
+            last_committed: s.last_committed,
+        });
+        Ok(())
+    })
+}
+
 /// Copies a short description of the predictor in use (e.g. `"ewma(0.5)"`) to `buf`,
 /// NUL-terminated, and its length without the NUL to `*out_n`.
 ///

@@ -172,6 +172,18 @@ pub struct sb_dims {
     pub scale_dim: u32,
 }
 
+/// What `sb_engine_snapshot` wrote.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct sb_snapshot {
+    /// The snapshot's length in bytes (the store file's).
+    pub bytes: u64,
+    /// Bytes written to the disk; the rest are runs of zeros left as holes.
+    pub written: u64,
+    /// The last transaction the snapshot holds (`sb_stats.last_committed`).
+    pub last_committed: u64,
+}
+
 /// A customer's contract: a standard token bucket and a weight (tier).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -114,6 +114,13 @@ class LedgerInfo(TypedDict):
     balanced: bool
 
 @type_check_only
+class SnapshotInfo(TypedDict):
+    path: Path
+    bytes: int
+    written: int
+    last_committed: int
+
+@type_check_only
 class ConfigInfo(TypedDict):
     pool_burst: int
     pool_rate: float
@@ -286,6 +293,7 @@ class Engine:
     def ledger(self, now_ns: int) -> LedgerInfo: ...
     def check(self) -> None: ...
     def flush(self) -> None: ...
+    def snapshot(self, path: _Path) -> SnapshotInfo: ...
 
 @final
 class History:

@@ -836,6 +836,26 @@ impl Engine {
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         self.read(py, |e| Ok(e.flush()?))
     }
+
+    /// Writes a consistent copy of the store to `path`, which then opens like any store (copy
+    /// it back over a lost store to restore it).
+    ///
+    /// The copy holds every transaction committed before the call, with the events and signals
+    /// beside it (`<path>.events`). It goes to a new file beside `path` first, is synced to the
+    /// disk, then renamed over `path`, so `path` always holds the previous snapshot or the new
+    /// one. Through a read-only engine it takes a shared lock on the store while it copies
+    /// (`LockedError` when a writer has the store open). Returns `path`, `bytes`, `written` (the
+    /// rest are runs of zeros left as holes) and `last_committed`. Raises `InvalidArgumentError`
+    /// when `path` is the store itself, `LockedError` when a writer has `path` open as a store.
+    fn snapshot<'py>(&self, py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.write(py, |e| Ok(e.snapshot(&path)?))?;
+        let d = PyDict::new(py);
+        d.set_item("path", s.path)?;
+        d.set_item("bytes", s.bytes)?;
+        d.set_item("written", s.written)?;
+        d.set_item("last_committed", s.last_committed)?;
+        Ok(d)
+    }
 }
 
 impl Engine {

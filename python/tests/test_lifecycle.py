@@ -180,6 +180,43 @@ def test_read_only_and_lock(store: Path) -> None:
     sb.Engine.open(store).close()
 
 
+def test_snapshot(store: Path, tmp_path: Path) -> None:
+    eng = make_engine(store)
+    ids = np.arange(1, 9, dtype=np.uint64)
+    eng.allocate_batch(ids, np.full(8, 10, dtype=np.uint64), SEC)
+    snap_path = tmp_path / "snap.sb"
+    info = eng.snapshot(snap_path)
+    assert info["path"] == snap_path
+    assert info["last_committed"] == eng.stats()["last_committed"]
+    assert 0 < info["written"] <= info["bytes"] == snap_path.stat().st_size
+    # the copy is a store of its own with the same state
+    with sb.Engine.open(snap_path) as copy:
+        assert copy.recovered is None
+        copy.check()
+        assert copy.stats() == eng.stats()
+        a: dict[str, object] = dict(copy.customer(3))
+        b: dict[str, object] = dict(eng.customer(3))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert np.array_equal(np.asarray(a[k]), np.asarray(b[k])), k
+        # a writer holds the copy: no snapshot goes over it
+        with pytest.raises(sb.LockedError):
+            eng.snapshot(snap_path)
+    # never over the store itself; a folder that does not exist
+    with pytest.raises(sb.InvalidArgumentError, match="the store itself"):
+        eng.snapshot(store)
+    with pytest.raises(sb.NotFoundError):
+        eng.snapshot(tmp_path / "missing" / "snap.sb")
+    # through a read-only engine: refused while a writer has the store, fine once it is closed
+    with sb.Engine.open(store, read_only=True) as ro:
+        with pytest.raises(sb.LockedError):
+            ro.snapshot(tmp_path / "ro.sb")
+        eng.close()
+        assert ro.snapshot(tmp_path / "ro.sb")["last_committed"] == info["last_committed"]
+    with sb.Engine.open(tmp_path / "ro.sb", read_only=True) as copy:
+        assert copy.customer(3)["outstanding"] == 10
+
+
 def test_exception_hierarchy() -> None:
     for cls in (
         sb.InvalidArgumentError,

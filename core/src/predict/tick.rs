@@ -142,7 +142,7 @@ impl Engine {
 
     /// Writes a device backend's state copy back into the store if it stepped since its last
     /// write-back.
-    fn write_back_device_state(&mut self) -> Result<()> {
+    pub(crate) fn write_back_device_state(&mut self) -> Result<()> {
         let pr = &mut self.predictive;
         if let (Some(b), None) = (&pr.backend, &pr.backend_failed)
             && pr.ticks_since_sync > 0
@@ -362,8 +362,13 @@ impl Engine {
     }
 
     fn save_sidecar(&self) -> Result<()> {
+        self.save_sidecar_at(&self.store.path)
+    }
+
+    /// Writes the events and signals beside the store file `store` (this store's, or a copy's).
+    pub(crate) fn save_sidecar_at(&self, store: &std::path::Path) -> Result<()> {
         super::sidecar::save(
-            &super::sidecar::path_for(&self.store.path),
+            &super::sidecar::path_for(store),
             &self.predictive.events,
             &self.predictive.signals,
         )

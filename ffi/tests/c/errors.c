@@ -44,6 +44,9 @@ static void test_null_handles(void) {
   EXPECT_RC(sb_engine_flush(NULL), SB_RESULT_NULL_PARAMETER);
   CHECK_LAST_ERROR_HAS("sb_engine_flush: engine is NULL");
   EXPECT_RC(sb_engine_grow(NULL, 10), SB_RESULT_NULL_PARAMETER);
+  sb_snapshot snap;
+  EXPECT_RC(sb_engine_snapshot(NULL, "x.sb", &snap), SB_RESULT_NULL_PARAMETER);
+  CHECK_LAST_ERROR_HAS("sb_engine_snapshot: engine is NULL");
   EXPECT_RC(sb_engine_config(NULL, &cfg), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_dims(NULL, &dims), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_add_customer(NULL, 1, &c, 0, &slot), SB_RESULT_NULL_PARAMETER);
@@ -297,6 +300,16 @@ static void test_engine_errors(const char *dir) {
   EXPECT_RC(sb_engine_config(e, NULL), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_dims(e, NULL), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_slot_of(e, 1, NULL), SB_RESULT_NULL_PARAMETER);
+
+  /* snapshots: NULL arguments, a folder that does not exist, the store itself */
+  sb_snapshot snap;
+  char snap_path[4096];
+  sb_test_path(snap_path, sizeof snap_path, dir, "no-such-folder/snap.sb");
+  EXPECT_RC(sb_engine_snapshot(e, NULL, &snap), SB_RESULT_NULL_PARAMETER);
+  CHECK_LAST_ERROR_HAS("dest is NULL");
+  EXPECT_RC(sb_engine_snapshot(e, snap_path, NULL), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_engine_snapshot(e, snap_path, &snap), SB_RESULT_NOT_FOUND);
+  EXPECT_RC(sb_engine_snapshot(e, path, &snap), SB_RESULT_INVALID_ARGUMENT);
 
   /* the engine is still consistent after all of that */
   CHECK_OK(sb_engine_check(e));

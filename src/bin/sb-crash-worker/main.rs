@@ -4,6 +4,9 @@
 //!   `K`, `K+1`, ... of the deterministic stream of `workload.rs` for `SEED` and `MIX`
 //!   (`batches` or `small`), forever, until it is killed (`tests/durability.rs` kills it with
 //!   SIGKILL at random instants).
+//! - `sb-crash-worker snapshot PATH DEST SEED MIX`: opens the store at `PATH` and applies the
+//!   stream from its start, taking a snapshot to `DEST` after every operation, until it is killed
+//!   (`tests/durability.rs`: a snapshot is whole, whenever the process dies).
 //! - `sb-crash-worker probe PATH`: tries to open the store for writing and prints `ok`, `locked`,
 //!   `badfile` or `io` (`tests/bad_input.rs`: a second writer in another process).
 //! - `sb-crash-worker hold PATH`: opens the store for writing, prints `held`, and keeps it open
@@ -18,7 +21,7 @@ use shadowbucket::{Engine, Error};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: sb-crash-worker run PATH SEED MIX K | probe PATH | hold PATH";
+    let usage = "usage: sb-crash-worker run PATH SEED MIX K | snapshot PATH DEST SEED MIX | probe PATH | hold PATH";
     match args.get(1).map(String::as_str) {
         Some("run") if args.len() == 6 => {
             let seed: u64 = args[3].parse().expect("SEED");
@@ -35,6 +38,16 @@ fn main() {
                 let op = workload::make_op(seed, mix, k, &eng);
                 workload::apply(&mut eng, &op, workload::op_time(seed, k));
                 k += 1;
+            }
+        }
+        Some("snapshot") if args.len() == 6 => {
+            let seed: u64 = args[4].parse().expect("SEED");
+            let mix = workload::Mix::parse(&args[5]).expect("MIX");
+            let mut eng = Engine::open(&args[2]).expect("open");
+            for k in 0.. {
+                let op = workload::make_op(seed, mix, k, &eng);
+                workload::apply(&mut eng, &op, workload::op_time(seed, k));
+                eng.snapshot(&args[3]).expect("snapshot");
             }
         }
         Some("probe") if args.len() == 3 => {
