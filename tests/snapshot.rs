@@ -194,7 +194,20 @@ fn a_read_only_engine_snapshots_a_store_no_writer_has_open() {
     assert!(writer_refused >= 1);
     assert_eq!(view(&Engine::open(&snap.path).unwrap(), now), want);
     // the lock is gone afterwards
-    drop(Engine::open(&path).unwrap());
+    let mut writer = Engine::open(&path).unwrap();
+
+    // a store grown since the read-only engine opened it is a new file: no stale snapshot of it
+    writer.grow(4096).unwrap();
+    drop(writer);
+    let err = ro.snapshot(dir.join("stale.sb")).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument(m) if m.contains("open it again")),
+        "{err}"
+    );
+    assert!(!dir.join("stale.sb").exists());
+    let mut fresh = Engine::open_read_only(&path).unwrap();
+    let grown = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(fresh.snapshot(dir.join("fresh.sb")).unwrap().bytes, grown);
 }
 
 #[test]

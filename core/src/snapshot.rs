@@ -57,7 +57,9 @@ impl Engine {
     /// ```
     ///
     /// # Errors
-    /// [`crate::Error::InvalidArgument`] when `dest` is the store itself;
+    /// [`crate::Error::InvalidArgument`] when `dest` is the store itself, or (read-only engine)
+    /// when the store's path now holds another file (grown or upgraded since the engine opened
+    /// it: open it again);
     /// [`crate::Error::Locked`] when a writer has `dest` open as a store, or (read-only engine)
     /// has this store open; [`crate::Error::Io`] writing the copy (`dest` is then unchanged), or
     /// from a device backend's state write-back.

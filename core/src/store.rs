@@ -357,6 +357,18 @@ impl Store {
         before_rename: impl FnOnce() -> Result<()>,
     ) -> Result<u64> {
         let _still = self.map.hold_still(&self.path)?;
+        if self.read_only() {
+            // A read-only engine maps the file it opened: a store grown or upgraded since is a
+            // new file at the same path, and this one would be a stale copy of it.
+            let current = mmap::probe(&self.path)?;
+            if !current.is_some_and(|(f, _)| self.map.is_same_file(&self.path, &f, &self.path)) {
+                return Err(Error::invalid(format!(
+                    "{} is no longer the file this engine opened (the store was grown, upgraded \
+                     or removed since): open it again",
+                    self.path.display()
+                )));
+            }
+        }
         if let Some((file, locked)) = mmap::probe(dest)? {
             if self.map.is_same_file(&self.path, &file, dest) {
                 return Err(Error::invalid(format!(
