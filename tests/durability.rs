@@ -21,8 +21,9 @@ mod common;
 mod workload;
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TempDir;
@@ -216,6 +217,31 @@ fn kind_name(op: &Op) -> &'static str {
     }
 }
 
+/// Starts the worker with `args`, its standard error to `err_path`.
+fn spawn_worker(args: &[&OsStr], err_path: &Path) -> Child {
+    Command::new(WORKER)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(err_path).unwrap())
+        .spawn()
+        .expect("spawn the worker")
+}
+
+/// Lets the worker run for `ms`, then kills it with SIGKILL. A worker that exited by itself
+/// fails the test, with what it wrote to `err_path`.
+fn kill_after(mut child: Child, ms: u64, err_path: &Path, tag: &str) {
+    std::thread::sleep(Duration::from_millis(ms));
+    if let Some(status) = child.try_wait().unwrap() {
+        panic!(
+            "{tag}: the worker exited by itself ({status}): {}",
+            std::fs::read_to_string(err_path).unwrap_or_default()
+        );
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
 /// Runs the worker on a fresh store, kills it `kills` times after random sleeps of up to
 /// `max_sleep_ms`, and checks the store after each kill. Returns the rolled-back kinds.
 fn crash_loop(tag: &str, mix: Mix, kills: usize, max_sleep_ms: u64) -> HashMap<&'static str, u32> {
@@ -238,32 +264,22 @@ fn crash_loop(tag: &str, mix: Mix, kills: usize, max_sleep_ms: u64) -> HashMap<&
     let mut between = 0;
     for i in 0..kills {
         let err_path = dir.join(&format!("worker-{i}.stderr"));
-        let mut child = Command::new(WORKER)
-            .arg("run")
-            .arg(&path)
-            .arg(seed.to_string())
-            .arg(mix.name())
-            .arg(k.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err_path).unwrap())
-            .spawn()
-            .expect("spawn the worker");
+        let (seed_s, k_s) = (seed.to_string(), k.to_string());
+        let args = [
+            "run".as_ref(),
+            path.as_os_str(),
+            seed_s.as_ref(),
+            mix.name().as_ref(),
+            k_s.as_ref(),
+        ];
+        let child = spawn_worker(&args, &err_path);
         // after two kills in a row without progress, give a long transaction time to finish
         let ms = if stalls >= 2 {
             3 * max_sleep_ms
         } else {
             rng.range(0, max_sleep_ms)
         };
-        std::thread::sleep(Duration::from_millis(ms));
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "{tag}: the worker exited by itself ({status}): {}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        kill_after(child, ms, &err_path, tag);
 
         let eng = Engine::open(&path).expect("reopen after a kill");
         let ctx = format!("{tag}: kill {i} after {ms} ms");
@@ -367,26 +383,16 @@ fn killed_during_snapshots() {
         let dest = dir.join(&format!("snap-{i}.sb"));
         std::fs::copy(&setup_path, &path).unwrap();
         let err_path = dir.join(&format!("worker-{i}.stderr"));
-        let mut child = Command::new(WORKER)
-            .arg("snapshot")
-            .arg(&path)
-            .arg(&dest)
-            .arg(seed.to_string())
-            .arg(Mix::Small.name())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err_path).unwrap())
-            .spawn()
-            .expect("spawn the worker");
-        std::thread::sleep(Duration::from_millis(rng.range(20, 400)));
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "the worker exited by itself ({status}): {}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        let seed_s = seed.to_string();
+        let args = [
+            "snapshot".as_ref(),
+            path.as_os_str(),
+            dest.as_os_str(),
+            seed_s.as_ref(),
+            Mix::Small.name().as_ref(),
+        ];
+        let child = spawn_worker(&args, &err_path);
+        kill_after(child, rng.range(20, 400), &err_path, "snapshots");
         if dir.join(&format!("snap-{i}.sb.snapshot-tmp")).exists() {
             mid_copy += 1;
         }
