@@ -2,8 +2,8 @@
 //! customers. The store is opened read-only, without its lock: nothing is written.
 
 use serde_json::{Value, json};
+use shadowbucket::CustomerView;
 use shadowbucket::fixed::FEMTO_PER_TOKEN;
-use shadowbucket::{CustomerView, Engine};
 
 use crate::args::InspectArgs;
 use crate::{CliError, CmdResult};
@@ -41,14 +41,7 @@ fn customer_json(v: &CustomerView) -> Value {
 
 /// Runs `inspect`.
 pub fn run(a: InspectArgs) -> CmdResult {
-    if !a.store.exists() {
-        return Err(CliError::Failed(format!(
-            "cannot open {}: no such file",
-            a.store.display()
-        )));
-    }
-    let e = Engine::open_read_only(&a.store)
-        .map_err(|e| CliError::Failed(format!("cannot open {}: {e}", a.store.display())))?;
+    let e = crate::open_store_read_only(&a.store)?;
     let detail = match a.customer {
         Some(id) => Some(
             e.customer(id)

@@ -7,7 +7,6 @@ use shadowbucket::forecast::{
     evaluate_with, format_reports,
 };
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shadowbucket::forecast::LstmForecaster;
 use shadowbucket::model::ModelSpec;
 use shadowbucket::train::TrainConfig;
@@ -106,19 +105,11 @@ pub fn train(a: TrainArgs) -> CmdResult {
         history.num_windows(),
         history.window_s()
     );
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} epoch {msg} [{bar:30}] {pos}/{len} (eta {eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b
-    };
+    let bar = crate::progress_bar(
+        a.quiet,
+        None,
+        "{spinner} epoch {msg} [{bar:30}] {pos}/{len} (eta {eta})",
+    );
     let t = std::time::Instant::now();
     let rep = shadowbucket::train::train(&history, &cfg, &mut |p| {
         bar.set_length((p.epochs * p.batches) as u64);

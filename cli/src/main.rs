@@ -44,6 +44,34 @@ impl From<String> for CliError {
 /// A command's result: the exit code on success.
 pub type CmdResult = Result<i32, CliError>;
 
+/// A progress bar on standard error drawn with `template` (`len` steps, or set later), or a
+/// hidden one when `hidden` (`--quiet`).
+pub fn progress_bar(hidden: bool, len: Option<u64>, template: &str) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr());
+    b.set_style(
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    b
+}
+
+/// Opens the store at `path` read-only (`inspect`, `snapshot`), with the error a user reads.
+pub fn open_store_read_only(path: &std::path::Path) -> Result<shadowbucket::Engine, CliError> {
+    if !path.exists() {
+        return Err(CliError::Failed(format!(
+            "cannot open {}: no such file",
+            path.display()
+        )));
+    }
+    shadowbucket::Engine::open_read_only(path)
+        .map_err(|e| CliError::Failed(format!("cannot open {}: {e}", path.display())))
+}
+
 fn main() {
     let cli = args::Cli::parse();
     let result = match cli.command {

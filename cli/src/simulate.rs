@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
 use shadowbucket::forecast::QuantileLevel;
 
 use crate::args::{ReserveTarget, SimulateArgs};
@@ -93,19 +91,11 @@ pub fn run(a: SimulateArgs) -> CmdResult {
             }
         });
     }
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::with_draw_target(Some(workload.steps()), ProgressDrawTarget::stderr());
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} simulating [{bar:30}] {percent:>3}% {msg} (eta {eta}; Ctrl-C stops and reports)",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b
-    };
+    let bar = crate::progress_bar(
+        a.quiet,
+        Some(workload.steps()),
+        "{spinner} simulating [{bar:30}] {percent:>3}% {msg} (eta {eta}; Ctrl-C stops and reports)",
+    );
     println!("shadowbucket simulate: {}", workload.describe());
     let pool = workload.pool();
     println!(

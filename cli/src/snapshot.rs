@@ -2,34 +2,20 @@
 //! writing (`Engine::snapshot` through a read-only open, which holds a shared lock on the store
 //! while it copies, so no writer opens it meanwhile). The store is not changed.
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
-use shadowbucket::{Engine, Error};
+use shadowbucket::Error;
 
 use crate::args::SnapshotArgs;
 use crate::{CliError, CmdResult};
 
 /// Runs `snapshot`.
 pub fn run(a: SnapshotArgs) -> CmdResult {
-    if !a.store.exists() {
-        return Err(CliError::Failed(format!(
-            "cannot open {}: no such file",
-            a.store.display()
-        )));
-    }
-    let mut e = Engine::open_read_only(&a.store)
-        .map_err(|e| CliError::Failed(format!("cannot open {}: {e}", a.store.display())))?;
-    let bar = if a.quiet || a.json {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        b.set_style(
-            ProgressStyle::with_template("{spinner} snapshot [{bar:30}] {bytes}/{total_bytes}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        b
-    };
+    let mut e = crate::open_store_read_only(&a.store)?;
+    let bar = crate::progress_bar(
+        a.quiet || a.json,
+        None,
+        "{spinner} snapshot [{bar:30}] {bytes}/{total_bytes}",
+    );
     let t = std::time::Instant::now();
     let snap = e
         .snapshot_with(&a.dest, |done, total| {

@@ -63,11 +63,13 @@ impl Mapping {
     pub(crate) fn hold_still(&self, path: &Path) -> Result<StillGuard<'_>> {
         match self {
             Mapping::Write { .. } => Ok(StillGuard(None)),
-            Mapping::Read { file, .. } => match file.try_lock_shared() {
-                Ok(()) => Ok(StillGuard(Some(file))),
-                Err(TryLockError::WouldBlock) => Err(Error::Locked(path.to_path_buf())),
-                Err(TryLockError::Error(e)) => Err(Error::io(path, e)),
-            },
+            Mapping::Read { file, .. } => {
+                if try_flock(file, true, path)? {
+                    Ok(StillGuard(Some(file)))
+                } else {
+                    Err(Error::Locked(path.to_path_buf()))
+                }
+            }
         }
     }
 
@@ -114,31 +116,45 @@ impl Mapping {
     }
 }
 
-/// The file at `path`, if one exists, and whether a writer holds its lock (renaming a new file
-/// over a store that a writer has open would leave that writer changing a file nobody can open
-/// again).
-pub(crate) fn probe(path: &Path) -> Result<Option<(File, bool)>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(path, e)),
+/// Tries to take `file`'s lock, shared or exclusive, without waiting: `false` when another open
+/// of the file holds it in a conflicting mode.
+fn try_flock(file: &File, shared: bool, path: &Path) -> Result<bool> {
+    let got = if shared {
+        file.try_lock_shared()
+    } else {
+        file.try_lock()
     };
-    let locked = match file.try_lock_shared() {
-        Ok(()) => {
-            let _ = file.unlock();
-            false
-        }
-        Err(TryLockError::WouldBlock) => true,
-        Err(TryLockError::Error(e)) => return Err(Error::io(path, e)),
-    };
-    Ok(Some((file, locked)))
+    match got {
+        Ok(()) => Ok(true),
+        Err(TryLockError::WouldBlock) => Ok(false),
+        Err(TryLockError::Error(e)) => Err(Error::io(path, e)),
+    }
+}
+
+/// The file at `path` opened for reading, if one exists.
+pub(crate) fn open_existing(path: &Path) -> Result<Option<File>> {
+    match File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Whether a writer holds `file`'s lock (renaming a new file over a store that a writer has open
+/// would leave that writer changing a file nobody can open again).
+pub(crate) fn writer_holds(file: &File, path: &Path) -> Result<bool> {
+    let free = try_flock(file, true, path)?;
+    if free {
+        let _ = file.unlock();
+    }
+    Ok(!free)
 }
 
 fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
-    match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(TryLockError::WouldBlock) => Err(Error::Locked(path.to_path_buf())),
-        Err(TryLockError::Error(e)) => Err(Error::io(path, e)),
+    if try_flock(file, false, path)? {
+        Ok(())
+    } else {
+        Err(Error::Locked(path.to_path_buf()))
     }
 }
 

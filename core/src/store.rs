@@ -319,49 +319,40 @@ impl Store {
 
     /// Replaces the store file at `path` with a new one of shape `dims`: creates it beside
     /// `path` (its name with `suffix` added), lets `fill` write it, flushes it and renames it
-    /// over `path`. A process killed before the rename leaves the old file as it was; an error
-    /// removes the new file.
+    /// over `path` ([`write_beside`]).
     pub(crate) fn replace<T>(
         path: &Path,
         suffix: &str,
         dims: Dims,
         fill: impl FnOnce(&mut Store) -> Result<T>,
     ) -> Result<(Store, T)> {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(suffix);
-        let tmp = PathBuf::from(tmp);
-        let _ = std::fs::remove_file(&tmp);
-        let made = Store::create(&tmp, dims).and_then(|mut next| {
+        let (mut next, out) = write_beside(path, suffix, |tmp| {
+            let mut next = Store::create(tmp, dims)?;
             let out = fill(&mut next)?;
             next.flush()?;
-            std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
             Ok((next, out))
-        });
-        let (mut next, out) = made.inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
         })?;
-        sync_parent_dir(path);
         next.path = path.to_path_buf();
         Ok((next, out))
     }
 
-    /// Writes a copy of the store file to `dest` (see [`crate::Engine::snapshot`]): to a new
-    /// file beside it first (`dest` with `.snapshot-tmp` added, runs of zeros left as holes),
-    /// synced to disk, then `before_rename`, then renamed over `dest`, and the directory synced.
+    /// Writes a copy of the store file to `dest` (see [`crate::Engine::snapshot`]) through
+    /// [`write_beside`]: to `dest` with `.snapshot-tmp` added (runs of zeros left as holes),
+    /// synced to disk, then `before_rename`, then renamed over `dest`.
     /// `progress` gets the bytes copied so far and the total after each chunk. Returns the bytes
     /// written (the rest are holes). On an error the new file is removed and `dest` is as it was.
     pub(crate) fn snapshot_to(
         &self,
         dest: &Path,
-        mut progress: impl FnMut(u64, u64),
+        progress: impl FnMut(u64, u64),
         before_rename: impl FnOnce() -> Result<()>,
     ) -> Result<u64> {
         let _still = self.map.hold_still(&self.path)?;
         if self.read_only() {
             // A read-only engine maps the file it opened: a store grown or upgraded since is a
             // new file at the same path, and this one would be a stale copy of it.
-            let current = mmap::probe(&self.path)?;
-            if !current.is_some_and(|(f, _)| self.map.is_same_file(&self.path, &f, &self.path)) {
+            let current = mmap::open_existing(&self.path)?;
+            if !current.is_some_and(|f| self.map.is_same_file(&self.path, &f, &self.path)) {
                 return Err(Error::invalid(format!(
                     "{} is no longer the file this engine opened (the store was grown, upgraded \
                      or removed since): open it again",
@@ -369,14 +360,14 @@ impl Store {
                 )));
             }
         }
-        if let Some((file, locked)) = mmap::probe(dest)? {
+        if let Some(file) = mmap::open_existing(dest)? {
             if self.map.is_same_file(&self.path, &file, dest) {
                 return Err(Error::invalid(format!(
                     "{} is the store itself: a snapshot goes to another path",
                     dest.display()
                 )));
             }
-            if locked {
+            if mmap::writer_holds(&file, dest)? {
                 return Err(Error::Locked(dest.to_path_buf()));
             }
             if file.metadata().is_ok_and(|m| m.is_dir()) {
@@ -386,42 +377,36 @@ impl Store {
                 ));
             }
         }
-        let mut tmp = dest.as_os_str().to_owned();
-        tmp.push(".snapshot-tmp");
-        let tmp = PathBuf::from(tmp);
-        let _ = std::fs::remove_file(&tmp);
-        let mut copy = || -> std::io::Result<u64> {
-            use std::io::{Seek, SeekFrom, Write};
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
-            let bytes = self.map.bytes();
-            let total = bytes.len() as u64;
-            let (mut done, mut written) = (0, 0);
-            for chunk in bytes.chunks(SNAPSHOT_CHUNK) {
-                if all_zero(chunk) {
-                    f.seek(SeekFrom::Current(chunk.len() as i64))?;
-                } else {
-                    f.write_all(chunk)?;
-                    written += chunk.len() as u64;
-                }
-                done += chunk.len() as u64;
-                progress(done, total);
-            }
-            f.set_len(total)?;
-            f.sync_all()?;
-            Ok(written)
-        };
-        let made = copy().map_err(|e| Error::io(&tmp, e)).and_then(|written| {
+        write_beside(dest, ".snapshot-tmp", |tmp| {
+            let written = self.copy_to(tmp, progress).map_err(|e| Error::io(tmp, e))?;
             before_rename()?;
-            std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
             Ok(written)
-        });
-        let written = made.inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })?;
-        sync_parent_dir(dest);
+        })
+    }
+
+    /// Writes the mapped bytes to a new file `tmp`, runs of zeros as holes, and syncs it.
+    /// Returns the bytes written.
+    fn copy_to(&self, tmp: &Path, mut progress: impl FnMut(u64, u64)) -> std::io::Result<u64> {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)?;
+        let bytes = self.map.bytes();
+        let total = bytes.len() as u64;
+        let (mut done, mut written) = (0, 0);
+        for chunk in bytes.chunks(SNAPSHOT_CHUNK) {
+            if all_zero(chunk) {
+                f.seek(SeekFrom::Current(chunk.len() as i64))?;
+            } else {
+                f.write_all(chunk)?;
+                written += chunk.len() as u64;
+            }
+            done += chunk.len() as u64;
+            progress(done, total);
+        }
+        f.set_len(total)?;
+        f.sync_all()?;
         Ok(written)
     }
 
@@ -584,6 +569,26 @@ pub(crate) fn journal_bucket(b: &mut Bucket, j: &mut Bucket, seq: u64) {
         compiler_fence(Ordering::SeqCst);
         b.epoch = seq;
     }
+}
+
+/// Makes a new file at `path` the safe way: `make` creates and fills it under a temporary name
+/// beside `path` (`path` with `suffix` added; a file left there by a killed process is removed
+/// first) and makes it durable, then it is renamed over `path` and the directory synced. A process
+/// killed before the rename leaves `path` as it was; an error removes the temporary file.
+fn write_beside<T>(path: &Path, suffix: &str, make: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(suffix);
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let made = make(&tmp).and_then(|out| {
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        Ok(out)
+    });
+    let out = made.inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    sync_parent_dir(path);
+    Ok(out)
 }
 
 /// Bytes of the store a snapshot copies at a time (and between two progress reports).
