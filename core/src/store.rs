@@ -575,7 +575,11 @@ pub(crate) fn journal_bucket(b: &mut Bucket, j: &mut Bucket, seq: u64) {
 /// beside `path` (`path` with `suffix` added; a file left there by a killed process is removed
 /// first) and makes it durable, then it is renamed over `path` and the directory synced. A process
 /// killed before the rename leaves `path` as it was; an error removes the temporary file.
-fn write_beside<T>(path: &Path, suffix: &str, make: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+pub(crate) fn write_beside<T>(
+    path: &Path,
+    suffix: &str,
+    make: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(suffix);
     let tmp = PathBuf::from(tmp);

@@ -1,8 +1,9 @@
 //! The events and external signals of a store, kept beside it in `<store>.events` so that they
 //! survive restarts like the store does.
 //!
-//! A small text file, one record per line, rewritten whole (temp file, fsync, rename) on every
-//! change, so it is always either the old or the new version:
+//! A small text file, one record per line, rewritten whole on every change (a temporary file
+//! beside it, synced, renamed over it, the directory synced), so it is always either the old or
+//! the new version:
 //!
 //! ```text
 //! shadowbucket-events 1
@@ -28,7 +29,8 @@ pub fn path_for(store: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Writes the events and signals atomically.
+/// Writes the events and signals atomically (a killed process leaves the old file or the new
+/// one, never a mix; an error leaves the old one and no temporary file).
 pub fn save(path: &Path, book: &EventBook, signals: &BTreeMap<String, f32>) -> Result<()> {
     let mut text = format!("{MAGIC}\nnext {}\n", book.next_id());
     for (id, e) in book.iter() {
@@ -42,14 +44,12 @@ pub fn save(path: &Path, book: &EventBook, signals: &BTreeMap<String, f32>) -> R
     for (name, v) in signals {
         let _ = writeln!(text, "signal {v} {name}");
     }
-    let tmp = path.with_extension("events.tmp");
-    let io = |e: std::io::Error| Error::io(path, e);
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(())
+    crate::store::write_beside(path, ".tmp", |tmp| {
+        let io = |e: std::io::Error| Error::io(tmp, e);
+        let mut f = std::fs::File::create(tmp).map_err(io)?;
+        f.write_all(text.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)
+    })
 }
 
 /// Reads a sidecar; a missing file is an empty book.
@@ -162,6 +162,21 @@ mod tests {
         assert!(matches!(load(&p), Err(Error::BadFile { .. })));
         std::fs::write(&p, format!("{MAGIC}\nevent 1 - x 1 0 5\n")).unwrap();
         assert!(matches!(load(&p), Err(Error::BadFile { .. })));
+
+        // A stale temporary file from a killed save is replaced; a save that cannot rename
+        // (the path is a directory) fails with the path named and leaves no temporary file.
+        let tmp = dir.join("a.sb.events.tmp");
+        std::fs::write(&tmp, "left by a killed process").unwrap();
+        save(&p, &b, &s).unwrap();
+        assert!(!tmp.exists());
+        assert_eq!(load(&p).unwrap().1, s);
+        let d = dir.join("d.sb.events");
+        std::fs::create_dir_all(&d).unwrap();
+        let err = save(&d, &b, &s).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(err.to_string().contains("d.sb.events"), "{err}");
+        assert!(!dir.join("d.sb.events.tmp").exists());
+        assert!(d.is_dir());
         std::fs::remove_dir_all(&dir).ok();
     }
 }
