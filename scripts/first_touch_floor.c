@@ -4,11 +4,13 @@
 // journal array (random streaming stores), and appended to a per-thread log (sequential streaming
 // stores, as the batch path does). Two shapes: `2` (the default) writes both 64-byte lines of the
 // record and journals all 128 bytes (store format version 2); `1` writes and journals the first
-// line only, and reads the second (format version 3, for a shadow grant). Every touch is
+// line only, and reads the second (format version 3, for a shadow grant); `0` models a record of
+// one 64-byte line (records 64 bytes apart, nothing else read), to size what a record whose
+// shadow grant needs a single line would save. Every touch is
 // journaled, a repeat touch included (the batch path logs first touches only). The README's Speed
 // section compares the batch path's customer-local phase with these.
 //
-//   gcc -O2 -pthread -o /tmp/first_touch scripts/first_touch_floor.c && /tmp/first_touch [1|2]
+//   gcc -O2 -pthread -o /tmp/first_touch scripts/first_touch_floor.c && /tmp/first_touch [0|1|2]
 #define _GNU_SOURCE
 #include <emmintrin.h>
 #include <pthread.h>
@@ -28,6 +30,9 @@ static int mode;
 static int lines = 2;
 static long sink[16]; // read back, so the second line's load is not optimized away
 
+// Where record `i` starts: 128 bytes apart, or 64 in shape `0` (one-line records).
+static char *rec_at(unsigned i) { return (char *)R + (size_t)i * (lines > 0 ? 128 : 64); }
+
 static double now(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
@@ -42,24 +47,27 @@ static void *work(void *a) {
   long acc = 0;
   for (size_t i = 0; i < half; i++) {
     if (i + 16 < half) {
-      rec *f = &R[ix[i + 16]];
+      char *f = rec_at(ix[i + 16]);
       __builtin_prefetch(f, 1);
-      __builtin_prefetch((char *)f + 64, 1);
+      if (lines > 0) __builtin_prefetch(f + 64, 1);
     }
-    rec *p = &R[ix[i]];
-    __m128i *d = mode == AT_SLOT ? (__m128i *)&J[ix[i]]
-                 : mode == LOG   ? (__m128i *)(log + i * 64 * lines)
+    long *p = (long *)rec_at(ix[i]);
+    size_t entry = 64 * (lines > 0 ? lines : 1);
+    __m128i *d = mode == AT_SLOT ? (__m128i *)((char *)J + (rec_at(ix[i]) - (char *)R))
+                 : mode == LOG   ? (__m128i *)(log + i * entry)
                                  : NULL;
     if (d) {
       __m128i *s = (__m128i *)p;
-      for (int k = 0; k < 4 * lines; k++) _mm_stream_si128(d + k, _mm_load_si128(s + k));
+      for (size_t k = 0; k < entry / 16; k++) _mm_stream_si128(d + k, _mm_load_si128(s + k));
     }
-    p->v[0] += 1;
+    p[0] += 1;
     if (lines == 2) {
-      p->v[9] += i;
+      p[9] += i;
+    } else if (lines == 1) {
+      p[5] += i;
+      acc += p[9];
     } else {
-      p->v[5] += i;
-      acc += p->v[9];
+      p[5] += i;
     }
   }
   _mm_sfence();
@@ -75,7 +83,8 @@ static void *map(size_t b) {
 }
 
 int main(int argc, char **argv) {
-  if (argc > 1) lines = atoi(argv[1]) == 1 ? 1 : 2;
+  if (argc > 1) lines = atoi(argv[1]);
+  if (lines < 0 || lines > 2) lines = 2;
   size_t b = N * sizeof(rec);
   R = map(b);
   J = map(b);
@@ -99,7 +108,10 @@ int main(int argc, char **argv) {
       t = now() - t;
       if (t < best[mode]) best[mode] = t;
     }
-  printf("%d line(s) written and journaled per touch\n", lines);
+  if (lines == 0)
+    printf("one-line (64-byte) records, written and journaled per touch\n");
+  else
+    printf("%d line(s) written and journaled per touch\n", lines);
   for (int m = NONE; m <= LOG; m++)
     printf("%-26s %.1f ns per touch (wall, 2 threads, %zu touches)\n", names[m], best[m] * 1e9 / N, N);
   return 0;
