@@ -224,12 +224,6 @@ pub(crate) fn prefetch<T>(p: &T) {
     prefetch_to::<HINT_L1, T>(p);
 }
 
-/// [`prefetch`] into the second-level cache only.
-#[inline(always)]
-pub(crate) fn prefetch_l2<T>(p: &T) {
-    prefetch_to::<HINT_L2, T>(p);
-}
-
 /// `_MM_HINT_T0`: into every cache level.
 const HINT_L1: i32 = 3;
 /// `_MM_HINT_T1`: into the second level and below.
@@ -241,11 +235,17 @@ const _: () =
 /// Prefetches the lines of `*p` (at most 128 bytes) with hint `HINT`.
 #[inline(always)]
 fn prefetch_to<const HINT: i32, T>(p: &T) {
+    prefetch_ptr::<HINT, T>(p);
+}
+
+/// [`prefetch_to`] of an address that need not be valid (prefetching never faults).
+#[inline(always)]
+fn prefetch_ptr<const HINT: i32, T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     {
-        let a = p as *const T as *const i8;
-        // SAFETY: prefetching is a hint that never faults, whatever the address; `a` and the
-        // line after it lie within (or just past) a live reference anyway.
+        let a = p as *const i8;
+        // SAFETY: prefetching is a hint that never faults and changes nothing, whatever the
+        // address; `wrapping_add` makes no claim that it is in bounds.
         unsafe {
             std::arch::x86_64::_mm_prefetch::<HINT>(a);
             if std::mem::size_of::<T>() > 64 {
@@ -383,7 +383,8 @@ pub(crate) fn run(
     let out_retry = Out(retries.as_mut_ptr());
     let out_credit = Out(credits.as_mut_ptr());
     let out_side = Out(side.as_mut_ptr());
-    let reqs_all = &reqs[..known];
+    // (with the `FAR` requests after them that the prefetches may read)
+    let reqs_all = &reqs[..known + FAR];
     let table = &table[..nchunks * nshards];
     let starts = &order.starts;
     let full_at = g.pool.full_at_ns;
@@ -394,8 +395,13 @@ pub(crate) fn run(
         .zip(log_heads[..nshards].par_iter_mut())
         .enumerate()
         .map(|(s, ((bk, jn), head))| {
+            // (copied: read through the closure's references, the loop reloaded them per request)
+            let (now, full_at) = (now, full_at);
             let (lo, hi) = (starts[s], starts[s + 1]);
             let reqs = &reqs_all[lo..hi];
+            // this shard's requests and the `FAR` after them, read only to prefetch
+            let ahead = &reqs_all[lo..hi + FAR];
+            let records = bk.as_ptr();
             let mut stats = StatsRaw::default();
             let mut blocked = [0u64; SHARD_SLOTS / 64];
             // where the next retry-after and credit of this shard go
@@ -411,15 +417,18 @@ pub(crate) fn run(
                 } else {
                     hi - lo
                 };
-                for k in a..b {
-                    if let Some(f) = reqs.get(k + FAR) {
-                        prefetch_l2(&bk[f.local()]);
-                    }
-                    if let Some(f) = reqs.get(k + AHEAD) {
-                        // (not the journal entry: it is written whole, with streaming stores)
-                        prefetch(&bk[f.local()]);
-                    }
-                    let r = reqs[k];
+                // each request with the ones `AHEAD` and `FAR` after it (past the shard's own:
+                // the next shard's, or padding, naming other shards' slots or none, so their
+                // prefetches are useless but harmless)
+                let window = reqs[a..b]
+                    .iter()
+                    .zip(&ahead[a + AHEAD..b + AHEAD])
+                    .zip(&ahead[a + FAR..b + FAR]);
+                for (i, ((&r, near), far)) in window.enumerate() {
+                    let k = a + i;
+                    prefetch_ptr::<HINT_L2, _>(records.wrapping_add(far.local()));
+                    // (not the journal entry: it is written whole, with streaming stores)
+                    prefetch_ptr::<HINT_L1, _>(records.wrapping_add(near.local()));
                     let local = r.local();
                     let d = decide_first(
                         &mut bk[local],
@@ -862,8 +871,9 @@ fn bucket_by_shard(
         }
     }
     starts[nshards] = pos;
-    // Every position below `pos` is written below; the buffer only ever grows.
-    grow(&mut scratch.reqs, pos);
+    // Every position below `pos` is written below; the buffer only ever grows. It holds `FAR`
+    // more, so the shard phase's prefetches read ahead without a bounds check.
+    grow(&mut scratch.reqs, pos + FAR);
     let out = Out(scratch.reqs.as_mut_ptr());
     let unknown = slots
         .par_chunks(chunk)
