@@ -890,11 +890,10 @@ fn bucket_by_shard(
                 } else {
                     let o = &mut off[s as usize >> shift];
                     let at = *o as usize;
-                    // Each shard's part is written as one stream: fetch the line after next
-                    // when a line is started, so the writes do not wait for their lines.
-                    if at.is_multiple_of(REQS_PER_LINE) {
-                        out.prefetch(at + 2 * REQS_PER_LINE);
-                    }
+                    // Each shard's part is written as one stream: fetch the line after next,
+                    // so the writes do not wait for their lines. (On every write: whether a
+                    // write starts a line is random, so a branch on it was mispredicted.)
+                    out.prefetch(at + 2 * REQS_PER_LINE);
                     let r = Req::new(s as usize & mask, n);
                     // SAFETY: the table gives each (chunk, shard) pair its own range, sized by
                     // this very chunk's histogram, so the positions are disjoint and below `pos`.
