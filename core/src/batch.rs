@@ -420,9 +420,10 @@ pub(crate) fn run(
                 } else {
                     hi - lo
                 };
-                // each request with the ones `AHEAD` and `FAR` after it (past the shard's own:
-                // the next shard's, or padding, naming other shards' slots or none, so their
-                // prefetches are useless but harmless)
+                // each request with the ones `AHEAD` and `FAR` after it (near the shard's end,
+                // the next shard's or padding: their slots within a shard, taken as this one's,
+                // give prefetches of arbitrary lines of this shard or past it, useless but
+                // harmless)
                 let window = reqs[a..b]
                     .iter()
                     .zip(&ahead[a + AHEAD..b + AHEAD])
