@@ -49,7 +49,7 @@ use rayon::prelude::*;
 
 use crate::kernel::{
     Decision, Local, Outcome, Overflow, advance, credit_overflow, decide_local, decide_local_with,
-    decide_pool, refill_bucket,
+    decide_pool, refill_bucket_with,
 };
 use crate::layout::{Bucket, Globals, LogHead, StatsRaw};
 use crate::store::{FIRST_LINE, JournalLog, SECOND_LINE, journal_bucket, stream_fence};
@@ -399,7 +399,7 @@ pub(crate) fn run(
         .enumerate()
         .map(|(s, ((bk, jn), head))| {
             // (copied: read through the closure's references, the loop reloaded them per request)
-            let (now, full_at) = (now, full_at);
+            let (now, full_at, out_code) = (now, full_at, out_code);
             let (lo, hi) = (starts[s], starts[s + 1]);
             let reqs = &reqs_all[lo..hi];
             // this shard's requests and the `FAR` after them, read only to prefetch
@@ -408,12 +408,17 @@ pub(crate) fn run(
             let mut stats = StatsRaw::default();
             let mut blocked = [0u64; SHARD_SLOTS / 64];
             // where the next retry-after and credit of this shard go
-            let (mut nr, mut nc) = (lo, lo);
+            let mut lists = Lists {
+                credits: out_credit,
+                retries: out_retry,
+                nc: lo,
+                nr: lo,
+            };
             let mut log = JournalLog::new(jn, head, s * shard_slots, seq);
             for c in 0..nchunks {
                 // SAFETY: column `s` of the side table belongs to this shard only, and
                 // `c * nshards + s` is in bounds (the table was grown to `nchunks * nshards`).
-                unsafe { out_side.write(c * nshards + s, [nr as u32, nc as u32]) };
+                unsafe { out_side.write(c * nshards + s, [lists.nr as u32, lists.nc as u32]) };
                 let a = table[c * nshards + s] as usize - lo;
                 let b = if c + 1 < nchunks {
                     table[(c + 1) * nshards + s] as usize - lo
@@ -434,28 +439,17 @@ pub(crate) fn run(
                     // (not the journal entry: it is written whole, with streaming stores)
                     prefetch_ptr::<HINT_L1, _>(records.wrapping_add(near.local()));
                     let local = r.local();
-                    let d = decide_first(
+                    let code = decide_first(
                         &mut bk[local],
                         &mut log,
                         &mut blocked,
+                        &mut lists,
                         local,
                         r.tokens(),
                         now,
                         full_at,
                         &mut stats,
                     );
-                    if d.code & CREDIT != 0 {
-                        // SAFETY: the shard's credits fit in its own range `lo..hi` of the list
-                        // (at most one per request), which no other shard writes.
-                        unsafe { out_credit.write(nc, d.credit) };
-                        nc += 1;
-                    }
-                    if d.code & RETRY_BITS == RETRY_LISTED {
-                        // SAFETY: as for the credits.
-                        unsafe { out_retry.write(nr, d.retry) };
-                        nr += 1;
-                    }
-                    let code = d.code;
                     // SAFETY: position `lo + k` is this shard's own, and below `known`.
                     unsafe { out_code.write(lo + k, code) };
                 }
@@ -692,53 +686,82 @@ fn replay_chunk(rp: &mut Replay<'_>, seg: &Segment, out_o: Out<Outcome>, out_r: 
     credit_overflow(g, seg.credit_after);
 }
 
-/// What phase 2 decided for one request: its code, and the credit and retry-after the code
-/// says to list.
-struct First {
-    code: u8,
-    credit: Overflow,
-    retry: u64,
+/// Where one shard's listed credits and retry-afters go: its own range of the lists (from the
+/// shard's first position in shard order), and the next free place in each.
+struct Lists {
+    credits: Out<Overflow>,
+    retries: Out<u64>,
+    nc: usize,
+    nr: usize,
+}
+
+impl Lists {
+    /// Lists a credit.
+    ///
+    /// # Safety
+    /// Called at most once per request of the shard (so `nc` stays in the shard's own range of
+    /// the list, which no other shard writes).
+    #[inline(always)]
+    unsafe fn credit(&mut self, ov: Overflow) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.credits.write(self.nc, ov) };
+        self.nc += 1;
+    }
+
+    /// Lists a retry-after.
+    ///
+    /// # Safety
+    /// As for [`Lists::credit`].
+    #[inline(always)]
+    unsafe fn retry(&mut self, ns: u64) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.retries.write(self.nr, ns) };
+        self.nr += 1;
+    }
 }
 
 /// Phase 2 for one request of `n` tokens ([`Req::BIG`] for a size only the pool phase reads
 /// exactly) to the customer in slot `local` of its shard: `UnknownCustomer` for an empty slot,
 /// `LATER` for a customer already waiting on the pool (`blocked`), otherwise the journal, the
 /// refill and the customer-local decision, which blocks the customer if it needs the pool.
+/// Returns the request's code; a credit or retry-after that the code lists is listed at once,
+/// where it is found. (Returned with the code instead, and listed by the caller, the credit was
+/// kept live through the decision: the uniform and Zipf benches' phase took 9.01 and 5.54-5.56 ms
+/// against 8.94 and 5.32-5.33.)
+///
+/// Called once per request of the shard whose lists `lists` are.
 #[expect(
     clippy::too_many_arguments,
-    reason = "the record, the shard's journal and state, and the batch's constants"
+    reason = "the record, the shard's journal, state and lists, and the batch's constants"
 )]
 #[inline(always)]
 fn decide_first(
     b: &mut Bucket,
     log: &mut JournalLog<'_>,
     blocked: &mut [u64],
+    lists: &mut Lists,
     local: usize,
     n: u64,
     now: u64,
     full_at: u64,
     stats: &mut StatsRaw,
-) -> First {
-    let mut d = First {
-        code: 0,
-        credit: Overflow::default(),
-        retry: 0,
-    };
+) -> u8 {
     if !b.active() {
         stats.requests += 1;
         stats.unknown += 1;
-        d.code = Outcome::UnknownCustomer as u8 | RETRY_NEVER;
-        return d;
+        return Outcome::UnknownCustomer as u8 | RETRY_NEVER;
     }
     if blocked[local / 64] & (1 << (local % 64)) != 0 {
-        d.code = LATER;
-        return d;
+        return LATER;
     }
     log.record::<FIRST_LINE>(b, local);
-    d.credit = refill_bucket(b, now, full_at);
-    if d.credit != Overflow::default() {
-        d.code = CREDIT;
-    }
+    let mut code = 0;
+    refill_bucket_with(b, now, full_at, |ov| {
+        // SAFETY: this is the request's only credit, and the caller calls this once per
+        // request of the shard.
+        unsafe { lists.credit(ov) };
+        code = CREDIT;
+    });
     // The record's second line changes with a contract denial's counter, or in the pool phase:
     // it is logged just before, inside the decision's own branches. (A test of its own here, a
     // branch mispredicted whenever the decision's is, cost the uniform bench's customer-local
@@ -750,12 +773,13 @@ fn decide_first(
     };
     match decided {
         Local::Done(x) => {
-            d.code |= x.outcome as u8;
-            d.code |= match x.retry_after_ns {
+            code |= x.outcome as u8;
+            code |= match x.retry_after_ns {
                 0 => RETRY_NOW,
                 u64::MAX => RETRY_NEVER,
                 v => {
-                    d.retry = v;
+                    // SAFETY: the request's only retry-after, as for the credit.
+                    unsafe { lists.retry(v) };
                     RETRY_LISTED
                 }
             };
@@ -763,10 +787,10 @@ fn decide_first(
         Local::NeedsPool => {
             log.record::<SECOND_LINE>(b, local);
             blocked[local / 64] |= 1 << (local % 64);
-            d.code |= LATER;
+            code |= LATER;
         }
     }
-    d
+    code
 }
 
 /// Grows `v` to at least `n` elements (never shrinks it: the buffers are reused and only the

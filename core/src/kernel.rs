@@ -92,8 +92,23 @@ impl std::ops::Add for Overflow {
 /// last instant the pool was at its cap. Time that goes backwards changes nothing.
 #[inline(always)]
 pub(crate) fn refill_bucket(b: &mut Bucket, now: u64, full_at: u64) -> Overflow {
+    let mut ov = Overflow::default();
+    refill_bucket_with(b, now, full_at, |o| ov = o);
+    ov
+}
+
+/// [`refill_bucket`] that hands the overflow, when there is any (it is then positive), to
+/// `overflowed`, inside the branch that found it: the batch path stores it there, so its value
+/// is not kept live (in registers, or spilled) through the rest of the request.
+#[inline(always)]
+pub(crate) fn refill_bucket_with(
+    b: &mut Bucket,
+    now: u64,
+    full_at: u64,
+    overflowed: impl FnOnce(Overflow),
+) {
     if now <= b.last_ns {
-        return Overflow::default();
+        return;
     }
     let last = b.last_ns;
     let dt = now - last;
@@ -103,13 +118,13 @@ pub(crate) fn refill_bucket(b: &mut Bucket, now: u64, full_at: u64) -> Overflow 
         b.std = (b.std + accrual(b.rate, dt)).min(cap);
     }
     if b.rho == 0 {
-        return Overflow::default();
+        return;
     }
     let scap = femto(b.sigma).max(b.shadow);
     let s = b.shadow + accrual(b.rho, dt);
     if s <= scap {
         b.shadow = s;
-        return Overflow::default();
+        return;
     }
     let over = s - scap;
     let stale = if full_at > last {
@@ -118,10 +133,10 @@ pub(crate) fn refill_bucket(b: &mut Bucket, now: u64, full_at: u64) -> Overflow 
         0
     };
     b.shadow = scap;
-    Overflow {
+    overflowed(Overflow {
         fresh: over - stale,
         stale,
-    }
+    });
 }
 
 /// The pool's cap: its burst less the shadow capacity carved out for reservations.
