@@ -751,10 +751,13 @@ fn decide_first(
         stats.unknown += 1;
         return Outcome::UnknownCustomer as u8 | RETRY_NEVER;
     }
-    if blocked[local / 64] & (1 << (local % 64)) != 0 {
+    // A customer waiting on the pool was touched (and logged) before, so only a repeat touch
+    // needs the test.
+    if log.first_time::<FIRST_LINE>(local) {
+        log.append::<FIRST_LINE>(b, local);
+    } else if blocked[local / 64] & (1 << (local % 64)) != 0 {
         return LATER;
     }
-    log.record::<FIRST_LINE>(b, local);
     let mut code = 0;
     refill_bucket_with(b, now, full_at, |ov| {
         // SAFETY: this is the request's only credit, and the caller calls this once per

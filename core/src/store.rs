@@ -756,9 +756,21 @@ impl<'a> JournalLog<'a> {
     /// [`stream_fence`] before the transaction commits.
     #[inline(always)]
     pub(crate) fn record<const L: usize>(&mut self, b: &Bucket, local: usize) {
-        if !first_time(&mut self.logged[L], local) {
-            return;
+        if self.first_time::<L>(local) {
+            self.append::<L>(b, local);
         }
+    }
+
+    /// Marks line `L` of slot `local` logged; whether it was not yet. A caller that gets `true`
+    /// must [`JournalLog::append`] the line before changing it.
+    #[inline(always)]
+    pub(crate) fn first_time<const L: usize>(&mut self, local: usize) -> bool {
+        first_time(&mut self.logged[L], local)
+    }
+
+    /// Appends line `L` of the record in slot `local` (see [`JournalLog::record`]).
+    #[inline(always)]
+    pub(crate) fn append<const L: usize>(&mut self, b: &Bucket, local: usize) {
         let line = bytemuck::cast_slice::<Bucket, Line>(std::slice::from_ref(b))[L];
         let k = self.entries[L];
         let at = at::<L>(self.lines.len(), k);
