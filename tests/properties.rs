@@ -26,7 +26,7 @@
 //! The batch path only runs its parallel algorithm above a size threshold, over shards of 16384
 //! slots, and cuts the batch into chunks of 32768 requests (bucketed, gathered and replayed chunk
 //! by chunk); every test here first calls
-//! `tuning::set(1, 64)` and `tuning::set_pool_chunk(3)` (process-global, identical in every test
+//! `tuning::set(1, 64)` and `tuning::set_pool_chunk(11)` (process-global, identical in every test
 //! of this file) so that small batches exercise it across several shards and several chunks.
 //!
 //! Two readings of `docs/engine.md` the model makes where the text leaves room (both are what the
@@ -73,8 +73,9 @@ fn femto(tokens: u64) -> i128 {
 /// The batch tuning every test of this file uses.
 fn tune() {
     shadowbucket::batch::tuning::set(1, 64);
-    // chunks of 3 requests: the pool phase's runs of credits cross chunk boundaries
-    shadowbucket::batch::tuning::set_pool_chunk(3);
+    // chunks of 11 requests: the pool phase's runs of credits cross chunk boundaries, and the
+    // gather reads each chunk as a word of eight codes and three more one by one
+    shadowbucket::batch::tuning::set_pool_chunk(11);
 }
 
 fn cfg_cases(cases: u32) -> ProptestConfig {
@@ -1132,8 +1133,13 @@ fn tokens() -> impl Strategy<Value = u64> {
         6 => 1u64..=20,
         3 => 1u64..=300,
         1 => 1u64..=3_000,
-        // around the largest burst, where the batch path's packed size field saturates
+        // around where the batch path's packed size field (35 bits) saturates, and the largest
+        // burst (a customer with that burst may be granted either)
         1 => prop_oneof![
+            Just((1u64 << 35) - 2),
+            Just((1u64 << 35) - 1),
+            Just(1u64 << 35),
+            Just((1u64 << 35) + 1),
             Just(MAX_BURST_TOKENS - 2),
             Just(MAX_BURST_TOKENS - 1),
             Just(MAX_BURST_TOKENS),

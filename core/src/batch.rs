@@ -3,21 +3,23 @@
 //!
 //! 1. **Bucket by shard.** Slots are cut into shards of [`SHARD_SLOTS`] consecutive slots (2 MiB
 //!    of records), and the batch into chunks of [`POOL_CHUNK`] requests. A parallel counting sort
-//!    packs each request (its slot within the shard and its size, in 8 bytes) into its shard's
-//!    list, in batch order; a table says where each chunk's part of each shard starts.
+//!    packs each request (its slot within the shard, its index within its chunk and its size, in
+//!    8 bytes) into its shard's list, in batch order; a table says where each chunk's part of
+//!    each shard starts.
 //! 2. **Customer-local phase, shards in parallel.** A request whose outcome depends only on its
 //!    customer (a shadow grant, a contract denial, exceeds-burst, invalid) is decided at once.
 //!    The first request of a customer that needs the pool is left *pending*, and every later
 //!    request of that customer is *deferred*, because its state now depends on the pool. A
 //!    customer's first touch may return shadow overflow to the pool: a *credit* event at that
-//!    request's position. Results stay in shard order: a code byte per request (outcome, how its
-//!    retry-after is stored, credit and pool marks), and each shard's few listed retry-afters and
-//!    credits in its own lists, in order.
-//! 3. **Gather and replay, chunk by chunk.** A chunk's *gather* walks its requests in batch order,
-//!    reading each shard's results as one sequential stream from where the table says the chunk's
-//!    part starts: it writes the decided outcomes, lists the pending and deferred requests, and
-//!    sums the credits between them (a run of credits with no pool request between them acts on
-//!    the pool exactly as one credit of their sums). The *replay* then applies each run's credit
+//!    request's position. Each request's result is a code byte (outcome, how its retry-after is
+//!    stored, credit and pool marks) at its place in the batch; the few retry-afters and credits
+//!    that a code cannot hold go to its shard's own lists, in order.
+//! 3. **Gather and replay, chunk by chunk.** A chunk's *gather* walks its codes in batch order,
+//!    eight at a time: it writes the outcomes and retry-afters the codes hold, and for the few
+//!    others reads the listed retry-afters and credits from where the table says the chunk's
+//!    part of each shard's lists starts. It lists the pending and deferred requests and sums the
+//!    credits between them (a run of credits with no pool request between them acts on the pool
+//!    exactly as one credit of their sums). The *replay* then applies each run's credit
 //!    and decides each listed request against the pool, one chunk after another in batch order.
 //!    Chunks are gathered in parallel, and the replay of gathered chunks overlaps the gathers of
 //!    later ones. Everything phase 2 decided commutes with the replay: it touched no shared
@@ -27,7 +29,8 @@
 //! phases do the bulk of the work when most traffic is predicted.
 //!
 //! Memory sets most of the pace, so every phase reads and writes sequentially except for the
-//! records themselves: each first touch of a customer misses the cache (its record). The rest is
+//! records themselves, where each first touch of a customer misses the cache, and phase 2's
+//! codes, a byte per request into an array of one byte per request of the batch. The rest is
 //! instructions: phase 2 spends about a third of its time on the decisions themselves (a build
 //! with trivial decisions ran it in two thirds), so its loop carries no bounds checks or reloads
 //! it can avoid. Phase 2
@@ -36,11 +39,13 @@
 //! first cache line when the batch first touches it, its second line only before the batch
 //! changes that) to its own journal log (`store::JournalLog`) with non-temporal stores: sequential
 //! streams, written whole and never read back. Writing outputs in shard order and gathering them (rather
-//! than writing each output at its batch index from phase 2, a random write per request) took the
-//! uniform 1M bench from 33.7 to 23.5 ms per batch (side by side); packing requests in 8 bytes
-//! instead of 16 took it from 21 to 17.5-19 ms (figures and the other steps in the README). The
-//! buffers are reused from batch to batch, and [`PhaseTimes`] says where the last batch's time
-//! went.
+//! than writing each output at its batch index from phase 2, a random write of 9 bytes per
+//! request into 9 MiB per million requests) took the uniform 1M bench from 33.7 to 23.5 ms per
+//! batch (side by side); packing requests in 8 bytes instead of 16 took it from 21 to 17.5-19 ms.
+//! The code bytes, by contrast, go straight to their place in the batch: that costs phase 2
+//! about 0.5 ms per million requests, and saves the gather a per-shard cursor per request (its
+//! phase went from 4.8 to 3.1-3.3 ms; figures and the other steps in the README). The buffers are
+//! reused from batch to batch, and [`PhaseTimes`] says where the last batch's time went.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -81,10 +86,10 @@ pub mod tuning {
         SHARD_SLOTS.store(s.min(super::SHARD_SLOTS), Ordering::Relaxed);
     }
 
-    /// The batch is cut into chunks of `requests` (at least 1) for the bucketing, the gather and
-    /// the replay.
+    /// The batch is cut into chunks of `requests` (clamped to `1..=`[`super::POOL_CHUNK`]) for
+    /// the bucketing, the gather and the replay.
     pub fn set_pool_chunk(requests: usize) {
-        POOL_CHUNK.store(requests.max(1), Ordering::Relaxed);
+        POOL_CHUNK.store(requests.clamp(1, super::POOL_CHUNK), Ordering::Relaxed);
     }
 
     /// Back to the defaults.
@@ -158,8 +163,8 @@ struct Pending {
 struct Segment {
     pending: Vec<Pending>,
     credit_after: Overflow,
-    /// Per shard, while the gather runs: the next result, retry-after and credit to read.
-    cursors: Vec<[u32; 3]>,
+    /// Per shard, while the gather runs: the next listed retry-after and credit to read.
+    cursors: Vec<[u32; 2]>,
 }
 
 /// Wall time of each phase of the last parallel batch (zero for a batch short enough to run
@@ -194,7 +199,7 @@ pub(crate) struct Scratch {
     /// The last batch's phase times.
     pub(crate) phases: PhaseTimes,
     reqs: Vec<Req>,
-    /// Result code per request, in shard order.
+    /// Result code per request of the batch, in batch order.
     codes: Vec<u8>,
     /// Listed retry-afters, each shard's in its own range of the requests' positions, in order.
     retries: Vec<u64>,
@@ -256,33 +261,41 @@ fn prefetch_at<T>(v: &[T], i: usize) {
 }
 
 /// A request as the shard phase reads it, in shard order, packed in 8 bytes: its slot within
-/// the shard (14 bits) and its size (50 bits; [`Req::BIG`] for any size that does not fit). Its
-/// batch index is not needed: results stay in shard order until the gather.
+/// the shard (14 bits), its index within its chunk of the batch (15 bits: where its result code
+/// goes) and its size (35 bits; [`Req::BIG`] for any size that does not fit).
 #[derive(Clone, Copy, Default)]
 struct Req(u64);
 
-const _: () = assert!(SHARD_SLOTS <= 1 << Req::SLOT_BITS);
+const _: () = assert!(SHARD_SLOTS <= 1 << Req::SLOT_BITS && POOL_CHUNK <= 1 << Req::INDEX_BITS);
 
 /// Packed requests per 64-byte cache line.
 const REQS_PER_LINE: usize = 64 / std::mem::size_of::<Req>();
 
 impl Req {
     const SLOT_BITS: u32 = 14;
-    const SIZE_BITS: u32 = 64 - Req::SLOT_BITS;
-    /// The size field of a request of `BIG` tokens or more. No burst is larger than
-    /// [`crate::fixed::MAX_BURST_TOKENS`], so only sizes from `BIG` to that bound could still be
-    /// granted: such a request is decided in the pool phase, which reads its exact size.
+    const INDEX_BITS: u32 = 15;
+    const SIZE_BITS: u32 = 64 - Req::SLOT_BITS - Req::INDEX_BITS;
+    /// The size field of a request of `BIG` tokens (about 34 billion) or more. Such a request is
+    /// decided in the pool phase, which reads its exact size (bursts go up to
+    /// [`crate::fixed::MAX_BURST_TOKENS`], so it could still be granted).
     const BIG: u64 = (1 << Req::SIZE_BITS) - 1;
 
     #[inline(always)]
-    fn new(local: usize, tokens: u64) -> Req {
-        Req(((local as u64) << Req::SIZE_BITS) | tokens.min(Req::BIG))
+    fn new(local: usize, index: usize, tokens: u64) -> Req {
+        let key = ((local as u64) << Req::INDEX_BITS) | index as u64;
+        Req((key << Req::SIZE_BITS) | tokens.min(Req::BIG))
     }
 
     /// The slot within its shard.
     #[inline(always)]
     fn local(self) -> usize {
-        (self.0 >> Req::SIZE_BITS) as usize
+        (self.0 >> (Req::SIZE_BITS + Req::INDEX_BITS)) as usize
+    }
+
+    /// The index within its chunk of the batch.
+    #[inline(always)]
+    fn index(self) -> usize {
+        (self.0 >> Req::SIZE_BITS) as usize & ((1 << Req::INDEX_BITS) - 1)
     }
 
     /// The size, or [`Req::BIG`].
@@ -351,9 +364,9 @@ pub(crate) fn run(
     g.stats.unknown += order.unknown;
     let t1 = std::time::Instant::now();
 
-    // Phase 2: customer-local decisions, shards in parallel. Each request's result goes to its
-    // position in shard order: a code byte, and (rarely) a retry-after or a credit in its
-    // shard's own compact list.
+    // Phase 2: customer-local decisions, shards in parallel. Each request's result is a code
+    // byte at its place in the batch, and (rarely) a retry-after or a credit in its shard's own
+    // compact list.
     let known = order.starts[nshards];
     let Scratch {
         reqs,
@@ -365,7 +378,6 @@ pub(crate) fn run(
         segments,
         ..
     } = scratch;
-    grow(codes, known);
     grow(retries, known);
     grow(credits, known);
     grow(side, nchunks * nshards);
@@ -422,8 +434,8 @@ pub(crate) fn run(
                     .iter()
                     .zip(&ahead[a + AHEAD..b + AHEAD])
                     .zip(&ahead[a + FAR..b + FAR]);
-                for (i, ((&r, near), far)) in window.enumerate() {
-                    let k = a + i;
+                let base = c * chunk;
+                for ((&r, near), far) in window {
                     prefetch_ptr::<HINT_L2, _>(records.wrapping_add(far.local()));
                     // (not the journal entry: it is written whole, with streaming stores)
                     prefetch_ptr::<HINT_L1, _>(records.wrapping_add(near.local()));
@@ -442,8 +454,9 @@ pub(crate) fn run(
                             &mut stats,
                         )
                     };
-                    // SAFETY: position `lo + k` is this shard's own, and below `known`.
-                    unsafe { out_code.write(lo + k, code) };
+                    // SAFETY: the request's own place in the batch (chunk `c`, its index within
+                    // it), written by no one else, and in bounds: the bucketing packed that index.
+                    unsafe { out_code.write(base + r.index(), code) };
                 }
             }
             // the journal's streaming stores, ordered on the thread that made them
@@ -461,9 +474,9 @@ pub(crate) fn run(
     // against the pool (in batch order, one chunk after another), and a chunk's replay overlaps
     // the later chunks' gathers.
     //
-    // The gather writes each decided request's outcome in batch order (read from its shard's
-    // results, which a chunk reads as one sequential stream per shard), lists the pool-phase
-    // requests and sums the credits between them. Consecutive credits commute into one: every
+    // The gather writes each decided request's outcome from its code (reading the listed
+    // retry-afters and credits from each shard's lists, from where the chunk's part starts),
+    // lists the pool-phase requests and sums the credits between them. Consecutive credits commute into one: every
     // operation leaves the overflow allowance within the room under the cap, so a credit never
     // pushes the pool over its cap, and a run of credits takes `min(sum of fresh, allowance)` in
     // total, exactly as one credit of the sums (see `credit_overflow`).
@@ -486,21 +499,13 @@ pub(crate) fn run(
         next: 0,
         busy: std::time::Duration::ZERO,
     });
-    let results = Results {
-        codes,
-        retries,
-        credits,
-    };
+    let listed = Listed { retries, credits };
     let gather = |c: usize| {
         let mut seg = segments[c].lock().expect("segment lock");
         let seg = &mut *seg;
         seg.cursors.clear();
-        seg.cursors.extend(
-            table[c * nshards..(c + 1) * nshards]
-                .iter()
-                .zip(&side[c * nshards..(c + 1) * nshards])
-                .map(|(&k, &[r, cr])| [k, r, cr]),
-        );
+        seg.cursors
+            .extend_from_slice(&side[c * nshards..(c + 1) * nshards]);
         let first = c * chunk;
         let len = chunk.min(slots.len() - first);
         // SAFETY: chunk `c`'s outputs are `first..first + len`, in bounds; this worker claimed
@@ -510,11 +515,11 @@ pub(crate) fn run(
         gather_chunk(
             seg,
             first,
+            &codes[range.clone()],
             &slots[range.clone()],
             &tokens[range],
-            capacity,
             shift,
-            &results,
+            &listed,
             co,
             cr,
         );
@@ -553,91 +558,110 @@ pub(crate) fn run(
     };
 }
 
-/// Phase 2's results, in shard order, as the gather reads them.
-struct Results<'a> {
-    codes: &'a [u8],
+/// Phase 2's listed retry-afters and credits, each shard's in its own range, in order.
+struct Listed<'a> {
     retries: &'a [u64],
     credits: &'a [Overflow],
 }
 
-/// Gathers one chunk (batch indices from `first`; `slots`, `tokens` and the outputs are the
-/// chunk's own) with `seg.cursors` set to where its part of each shard's results starts: writes
-/// the outcomes decided in phase 2, and lists the pool-phase requests with the credits between
-/// them.
+/// `x` in every byte of a word.
+const fn bytes(x: u8) -> u64 {
+    u64::from_le_bytes([x; 8])
+}
+
+/// Gathers one chunk (batch indices from `first`; `codes`, `slots`, `tokens` and the outputs
+/// are the chunk's own) with `seg.cursors` set to where its part of each shard's listed results
+/// starts: writes the outcomes decided in phase 2, and lists the pool-phase requests with the
+/// credits between them.
+///
+/// Most codes say everything: an outcome and a retry-after of 0 or never. They are written eight
+/// at a time, straight from a word of codes; the few others (a listed retry-after or credit, a
+/// pool-phase request) are then found in the word and completed one by one, in batch order.
 #[expect(
     clippy::too_many_arguments,
-    reason = "the chunk's inputs, outputs and the results it reads, borrowed separately"
+    reason = "the chunk's inputs, outputs and the lists it reads, borrowed separately"
 )]
 fn gather_chunk(
     seg: &mut Segment,
     first: usize,
+    codes: &[u8],
     slots: &[u32],
     tokens: &[u64],
-    capacity: usize,
     shift: u32,
-    res: &Results<'_>,
+    listed: &Listed<'_>,
     outcomes: &mut [Outcome],
     retry: &mut [u64],
 ) {
     let cursors = &mut seg.cursors[..];
     let pending = &mut seg.pending;
     pending.clear();
-    // The shard streams were written by other cores, and the hardware follows few streams at
-    // once: fetch the first lines of each now, and each next line of codes when one is started.
-    for &[at, r, c] in cursors.iter() {
-        prefetch_at(res.codes, at as usize);
-        prefetch_at(res.codes, at as usize + 64);
-        prefetch_at(res.retries, r as usize);
-        prefetch_at(res.credits, c as usize);
+    // The lists were written by other cores, and the hardware follows few streams at once:
+    // fetch the first lines of each now.
+    for &[r, c] in cursors.iter() {
+        prefetch_at(listed.retries, r as usize);
+        prefetch_at(listed.credits, c as usize);
     }
     let mut sum = Overflow::default();
-    for (k, ((&s, o), r)) in slots.iter().zip(outcomes).zip(retry.iter_mut()).enumerate() {
-        if k.is_multiple_of(8) {
-            prefetch_at(tokens, k + 128);
-        }
-        if s as usize >= capacity {
-            *o = Outcome::UnknownCustomer;
-            *r = u64::MAX;
-            continue;
-        }
-        let cur = &mut cursors[s as usize >> shift];
-        let at = cur[0] as usize;
-        cur[0] += 1;
-        let code = res.codes[at];
-        if at.is_multiple_of(64) {
-            prefetch_at(res.codes, at + 128);
-        }
-        if code & (CREDIT | LATER | RETRY_LISTED) == 0 {
-            *o = Outcome::ALL[(code & OUTCOME_BITS) as usize];
-            *r = if code & RETRY_NEVER != 0 { u64::MAX } else { 0 };
-            continue;
-        }
+    // A code that needs more than its own bits (`RARE`), with its default outputs written.
+    let mut complete = |k: usize, code: u8, r: &mut u64| {
+        let cur = &mut cursors[slots[k] as usize >> shift];
         if code & CREDIT != 0 {
-            let at = cur[2] as usize;
-            cur[2] += 1;
-            sum = sum + res.credits[at];
-            prefetch_at(res.credits, at + 2);
+            let at = cur[1] as usize;
+            cur[1] += 1;
+            sum = sum + listed.credits[at];
+            prefetch_at(listed.credits, at + 2);
         }
         if code & LATER != 0 {
             pending.push(Pending {
                 idx: (first + k) as u32,
-                slot: s,
+                slot: slots[k],
                 tokens: tokens[k],
                 credit_before: sum,
             });
             sum = Overflow::default();
-            continue;
+        } else if code & RETRY_BITS == RETRY_LISTED {
+            let at = cur[0] as usize;
+            cur[0] += 1;
+            *r = listed.retries[at];
         }
-        *o = Outcome::ALL[(code & OUTCOME_BITS) as usize];
-        *r = match code & RETRY_BITS {
-            RETRY_NOW => 0,
-            RETRY_NEVER => u64::MAX,
-            _ => {
-                let at = cur[1] as usize;
-                cur[1] += 1;
-                res.retries[at]
-            }
-        };
+    };
+    // SAFETY: `Outcome` is `repr(u8)`, and every byte written through this view is one of its
+    // discriminants: a code's `OUTCOME_BITS` always are (every code is an outcome's value with
+    // flags above it, `LATER` with none, or `UNKNOWN`; the replay overwrites a `LATER` one).
+    let out: &mut [u8] =
+        unsafe { std::slice::from_raw_parts_mut(outcomes.as_mut_ptr().cast(), outcomes.len()) };
+    let whole = codes.len() / 8 * 8;
+    let words = codes[..whole]
+        .chunks_exact(8)
+        .zip(out.chunks_exact_mut(8))
+        .zip(retry.chunks_exact_mut(8));
+    for (w, ((cw, ow), rw)) in words.enumerate() {
+        let x = u64::from_le_bytes(cw.try_into().expect("a word of codes"));
+        debug_assert!(
+            cw.iter()
+                .all(|&c| Outcome::from_code(c & OUTCOME_BITS).is_some())
+        );
+        ow.copy_from_slice(&(x & bytes(OUTCOME_BITS)).to_le_bytes());
+        for (j, r) in rw.iter_mut().enumerate() {
+            *r = ((x >> (8 * j + RETRY_NEVER.trailing_zeros() as usize)) & 1).wrapping_neg();
+        }
+        // the top bit of each byte whose `RARE` bits are not all clear (no carry crosses bytes:
+        // each sum is at most `2 * RARE`, below 256)
+        let mut rare = ((x & bytes(RARE)) + bytes(0x80 - RARE_LOW)) & bytes(0x80);
+        while rare != 0 {
+            let j = rare.trailing_zeros() as usize / 8;
+            rare &= rare - 1;
+            complete(8 * w + j, cw[j], &mut rw[j]);
+        }
+    }
+    for k in whole..codes.len() {
+        let code = codes[k];
+        debug_assert!(Outcome::from_code(code & OUTCOME_BITS).is_some());
+        out[k] = code & OUTCOME_BITS;
+        retry[k] = if code & RETRY_NEVER != 0 { u64::MAX } else { 0 };
+        if code & RARE != 0 {
+            complete(k, code, &mut retry[k]);
+        }
     }
     seg.credit_after = sum;
 }
@@ -743,7 +767,7 @@ unsafe fn decide_first(
     if !b.active() {
         stats.requests += 1;
         stats.unknown += 1;
-        return Outcome::UnknownCustomer as u8 | RETRY_NEVER;
+        return UNKNOWN;
     }
     // A customer waiting on the pool was touched (and logged) before, so only a repeat touch
     // needs the test.
@@ -797,7 +821,7 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
     }
 }
 
-/// A request's result code (phase 2, one byte per request in shard order): the outcome in the
+/// A request's result code (phase 2, one byte per request in batch order): the outcome in the
 /// low bits, how its retry-after is stored, and the pool-phase marks.
 const OUTCOME_BITS: u8 = 0b111;
 /// Retry-after 0.
@@ -811,6 +835,13 @@ const RETRY_BITS: u8 = 3 << 3;
 const CREDIT: u8 = 1 << 5;
 /// The request is decided in the pool phase.
 const LATER: u8 = 1 << 6;
+/// The codes whose outputs need more than the code: a listed retry-after, a credit, the pool
+/// phase. (Contiguous bits from `RARE_LOW`, below the top bit, as the gather's test needs.)
+const RARE: u8 = RETRY_LISTED | CREDIT | LATER;
+const RARE_LOW: u8 = RETRY_LISTED;
+const _: () = assert!(RARE == 0x70 && RARE_LOW == 0x10 && RETRY_NEVER == 0x08);
+/// The code of a request for no customer.
+const UNKNOWN: u8 = Outcome::UnknownCustomer as u8 | RETRY_NEVER;
 
 #[expect(
     clippy::too_many_arguments,
@@ -898,19 +929,27 @@ fn bucket_by_shard(
     // Every position below `pos` is written below; the buffer only ever grows. It holds `FAR`
     // more, so the shard phase's prefetches read ahead without a bounds check.
     grow(&mut scratch.reqs, pos + FAR);
+    // Every request's code is written: here for a request with no slot, by the shard phase for
+    // the rest.
+    grow(&mut scratch.codes, slots.len());
     let out = Out(scratch.reqs.as_mut_ptr());
+    let out_code = Out(scratch.codes.as_mut_ptr());
     let unknown = slots
         .par_chunks(chunk)
         .zip(tokens.par_chunks(chunk))
         .zip(table.par_chunks(nshards))
-        .map(|((cs, ct), start)| {
+        .enumerate()
+        .map(|(c, ((cs, ct), start))| {
             // (copied, so the loop keeps them in registers across its writes through `out`)
             let (out, capacity, shift, mask) = (out, capacity, shift, shard_slots - 1);
+            let first = c * chunk;
             let mut off = start.to_vec();
             let mut unknown = 0u64;
-            for (&s, &n) in cs.iter().zip(ct) {
+            for (i, (&s, &n)) in cs.iter().zip(ct).enumerate() {
                 if s as usize >= capacity {
                     unknown += 1;
+                    // SAFETY: this chunk's own request, in bounds (`codes` holds the batch).
+                    unsafe { out_code.write(first + i, UNKNOWN) };
                 } else {
                     let o = &mut off[s as usize >> shift];
                     let at = *o as usize;
@@ -918,7 +957,7 @@ fn bucket_by_shard(
                     // so the writes do not wait for their lines. (On every write: whether a
                     // write starts a line is random, so a branch on it was mispredicted.)
                     out.prefetch(at + 2 * REQS_PER_LINE);
-                    let r = Req::new(s as usize & mask, n);
+                    let r = Req::new(s as usize & mask, i, n);
                     // SAFETY: the table gives each (chunk, shard) pair its own range, sized by
                     // this very chunk's histogram, so the positions are disjoint and below `pos`.
                     unsafe { out.write(at, r) };
