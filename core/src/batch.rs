@@ -11,15 +11,16 @@
 //!    The first request of a customer that needs the pool is left *pending*, and every later
 //!    request of that customer is *deferred*, because its state now depends on the pool. A
 //!    customer's first touch may return shadow overflow to the pool: a *credit* event at that
-//!    request's position. Each request's result is a code byte (outcome, how its retry-after is
-//!    stored, credit and pool marks) at its place in the batch; the few retry-afters and credits
-//!    that a code cannot hold go to its shard's own lists, in order.
-//! 3. **Gather and replay, chunk by chunk.** A chunk's *gather* walks its codes in batch order,
-//!    eight at a time: it writes the outcomes and retry-afters the codes hold, and for the few
-//!    others reads the listed retry-afters and credits from where the table says the chunk's
-//!    part of each shard's lists starts. It lists the pending and deferred requests and sums the
-//!    credits between them (a run of credits with no pool request between them acts on the pool
-//!    exactly as one credit of their sums). The *replay* then applies each run's credit
+//!    request's position. Results stay in shard order: a code byte per request (outcome, how its
+//!    retry-after is stored, credit and pool marks), and each shard's few listed retry-afters and
+//!    credits in its own lists, in order.
+//! 3. **Gather and replay, chunk by chunk.** A chunk's *gather* first puts the chunk's codes in
+//!    batch order, in a buffer of its own: each shard's part of the chunk, read in order, goes to
+//!    the places its requests carry. It then walks them eight at a time, writing the outcomes and
+//!    retry-afters the codes hold, and for the few others reads the listed retry-afters and
+//!    credits from where the table says the chunk's part of each shard's lists starts. It lists
+//!    the pending and deferred requests and sums the credits between them (a run of credits with
+//!    no pool request between them acts on the pool exactly as one credit of their sums). The *replay* then applies each run's credit
 //!    and decides each listed request against the pool, one chunk after another in batch order.
 //!    Chunks are gathered in parallel, and the replay of gathered chunks overlaps the gathers of
 //!    later ones. Everything phase 2 decided commutes with the replay: it touched no shared
@@ -29,8 +30,9 @@
 //! phases do the bulk of the work when most traffic is predicted.
 //!
 //! Memory sets most of the pace, so every phase reads and writes sequentially except for the
-//! records themselves, where each first touch of a customer misses the cache, and phase 2's
-//! codes, a byte per request into an array of one byte per request of the batch. The rest is
+//! records themselves: each first touch of a customer misses the cache (its record). No two
+//! threads write to one cache line: each writes its own shards' records, journal, codes and
+//! lists, and its own chunks' outputs. The rest is
 //! instructions: phase 2 spends about a third of its time on the decisions themselves (a build
 //! with trivial decisions ran it in two thirds), so its loop carries no bounds checks or reloads
 //! it can avoid. Phase 2
@@ -42,10 +44,13 @@
 //! than writing each output at its batch index from phase 2, a random write of 9 bytes per
 //! request into 9 MiB per million requests) took the uniform 1M bench from 33.7 to 23.5 ms per
 //! batch (side by side); packing requests in 8 bytes instead of 16 took it from 21 to 17.5-19 ms.
-//! The code bytes, by contrast, go straight to their place in the batch: that costs phase 2
-//! about 0.5 ms per million requests, and saves the gather a per-shard cursor per request (its
-//! phase went from 4.8 to 3.1-3.3 ms; figures and the other steps in the README). The buffers are
-//! reused from batch to batch, and [`PhaseTimes`] says where the last batch's time went.
+//! Putting each chunk's codes in batch order before the gather reads them (rather than a cursor
+//! per shard and a read through it per request) took the gather and replay from 4.7-4.8 to
+//! 3.9-4.0 ms. Phase 2 writing each code straight to its place in the batch was cheaper still
+//! when it was fast, but both threads then wrote into the same lines, and whole runs went into a
+//! mode where phase 2 took 16 ms instead of 9 (figures and the other steps in the README). The
+//! buffers are reused from batch to batch, and [`PhaseTimes`] says where the last batch's time
+//! went.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -163,6 +168,8 @@ struct Pending {
 struct Segment {
     pending: Vec<Pending>,
     credit_after: Overflow,
+    /// The chunk's result codes in batch order, while the gather runs.
+    codes: Vec<u8>,
     /// Per shard, while the gather runs: the next listed retry-after and credit to read.
     cursors: Vec<[u32; 2]>,
 }
@@ -199,7 +206,7 @@ pub(crate) struct Scratch {
     /// The last batch's phase times.
     pub(crate) phases: PhaseTimes,
     reqs: Vec<Req>,
-    /// Result code per request of the batch, in batch order.
+    /// Result code per request, in shard order.
     codes: Vec<u8>,
     /// Listed retry-afters, each shard's in its own range of the requests' positions, in order.
     retries: Vec<u64>,
@@ -364,9 +371,9 @@ pub(crate) fn run(
     g.stats.unknown += order.unknown;
     let t1 = std::time::Instant::now();
 
-    // Phase 2: customer-local decisions, shards in parallel. Each request's result is a code
-    // byte at its place in the batch, and (rarely) a retry-after or a credit in its shard's own
-    // compact list.
+    // Phase 2: customer-local decisions, shards in parallel. Each request's result goes to its
+    // position in shard order: a code byte, and (rarely) a retry-after or a credit in its
+    // shard's own compact list.
     let known = order.starts[nshards];
     let Scratch {
         reqs,
@@ -378,6 +385,7 @@ pub(crate) fn run(
         segments,
         ..
     } = scratch;
+    grow(codes, known);
     grow(retries, known);
     grow(credits, known);
     grow(side, nchunks * nshards);
@@ -434,8 +442,8 @@ pub(crate) fn run(
                     .iter()
                     .zip(&ahead[a + AHEAD..b + AHEAD])
                     .zip(&ahead[a + FAR..b + FAR]);
-                let base = c * chunk;
-                for ((&r, near), far) in window {
+                for (i, ((&r, near), far)) in window.enumerate() {
+                    let k = a + i;
                     prefetch_ptr::<HINT_L2, _>(records.wrapping_add(far.local()));
                     // (not the journal entry: it is written whole, with streaming stores)
                     prefetch_ptr::<HINT_L1, _>(records.wrapping_add(near.local()));
@@ -454,9 +462,8 @@ pub(crate) fn run(
                             &mut stats,
                         )
                     };
-                    // SAFETY: the request's own place in the batch (chunk `c`, its index within
-                    // it), written by no one else, and in bounds: the bucketing packed that index.
-                    unsafe { out_code.write(base + r.index(), code) };
+                    // SAFETY: position `lo + k` is this shard's own, and below `known`.
+                    unsafe { out_code.write(lo + k, code) };
                 }
             }
             // the journal's streaming stores, ordered on the thread that made them
@@ -474,9 +481,10 @@ pub(crate) fn run(
     // against the pool (in batch order, one chunk after another), and a chunk's replay overlaps
     // the later chunks' gathers.
     //
-    // The gather writes each decided request's outcome from its code (reading the listed
-    // retry-afters and credits from each shard's lists, from where the chunk's part starts),
-    // lists the pool-phase requests and sums the credits between them. Consecutive credits commute into one: every
+    // The gather puts the chunk's codes in batch order, writes each decided request's outcome
+    // from its code (reading the listed retry-afters and credits from each shard's lists, from
+    // where the chunk's part starts), lists the pool-phase requests and sums the credits between
+    // them. Consecutive credits commute into one: every
     // operation leaves the overflow allowance within the room under the cap, so a credit never
     // pushes the pool over its cap, and a run of credits takes `min(sum of fresh, allowance)` in
     // total, exactly as one credit of the sums (see `credit_overflow`).
@@ -508,6 +516,22 @@ pub(crate) fn run(
             .extend_from_slice(&side[c * nshards..(c + 1) * nshards]);
         let first = c * chunk;
         let len = chunk.min(slots.len() - first);
+        // The chunk's codes into batch order: each shard's part of the chunk (its results in
+        // shard order) to the places its requests carry. A request with no slot is in no shard:
+        // its code stays `UNKNOWN`.
+        seg.codes.clear();
+        seg.codes.resize(len, UNKNOWN);
+        for s in 0..nshards {
+            let a = table[c * nshards + s] as usize;
+            let b = if c + 1 < nchunks {
+                table[(c + 1) * nshards + s] as usize
+            } else {
+                starts[s + 1]
+            };
+            for (r, &code) in reqs_all[a..b].iter().zip(&codes[a..b]) {
+                seg.codes[r.index()] = code;
+            }
+        }
         // SAFETY: chunk `c`'s outputs are `first..first + len`, in bounds; this worker claimed
         // the chunk alone, and the replay touches them only once the chunk is gathered.
         let (co, cr) = unsafe { (out_o.slice_mut(first, len), out_r.slice_mut(first, len)) };
@@ -515,7 +539,6 @@ pub(crate) fn run(
         gather_chunk(
             seg,
             first,
-            &codes[range.clone()],
             &slots[range.clone()],
             &tokens[range],
             shift,
@@ -569,9 +592,9 @@ const fn bytes(x: u8) -> u64 {
     u64::from_le_bytes([x; 8])
 }
 
-/// Gathers one chunk (batch indices from `first`; `codes`, `slots`, `tokens` and the outputs
-/// are the chunk's own) with `seg.cursors` set to where its part of each shard's listed results
-/// starts: writes the outcomes decided in phase 2, and lists the pool-phase requests with the
+/// Gathers one chunk (batch indices from `first`; `slots`, `tokens` and the outputs are the
+/// chunk's own) with `seg.codes` holding its codes in batch order and `seg.cursors` set to where
+/// its part of each shard's listed results starts: writes the outcomes decided in phase 2, and lists the pool-phase requests with the
 /// credits between them.
 ///
 /// Most codes say everything: an outcome and a retry-after of 0 or never. They are written eight
@@ -584,7 +607,6 @@ const fn bytes(x: u8) -> u64 {
 fn gather_chunk(
     seg: &mut Segment,
     first: usize,
-    codes: &[u8],
     slots: &[u32],
     tokens: &[u64],
     shift: u32,
@@ -592,8 +614,14 @@ fn gather_chunk(
     outcomes: &mut [Outcome],
     retry: &mut [u64],
 ) {
-    let cursors = &mut seg.cursors[..];
-    let pending = &mut seg.pending;
+    let Segment {
+        pending,
+        cursors,
+        codes,
+        ..
+    } = seg;
+    let codes = &codes[..];
+    let cursors = &mut cursors[..];
     pending.clear();
     // The lists were written by other cores, and the hardware follows few streams at once:
     // fetch the first lines of each now.
@@ -821,7 +849,7 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
     }
 }
 
-/// A request's result code (phase 2, one byte per request in batch order): the outcome in the
+/// A request's result code (phase 2, one byte per request in shard order): the outcome in the
 /// low bits, how its retry-after is stored, and the pool-phase marks.
 const OUTCOME_BITS: u8 = 0b111;
 /// Retry-after 0.
@@ -929,27 +957,19 @@ fn bucket_by_shard(
     // Every position below `pos` is written below; the buffer only ever grows. It holds `FAR`
     // more, so the shard phase's prefetches read ahead without a bounds check.
     grow(&mut scratch.reqs, pos + FAR);
-    // Every request's code is written: here for a request with no slot, by the shard phase for
-    // the rest.
-    grow(&mut scratch.codes, slots.len());
     let out = Out(scratch.reqs.as_mut_ptr());
-    let out_code = Out(scratch.codes.as_mut_ptr());
     let unknown = slots
         .par_chunks(chunk)
         .zip(tokens.par_chunks(chunk))
         .zip(table.par_chunks(nshards))
-        .enumerate()
-        .map(|(c, ((cs, ct), start))| {
+        .map(|((cs, ct), start)| {
             // (copied, so the loop keeps them in registers across its writes through `out`)
             let (out, capacity, shift, mask) = (out, capacity, shift, shard_slots - 1);
-            let first = c * chunk;
             let mut off = start.to_vec();
             let mut unknown = 0u64;
             for (i, (&s, &n)) in cs.iter().zip(ct).enumerate() {
                 if s as usize >= capacity {
                     unknown += 1;
-                    // SAFETY: this chunk's own request, in bounds (`codes` holds the batch).
-                    unsafe { out_code.write(first + i, UNKNOWN) };
                 } else {
                     let o = &mut off[s as usize >> shift];
                     let at = *o as usize;
