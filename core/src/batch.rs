@@ -20,8 +20,9 @@
 //!    retry-afters the codes hold, and for the few others reads the listed retry-afters and
 //!    credits from where the table says the chunk's part of each shard's lists starts. It lists
 //!    the pending and deferred requests and sums the credits between them (a run of credits with
-//!    no pool request between them acts on the pool exactly as one credit of their sums). The *replay* then applies each run's credit
-//!    and decides each listed request against the pool, one chunk after another in batch order.
+//!    no pool request between them acts on the pool exactly as one credit of their sums). The
+//!    *replay* then applies each run's credit and decides each listed request against the pool,
+//!    one chunk after another in batch order.
 //!    Chunks are gathered in parallel, and the replay of gathered chunks overlaps the gathers of
 //!    later ones. Everything phase 2 decided commutes with the replay: it touched no shared
 //!    state, and no state it read depends on the pool.
@@ -32,23 +33,22 @@
 //! Memory sets most of the pace, so every phase reads and writes sequentially except for the
 //! records themselves: each first touch of a customer misses the cache (its record). No two
 //! threads write to one cache line: each writes its own shards' records, journal, codes and
-//! lists, and its own chunks' outputs. The rest is
-//! instructions: phase 2 spends about a third of its time on the decisions themselves (a build
-//! with trivial decisions ran it in two thirds), so its loop carries no bounds checks or reloads
-//! it can avoid. Phase 2
-//! prefetches records [`AHEAD`] requests in advance (and into the second-level cache further
-//! ahead), and the replay its records and outputs. Each shard appends its pre-images (a record's
-//! first cache line when the batch first touches it, its second line only before the batch
-//! changes that) to its own journal log (`store::JournalLog`) with non-temporal stores: sequential
-//! streams, written whole and never read back. Writing outputs in shard order and gathering them (rather
-//! than writing each output at its batch index from phase 2, a random write of 9 bytes per
-//! request into 9 MiB per million requests) took the uniform 1M bench from 33.7 to 23.5 ms per
-//! batch (side by side); packing requests in 8 bytes instead of 16 took it from 21 to 17.5-19 ms.
-//! Putting each chunk's codes in batch order before the gather reads them (rather than a cursor
-//! per shard and a read through it per request) took the gather and replay from 4.7-4.8 to
-//! 3.9-4.0 ms. Phase 2 writing each code straight to its place in the batch was cheaper still
-//! when it was fast, but both threads then wrote into the same lines, and whole runs went into a
-//! mode where phase 2 took 16 ms instead of 9 (figures and the other steps in the README). The
+//! lists, and its own chunks' outputs. The rest is instructions: phase 2 spends about a third of
+//! its time on the decisions themselves (a build with trivial decisions ran it in two thirds), so
+//! its loop carries no bounds checks or reloads it can avoid. Phase 2 prefetches records
+//! [`AHEAD`] requests in advance (and into the second-level cache further ahead), and the replay
+//! its records and outputs. Each shard appends its pre-images (a record's first cache line when
+//! the batch first touches it, its second line only before the batch changes that) to its own
+//! journal log (`store::JournalLog`) with non-temporal stores: sequential streams, written whole
+//! and never read back. Writing outputs in shard order and gathering them (rather than writing
+//! each output at its batch index from phase 2, a random write of 9 bytes per request into 9 MiB
+//! per million requests) took the uniform 1M bench from 33.7 to 23.5 ms per batch (side by
+//! side); packing requests in 8 bytes instead of 16 took it from 21 to 17.5-19 ms. Putting each
+//! chunk's codes in batch order before the gather reads them (rather than a cursor per shard and
+//! a read through it per request) took the gather and replay from 4.7-4.8 to 3.9-4.0 ms. Phase 2
+//! writing each code straight to its place in the batch was cheaper still when it was fast, but
+//! both threads then wrote into the same lines, and whole runs went into a mode where phase 2
+//! took 16 ms instead of 9 (figures and the other steps in the README). The
 //! buffers are reused from batch to batch, and [`PhaseTimes`] says where the last batch's time
 //! went.
 
@@ -484,10 +484,10 @@ pub(crate) fn run(
     // The gather puts the chunk's codes in batch order, writes each decided request's outcome
     // from its code (reading the listed retry-afters and credits from each shard's lists, from
     // where the chunk's part starts), lists the pool-phase requests and sums the credits between
-    // them. Consecutive credits commute into one: every
-    // operation leaves the overflow allowance within the room under the cap, so a credit never
-    // pushes the pool over its cap, and a run of credits takes `min(sum of fresh, allowance)` in
-    // total, exactly as one credit of the sums (see `credit_overflow`).
+    // them. Consecutive credits commute into one: every operation leaves the overflow allowance
+    // within the room under the cap, so a credit never pushes the pool over its cap, and a run of
+    // credits takes `min(sum of fresh, allowance)` in total, exactly as one credit of the sums
+    // (see `credit_overflow`).
     //
     // The replay applies each run's credit and decides each listed request against the pool.
     // Every worker gathers the next unclaimed chunk, and before that replays whatever chunks
@@ -594,8 +594,8 @@ const fn bytes(x: u8) -> u64 {
 
 /// Gathers one chunk (batch indices from `first`; `slots`, `tokens` and the outputs are the
 /// chunk's own) with `seg.codes` holding its codes in batch order and `seg.cursors` set to where
-/// its part of each shard's listed results starts: writes the outcomes decided in phase 2, and lists the pool-phase requests with the
-/// credits between them.
+/// its part of each shard's listed results starts: writes the outcomes decided in phase 2, and
+/// lists the pool-phase requests with the credits between them.
 ///
 /// Most codes say everything: an outcome and a retry-after of 0 or never. They are written eight
 /// at a time, straight from a word of codes; the few others (a listed retry-after or credit, a
