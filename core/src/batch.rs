@@ -658,40 +658,56 @@ fn gather_chunk(
     // flags above it, `LATER` with none, or `UNKNOWN`; the replay overwrites a `LATER` one).
     let out: &mut [u8] =
         unsafe { std::slice::from_raw_parts_mut(outcomes.as_mut_ptr().cast(), outcomes.len()) };
-    let whole = codes.len() / 8 * 8;
-    let words = codes[..whole]
-        .chunks_exact(8)
-        .zip(out.chunks_exact_mut(8))
-        .zip(retry.chunks_exact_mut(8));
-    for (w, ((cw, ow), rw)) in words.enumerate() {
-        let x = u64::from_le_bytes(cw.try_into().expect("a word of codes"));
-        debug_assert!(
-            cw.iter()
-                .all(|&c| Outcome::from_code(c & OUTCOME_BITS).is_some())
-        );
-        ow.copy_from_slice(&(x & bytes(OUTCOME_BITS)).to_le_bytes());
-        for (j, r) in rw.iter_mut().enumerate() {
-            *r = ((x >> (8 * j + RETRY_NEVER.trailing_zeros() as usize)) & 1).wrapping_neg();
-        }
-        // the top bit of each byte whose `RARE` bits are not all clear (no carry crosses bytes:
-        // each sum is at most `2 * RARE`, below 256)
-        let mut rare = ((x & bytes(RARE)) + bytes(0x80 - RARE_LOW)) & bytes(0x80);
-        while rare != 0 {
-            let j = rare.trailing_zeros() as usize / 8;
-            rare &= rare - 1;
-            complete(8 * w + j, cw[j], &mut rw[j]);
-        }
+    let (cw, ct) = codes.as_chunks::<8>();
+    let (ow, ot) = out.as_chunks_mut::<8>();
+    let (rw, rt) = retry.as_chunks_mut::<8>();
+    for (w, ((c, o), r)) in cw.iter().zip(ow).zip(rw).enumerate() {
+        put_word(u64::from_le_bytes(*c), 8 * w, o, r, &mut complete);
     }
-    for k in whole..codes.len() {
-        let code = codes[k];
-        debug_assert!(Outcome::from_code(code & OUTCOME_BITS).is_some());
-        out[k] = code & OUTCOME_BITS;
-        retry[k] = if code & RETRY_NEVER != 0 { u64::MAX } else { 0 };
-        if code & RARE != 0 {
-            complete(k, code, &mut retry[k]);
-        }
+    // the last few codes, as a word padded with codes that hold everything
+    if !ct.is_empty() {
+        let n = ct.len();
+        let (mut c, mut o, mut r) = ([0u8; 8], [0u8; 8], [0u64; 8]);
+        c[..n].copy_from_slice(ct);
+        put_word(
+            u64::from_le_bytes(c),
+            8 * cw.len(),
+            &mut o,
+            &mut r,
+            &mut complete,
+        );
+        ot.copy_from_slice(&o[..n]);
+        rt.copy_from_slice(&r[..n]);
     }
     seg.credit_after = sum;
+}
+
+/// Writes the outputs of eight codes, one per byte of `x`: each outcome and each retry-after of 0
+/// or never straight from the word, then `complete` with request `first + j`, its code and its
+/// retry-after for each code `j` that needs more (`RARE`), in order.
+#[inline(always)]
+fn put_word(
+    x: u64,
+    first: usize,
+    outcomes: &mut [u8; 8],
+    retry: &mut [u64; 8],
+    complete: &mut impl FnMut(usize, u8, &mut u64),
+) {
+    debug_assert!(
+        (0..8).all(|j| Outcome::from_code((x >> (8 * j)) as u8 & OUTCOME_BITS).is_some())
+    );
+    *outcomes = (x & bytes(OUTCOME_BITS)).to_le_bytes();
+    for (j, r) in retry.iter_mut().enumerate() {
+        *r = ((x >> (8 * j + RETRY_NEVER.trailing_zeros() as usize)) & 1).wrapping_neg();
+    }
+    // the top bit of each byte whose `RARE` bits are not all clear (no carry crosses bytes: each
+    // sum is at most `2 * RARE`, below 256)
+    let mut rare = ((x & bytes(RARE)) + bytes(0x80 - RARE_LOW)) & bytes(0x80);
+    while rare != 0 {
+        let j = rare.trailing_zeros() as usize / 8;
+        rare &= rare - 1;
+        complete(first + j, (x >> (8 * j)) as u8, &mut retry[j]);
+    }
 }
 
 /// The pool phase's sequential state: the pool, the records, and the next chunk to replay.
