@@ -428,6 +428,8 @@ pub(crate) fn run(
                 // SAFETY: column `s` of the side table belongs to this shard only, and
                 // `c * nshards + s` is in bounds (the table was grown to `nchunks * nshards`).
                 unsafe { out_side.write(c * nshards + s, [lists.nr as u32, lists.nc as u32]) };
+                // (the same range as the gather's below; a helper shared by both, closure or
+                // function, made this phase 8.97-9.09 ms against 8.59-8.65, four alternated runs)
                 let a = table[c * nshards + s] as usize - lo;
                 let b = if c + 1 < nchunks {
                     table[(c + 1) * nshards + s] as usize - lo
