@@ -261,9 +261,12 @@ struct Bed {
     retry: Vec<u64>,
     governor: Governor,
     governor_clock: FakeRelativeClock,
-    /// Each phase's minimum over the measured `engine_batch_slots` batches (in the order of
-    /// `PhaseTimes::durations`), printed with the final mix.
+    /// Each phase's minimum over the timed `engine_batch_slots` batches (criterion's warm-up
+    /// included; in the order of `PhaseTimes::durations`), printed with the final mix.
     phase_min: [Duration; 4],
+    /// Each phase's total over the same batches, and how many there were (for the means).
+    phase_sum: [Duration; 4],
+    phase_batches: u32,
     _dir: TempDir,
 }
 
@@ -380,6 +383,8 @@ impl Bed {
             governor,
             governor_clock,
             phase_min: [Duration::MAX; 4],
+            phase_sum: [Duration::ZERO; 4],
+            phase_batches: 0,
             _dir: dir,
         };
         let built = t0.elapsed();
@@ -526,9 +531,11 @@ fn timed(bed: &mut Bed, iters: u64, v: Variant) -> Duration {
         total += t.elapsed();
         if v == Variant::BatchSlots {
             let p = bed.engine.last_batch_phases().durations();
-            for (m, d) in bed.phase_min.iter_mut().zip(p) {
+            for ((m, sum), d) in bed.phase_min.iter_mut().zip(&mut bed.phase_sum).zip(p) {
                 *m = (*m).min(d);
+                *sum += d;
             }
+            bed.phase_batches += 1;
         }
     }
     total
@@ -580,9 +587,16 @@ fn bench_allocate_batch(c: &mut Criterion) {
                     .zip(b.phase_min)
                     .map(|(name, d)| format!("{name} {d:.2?}"))
                     .collect();
+                let means: Vec<String> = PhaseTimes::NAMES
+                    .iter()
+                    .zip(b.phase_sum)
+                    .map(|(name, d)| format!("{name} {:.2?}", d / b.phase_batches))
+                    .collect();
                 eprintln!(
-                    "[{label}] engine_batch_slots phase minima: {}",
-                    minima.join(", ")
+                    "[{label}] engine_batch_slots phase minima: {}; means over {} batches: {}",
+                    minima.join(", "),
+                    b.phase_batches,
+                    means.join(", ")
                 );
             }
             b.print_mix(&label, "after the benches");

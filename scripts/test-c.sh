@@ -2,7 +2,8 @@
 # The C ABI's tests: builds libshadowbucket (debug profile), compiles each C test in ffi/tests/c
 # with gcc -Wall -Wextra -Werror and AddressSanitizer + UndefinedBehaviorSanitizer (the C++ one
 # with g++), links each against the static and against the shared library, and runs them, each in
-# a fresh directory. Exits non-zero on the first failure. Usage: scripts/test-c.sh
+# a fresh directory; then checks that the measurement programs in scripts/ compile. Exits
+# non-zero when any of them fails. Usage: scripts/test-c.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,6 +51,18 @@ for src in ffi/tests/c/*.c ffi/tests/c/*.cpp; do
     "${compiler[@]}" "${warn[@]}" "${sanitize[@]}" -Iinclude -Iffi/tests/c "$src" -o "$bin" "${libs[@]}"
     run "$name ($kind)" "$bin"
   done
+done
+
+# The measurement programs the README quotes (memory floors and bandwidth) must keep compiling
+# cleanly; they are not run here (each takes seconds and hundreds of MB).
+echo "== measurement programs (compile only)"
+for src in scripts/*.c; do
+  if "$CC" -O2 -pthread "${warn[@]}" "$src" -o "$work/$(basename "${src%.c}")"; then
+    echo "   pass  $src compiles"
+  else
+    echo "   FAIL  $src does not compile"
+    failed=1
+  fi
 done
 
 if [ "$failed" -ne 0 ]; then
