@@ -522,7 +522,10 @@ pub(crate) fn run(
         // shard order) to the places its requests carry. A request with no slot is in no shard:
         // its code stays `UNKNOWN`.
         seg.codes.clear();
-        seg.codes.resize(len, UNKNOWN);
+        seg.codes.resize(POOL_CHUNK, UNKNOWN);
+        // (an array of the largest chunk's size: a request's index, 15 bits, needs no bounds
+        // check in it)
+        let buf: &mut [u8; POOL_CHUNK] = (&mut seg.codes[..]).try_into().expect("chunk buffer");
         for s in 0..nshards {
             let a = table[c * nshards + s] as usize;
             let b = if c + 1 < nchunks {
@@ -531,9 +534,10 @@ pub(crate) fn run(
                 starts[s + 1]
             };
             for (r, &code) in reqs_all[a..b].iter().zip(&codes[a..b]) {
-                seg.codes[r.index()] = code;
+                buf[r.index()] = code;
             }
         }
+        seg.codes.truncate(len);
         // SAFETY: chunk `c`'s outputs are `first..first + len`, in bounds; this worker claimed
         // the chunk alone, and the replay touches them only once the chunk is gathered.
         let (co, cr) = unsafe { (out_o.slice_mut(first, len), out_r.slice_mut(first, len)) };
