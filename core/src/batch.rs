@@ -164,14 +164,26 @@ struct Pending {
 
 /// One chunk of the batch as the pool phase replays it: its pool-phase requests in batch order,
 /// and the overflow credited after the last of them.
-#[derive(Default)]
 struct Segment {
     pending: Vec<Pending>,
     credit_after: Overflow,
-    /// The chunk's result codes in batch order, while the gather runs.
-    codes: Vec<u8>,
+    /// While the gather runs, the chunk's result codes in batch order (the first as many as the
+    /// chunk has requests). An array of the largest chunk's size, so that a request's index (15
+    /// bits) needs no bounds check in it.
+    codes: Box<[u8; POOL_CHUNK]>,
     /// Per shard, while the gather runs: the next listed retry-after and credit to read.
     cursors: Vec<[u32; 2]>,
+}
+
+impl Default for Segment {
+    fn default() -> Self {
+        Segment {
+            pending: Vec::new(),
+            credit_after: Overflow::default(),
+            codes: Box::new([UNKNOWN; POOL_CHUNK]),
+            cursors: Vec::new(),
+        }
+    }
 }
 
 /// Wall time of each phase of the last parallel batch (zero for a batch short enough to run
@@ -521,11 +533,8 @@ pub(crate) fn run(
         // The chunk's codes into batch order: each shard's part of the chunk (its results in
         // shard order) to the places its requests carry. A request with no slot is in no shard:
         // its code stays `UNKNOWN`.
-        seg.codes.clear();
-        seg.codes.resize(POOL_CHUNK, UNKNOWN);
-        // (an array of the largest chunk's size: a request's index, 15 bits, needs no bounds
-        // check in it)
-        let buf: &mut [u8; POOL_CHUNK] = (&mut seg.codes[..]).try_into().expect("chunk buffer");
+        let buf = &mut *seg.codes;
+        buf[..len].fill(UNKNOWN);
         for s in 0..nshards {
             let a = table[c * nshards + s] as usize;
             let b = if c + 1 < nchunks {
@@ -537,7 +546,6 @@ pub(crate) fn run(
                 buf[r.index()] = code;
             }
         }
-        seg.codes.truncate(len);
         // SAFETY: chunk `c`'s outputs are `first..first + len`, in bounds; this worker claimed
         // the chunk alone, and the replay touches them only once the chunk is gathered.
         let (co, cr) = unsafe { (out_o.slice_mut(first, len), out_r.slice_mut(first, len)) };
@@ -599,9 +607,9 @@ const fn bytes(x: u8) -> u64 {
 }
 
 /// Gathers one chunk (batch indices from `first`; `slots`, `tokens` and the outputs are the
-/// chunk's own) with `seg.codes` holding its codes in batch order and `seg.cursors` set to where
-/// its part of each shard's listed results starts: writes the outcomes decided in phase 2, and
-/// lists the pool-phase requests with the credits between them.
+/// chunk's own) with `seg.codes` starting with its codes in batch order and `seg.cursors` set to
+/// where its part of each shard's listed results starts: writes the outcomes decided in phase 2,
+/// and lists the pool-phase requests with the credits between them.
 ///
 /// Most codes say everything: an outcome and a retry-after of 0 or never. They are written eight
 /// at a time, straight from a word of codes; the few others (a listed retry-after or credit, a
@@ -626,7 +634,7 @@ fn gather_chunk(
         codes,
         ..
     } = seg;
-    let codes = &codes[..];
+    let codes = &codes[..outcomes.len()];
     let cursors = &mut cursors[..];
     pending.clear();
     // The lists were written by other cores, and the hardware follows few streams at once:
