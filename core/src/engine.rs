@@ -309,6 +309,9 @@ impl Engine {
         if let Err(e) = std::fs::remove_file(&sidecar)
             && e.kind() != std::io::ErrorKind::NotFound
         {
+            // the store was made just now: a failed create leaves no file behind
+            drop(store);
+            let _ = std::fs::remove_file(path.as_ref());
             return Err(Error::io(&sidecar, e));
         }
         let c = store.cols_mut()?;

@@ -158,7 +158,8 @@ fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
     }
 }
 
-/// Creates `path` (which must not exist) with `len` zero bytes, locks it and maps it.
+/// Creates `path` (which must not exist) with `len` zero bytes, locks it and maps it. On an
+/// error after the file was made (too large to size or to map), the file is removed again.
 pub(crate) fn create(path: &Path, len: u64) -> Result<Mapping> {
     let file = OpenOptions::new()
         .read(true)
@@ -166,11 +167,17 @@ pub(crate) fn create(path: &Path, len: u64) -> Result<Mapping> {
         .create_new(true)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
-    lock_exclusive(&file, path)?;
-    file.set_len(len).map_err(|e| Error::io(path, e))?;
-    // SAFETY: we created the file and hold its exclusive lock; every writer of a store takes that
-    // lock first, so nobody else writes or truncates the file while it is mapped.
-    let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io(path, e))?;
+    let sized = lock_exclusive(&file, path)
+        .and_then(|()| file.set_len(len).map_err(|e| Error::io(path, e)))
+        .and_then(|()| {
+            // SAFETY: we created the file and hold its exclusive lock; every writer of a store
+            // takes that lock first, so nobody else writes or truncates the file while it is
+            // mapped.
+            unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io(path, e))
+        });
+    let map = sized.inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })?;
     advise_huge_pages(&map);
     Ok(Mapping::Write { map, file })
 }
@@ -298,6 +305,43 @@ mod tests {
             "no huge-page hint: {flags}"
         );
         drop(m);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A store that passes every check on its arguments but whose file cannot be made (here too
+    /// large to size or to map: 2^31 slots of the largest recurrent state allowed, 512 TiB) is
+    /// an error that leaves no file behind, so the same path can be created again; so is a
+    /// create whose stale events file cannot be removed.
+    #[test]
+    fn a_create_that_fails_leaves_no_file() {
+        use crate::{CreateOptions, Engine, EngineConfig, Error, Rate};
+        let dir = std::env::temp_dir().join(format!("sb-mmap-create-fail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.sb");
+        let cfg = EngineConfig::new(1_000, Rate::tokens_per_sec(10));
+        let mut opts = CreateOptions::new(1 << 31, cfg).without_model();
+        opts.state_dim = 1 << 16;
+        match Engine::create(&path, opts) {
+            Err(Error::Io { .. }) => {}
+            other => panic!("a 512 TiB store: {:?}", other.map(|_| ())),
+        }
+        assert!(
+            !path.exists(),
+            "a failed create left {} behind",
+            path.display()
+        );
+        Engine::create(&path, CreateOptions::new(8, cfg).without_model()).unwrap();
+
+        // a directory where the stale events file would be: create fails, and leaves no store
+        let path = dir.join("ev.sb");
+        std::fs::create_dir_all(crate::predict::sidecar::path_for(&path).join("x")).unwrap();
+        assert!(Engine::create(&path, CreateOptions::new(8, cfg).without_model()).is_err());
+        assert!(
+            !path.exists(),
+            "a failed create left {} behind",
+            path.display()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
