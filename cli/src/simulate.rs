@@ -35,9 +35,11 @@ pub fn run(a: SimulateArgs) -> CmdResult {
             "--days must be in (0, 366], got {d}"
         )));
     }
-    if a.interval == 0 || !a.interval.is_multiple_of(a.step) {
+    // The engine's clock is in nanoseconds (u64).
+    let max_interval = u64::MAX / 1_000_000_000;
+    if a.interval == 0 || !a.interval.is_multiple_of(a.step) || a.interval > max_interval {
         return Err(CliError::Usage(format!(
-            "--interval ({} s) must be a positive multiple of --step ({} s)",
+            "--interval ({} s) must be a positive multiple of --step ({} s), at most {max_interval} s",
             a.interval, a.step
         )));
     }

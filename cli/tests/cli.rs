@@ -264,6 +264,13 @@ fn simulate_refuses_bad_arguments_and_overwrites_nothing() {
         "customers must be",
     );
     refused(&d, &["simulate", "--step", "7"], 2, "--interval");
+    // Its nanoseconds would not fit the clock.
+    refused(
+        &d,
+        &["simulate", "--interval", "18446744073709551610"],
+        2,
+        "--interval",
+    );
     refused(&d, &["simulate", "--alpha", "1.5"], 2, "--alpha");
     refused(&d, &["simulate", "--days=0"], 2, "--days");
     refused(
