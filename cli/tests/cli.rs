@@ -312,6 +312,23 @@ fn simulate_refuses_unreadable_traces_and_overwrites_nothing() {
     std::fs::write(&empty, "").unwrap();
     refused(&d, &["simulate", "--trace", s(&empty)], 1, "empty file");
 
+    // One far-off time (a typo) would make the trace centuries long: refused, not allocated.
+    let far = d.join("far.csv");
+    std::fs::write(
+        &far,
+        "customer,window_start_s,requests,input_tokens,output_tokens\n\
+         0,0,1,10,10\n0,600,1,10,10\n0,60000000000000,1,10,10\n",
+    )
+    .unwrap();
+    refused(&d, &["simulate", "--trace", s(&far)], 1, "--days");
+    let far = d.join("far-requests.csv");
+    std::fs::write(
+        &far,
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n0,10,10\n1,10,10\n1e12,5,5\n",
+    )
+    .unwrap();
+    refused(&d, &["simulate", "--trace", s(&far)], 1, "--days");
+
     let folder = d.join("a-folder");
     std::fs::create_dir_all(&folder).unwrap();
     refused(&d, &["simulate", "--trace", s(&folder)], 1, "cannot read");
