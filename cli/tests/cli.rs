@@ -285,6 +285,32 @@ fn simulate_refuses_bad_arguments_and_overwrites_nothing() {
     assert!(text(&o).1.contains("does not exist"));
 }
 
+/// A run whose JSON cannot be written at the end fails, and writes no report either.
+#[cfg(target_os = "linux")]
+#[test]
+fn simulate_that_cannot_write_its_json_writes_no_report() {
+    let d = dir("json-unwritable");
+    // /proc is a folder (so the early check passes) in which no file can be created.
+    let json = format!("/proc/shadowbucket-{}.json", std::process::id());
+    refused(
+        &d,
+        &[
+            "simulate",
+            "--customers",
+            "20",
+            "--days",
+            "0.01",
+            "--predictor",
+            "ewma",
+            "-q",
+            "--json",
+            &json,
+        ],
+        1,
+        "cannot write /proc/",
+    );
+}
+
 #[test]
 fn simulate_refuses_unreadable_traces_and_overwrites_nothing() {
     let d = dir("bad-trace");
