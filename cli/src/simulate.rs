@@ -35,9 +35,11 @@ pub fn run(a: SimulateArgs) -> CmdResult {
             "--days must be in (0, 366], got {d}"
         )));
     }
-    if a.interval == 0 || !a.interval.is_multiple_of(a.step) {
+    // The engine's clock is in nanoseconds (u64).
+    let max_interval = u64::MAX / 1_000_000_000;
+    if a.interval == 0 || !a.interval.is_multiple_of(a.step) || a.interval > max_interval {
         return Err(CliError::Usage(format!(
-            "--interval ({} s) must be a positive multiple of --step ({} s)",
+            "--interval ({} s) must be a positive multiple of --step ({} s), at most {max_interval} s",
             a.interval, a.step
         )));
     }
@@ -129,9 +131,14 @@ pub fn run(a: SimulateArgs) -> CmdResult {
     print_result(&r);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let html = report::html(&r, &command)?;
-    report::write_atomic(&a.report, html.as_bytes())?;
-    if let Some(j) = &a.json {
-        report::write_atomic(j, json(&r).to_string().as_bytes())?;
+    let figures = a.json.as_ref().map(|j| (j, json(&r).to_string()));
+    // Both or neither: a JSON that cannot be written leaves the old report too.
+    let mut files = vec![(a.report.as_path(), html.as_bytes())];
+    if let Some((j, text)) = &figures {
+        files.push((j.as_path(), text.as_bytes()));
+    }
+    report::write_all_atomic(&files)?;
+    if let Some((j, _)) = &figures {
         println!("figures (JSON): {}", j.display());
     }
     if let Some(d) = &r.stores {

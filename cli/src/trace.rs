@@ -68,6 +68,20 @@ enum Source {
     },
 }
 
+/// The longest stretch of a trace simulated: 366 days, the most `--days` takes.
+const MAX_SPAN_S: u64 = 366 * 86_400;
+
+/// The error for a trace (or its `--days`) longer than [`MAX_SPAN_S`].
+fn too_long(path: &Path, span_s: f64) -> String {
+    format!(
+        "{}: the trace spans {:.1} days (is a time or window start mistyped?); at most {} are \
+         simulated: choose them with --days",
+        path.display(),
+        span_s / 86_400.0,
+        MAX_SPAN_S / 86_400
+    )
+}
+
 fn io_err(path: &Path, e: std::io::Error) -> String {
     format!("cannot read {}: {e}", path.display())
 }
@@ -231,6 +245,10 @@ impl Trace {
         if let Some(d) = opts.days {
             windows = windows.min(((d * 86_400.0) as u64 / window_s).max(1) as usize);
         }
+        let span_s = windows as u128 * u128::from(window_s);
+        if span_s > u128::from(MAX_SPAN_S) {
+            return Err(too_long(path, span_s as f64));
+        }
         let mut data = Vec::with_capacity(rows.len());
         let mut ids = Vec::with_capacity(rows.len());
         for (id, ws) in rows {
@@ -387,6 +405,9 @@ impl Trace {
             rows.retain(|r| r.0 < end);
         }
         let span = rows.last().map_or(0.0, |r| r.0);
+        if span > MAX_SPAN_S as f64 {
+            return Err(too_long(path, span));
+        }
         // Contracts from per-minute windows.
         let window_s = 60;
         let windows = (span as u64 / window_s + 1) as usize;

@@ -264,6 +264,13 @@ fn simulate_refuses_bad_arguments_and_overwrites_nothing() {
         "customers must be",
     );
     refused(&d, &["simulate", "--step", "7"], 2, "--interval");
+    // Its nanoseconds would not fit the clock.
+    refused(
+        &d,
+        &["simulate", "--interval", "18446744073709551610"],
+        2,
+        "--interval",
+    );
     refused(&d, &["simulate", "--alpha", "1.5"], 2, "--alpha");
     refused(&d, &["simulate", "--days=0"], 2, "--days");
     refused(
@@ -276,6 +283,32 @@ fn simulate_refuses_bad_arguments_and_overwrites_nothing() {
     let o = run(&["simulate", "--report", s(&nowhere)]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("does not exist"));
+}
+
+/// A run whose JSON cannot be written at the end fails, and writes no report either.
+#[cfg(target_os = "linux")]
+#[test]
+fn simulate_that_cannot_write_its_json_writes_no_report() {
+    let d = dir("json-unwritable");
+    // /proc is a folder (so the early check passes) in which no file can be created.
+    let json = format!("/proc/shadowbucket-{}.json", std::process::id());
+    refused(
+        &d,
+        &[
+            "simulate",
+            "--customers",
+            "20",
+            "--days",
+            "0.01",
+            "--predictor",
+            "ewma",
+            "-q",
+            "--json",
+            &json,
+        ],
+        1,
+        "cannot write /proc/",
+    );
 }
 
 #[test]
@@ -304,6 +337,23 @@ fn simulate_refuses_unreadable_traces_and_overwrites_nothing() {
     let empty = d.join("empty.csv");
     std::fs::write(&empty, "").unwrap();
     refused(&d, &["simulate", "--trace", s(&empty)], 1, "empty file");
+
+    // One far-off time (a typo) would make the trace centuries long: refused, not allocated.
+    let far = d.join("far.csv");
+    std::fs::write(
+        &far,
+        "customer,window_start_s,requests,input_tokens,output_tokens\n\
+         0,0,1,10,10\n0,600,1,10,10\n0,60000000000000,1,10,10\n",
+    )
+    .unwrap();
+    refused(&d, &["simulate", "--trace", s(&far)], 1, "--days");
+    let far = d.join("far-requests.csv");
+    std::fs::write(
+        &far,
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n0,10,10\n1,10,10\n1e12,5,5\n",
+    )
+    .unwrap();
+    refused(&d, &["simulate", "--trace", s(&far)], 1, "--days");
 
     let folder = d.join("a-folder");
     std::fs::create_dir_all(&folder).unwrap();

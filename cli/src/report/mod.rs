@@ -186,27 +186,50 @@ pub fn html(r: &SimResult, command: &str) -> Result<String, String> {
 /// # Errors
 /// A message naming the path.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), String> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
+    write_all_atomic(&[(path, contents)])
+}
+
+/// Writes several files as [`write_atomic`] does, all or none: every temporary file is
+/// written and synced before the first is renamed, so a failure (say, the last file's folder
+/// refuses it) leaves every path as it was.
+///
+/// # Errors
+/// A message naming the path.
+pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<(), String> {
+    let mut tmps: Vec<std::path::PathBuf> = Vec::with_capacity(files.len());
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        for (k, &(path, contents)) in files.iter().enumerate() {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => std::path::PathBuf::from("."),
+            };
+            let name = path
+                .file_name()
+                .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+            let mut tmp_name = std::ffi::OsString::from(".");
+            tmp_name.push(name);
+            tmp_name.push(format!(".tmp-{}-{k}", std::process::id()));
+            let tmp = dir.join(tmp_name);
+            tmps.push(tmp.clone());
+            (|| {
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(contents)?;
+                f.sync_all()
+            })()
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        for (&(path, _), tmp) in files.iter().zip(&tmps) {
+            std::fs::rename(tmp, path)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        Ok(())
     })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write {}: {e}", path.display())
-    })
+    if result.is_err() {
+        for tmp in &tmps {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+    result
 }
 
 /// Checks early that `path` can be written (its folder exists, it is not a folder), so a long

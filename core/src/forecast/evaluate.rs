@@ -132,7 +132,8 @@ pub fn evaluate_with_scale<F: Forecaster + ?Sized>(
     for t in 0..n {
         for (c, s) in series.iter().enumerate() {
             for (&h, a) in horizons.iter().zip(&mut acc) {
-                let target = t + h - 1;
+                // saturating: a horizon past the history (even usize::MAX) has no target
+                let target = t.saturating_add(h - 1);
                 if (train_windows..n).contains(&target) {
                     a.add(&forecaster.forecast(c, h), s[target]);
                     let scale = scales[c].s();
@@ -293,6 +294,10 @@ mod tests {
         assert!(evaluate(&h, &mut s, 5, &[1]).is_err());
         assert!(evaluate(&h, &mut s, 2, &[]).is_err());
         assert!(evaluate(&h, &mut s, 2, &[1, 0]).is_err());
+        // A horizon past the history scores nothing (and does not overflow).
+        let r = evaluate(&h, &mut s, 2, &[1, usize::MAX]).unwrap();
+        assert_eq!(r.horizons[1].metrics.samples, 0);
+        assert_eq!(r.horizons[0].metrics.samples, 3);
         // Works through a trait object too.
         let dynf: &mut dyn Forecaster = &mut s;
         assert!(evaluate(&h, dynf, 2, &[1]).is_ok());

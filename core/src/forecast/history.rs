@@ -273,7 +273,25 @@ impl UsageHistory {
         let mut customers = Vec::with_capacity(rows.len());
         let mut series = Vec::with_capacity(rows.len());
         let mut requests = Vec::with_capacity(rows.len());
+        let ragged = |customer: u64, has: usize, start: u64| {
+            Error::invalid(format!(
+                "{what}: ragged customers: customer {customer} has {has} windows and \
+                 lacks window_start_s {start} (the trace spans {num_windows} windows \
+                 of {window_s} s from {first})"
+            ))
+        };
         for (customer, m) in rows {
+            // Its starts are on the grid, so fewer than the grid's means one is lacking: the
+            // first gap in its own (sorted) starts, found before anything grid-sized is
+            // allocated (one far-off start, a typo, would make the grid huge).
+            if m.len() != num_windows {
+                let t = m
+                    .keys()
+                    .zip(0u64..)
+                    .find(|&(&k, t)| k != first + t * window_s)
+                    .map_or(m.len() as u64, |(_, t)| t);
+                return Err(ragged(customer, m.len(), first + t * window_s));
+            }
             let mut s = Vec::with_capacity(num_windows);
             let mut r = Vec::with_capacity(num_windows);
             for t in 0..num_windows {
@@ -283,14 +301,7 @@ impl UsageHistory {
                         s.push(v);
                         r.push(q);
                     }
-                    None => {
-                        return Err(Error::invalid(format!(
-                            "{what}: ragged customers: customer {customer} has {} windows and \
-                             lacks window_start_s {start} (the trace spans {num_windows} windows \
-                             of {window_s} s from {first})",
-                            m.len()
-                        )));
-                    }
+                    None => return Err(ragged(customer, m.len(), start)),
                 }
             }
             customers.push(customer);
@@ -468,6 +479,18 @@ mod tests {
         );
         // A gap in every customer is also a missing window.
         assert!(err(&format!("{h}0,0,1,1\n0,600,1,1\n0,1800,1,1\n")).contains("lacks window"));
+    }
+
+    #[test]
+    fn a_far_off_window_start_is_an_error_not_an_allocation() {
+        // One mistyped start puts the grid's end 10^13 windows out: every customer lacks most
+        // of them, which is said before anything that large is allocated.
+        let h = "customer,window_start_s,input_tokens,output_tokens\n";
+        let e = err(&format!("{h}0,0,1,1\n0,600,1,1\n0,6000000000000000,1,1\n"));
+        assert!(
+            e.contains("ragged") && e.contains("lacks window_start_s 1200"),
+            "{e}"
+        );
     }
 
     #[test]

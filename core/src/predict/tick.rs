@@ -407,11 +407,16 @@ impl Engine {
     /// the feeds named in its spec; a feed never set reads as 0.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for an empty name, a name with a comma, or a non-finite value.
+    /// [`Error::InvalidArgument`] for an empty name, a name with a comma or a control character
+    /// (a line break would corrupt the saved signals), or a non-finite value.
     pub fn set_signal(&mut self, name: &str, value: f32) -> Result<()> {
-        if name.is_empty() || name.contains(',') || name.len() > 256 {
+        if name.is_empty()
+            || name.contains(',')
+            || name.contains(char::is_control)
+            || name.len() > 256
+        {
             return Err(Error::invalid(format!(
-                "signal name must be 1..=256 bytes without commas, got {name:?}"
+                "signal name must be 1..=256 bytes without commas or control characters, got {name:?}"
             )));
         }
         if !value.is_finite() {
@@ -785,5 +790,36 @@ impl Drop for Engine {
         {
             eprintln!("shadowbucket: could not write the device's model state back: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{CreateOptions, Engine, EngineConfig, Error, Rate};
+
+    #[test]
+    fn a_signal_name_that_would_break_the_sidecar_is_refused() {
+        let dir = std::env::temp_dir().join(format!("sb-signal-name-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sb");
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(dir.join("s.sb.events"));
+        let cfg = EngineConfig::new(1_000, Rate::tokens_per_sec(100));
+        let mut e = Engine::create(&path, CreateOptions::new(8, cfg)).unwrap();
+        e.set_signal("news volume", 1.5).unwrap();
+        // The sidecar holds a signal per line: a line break (or a carriage return, which
+        // reading drops) in a name would make the store unreadable or rename the signal.
+        for name in ["news\nvolume", "news\r", "a\u{0}b"] {
+            assert!(
+                matches!(e.set_signal(name, 2.0), Err(Error::InvalidArgument(_))),
+                "{name:?}"
+            );
+        }
+        drop(e);
+        let e = Engine::open(&path).unwrap();
+        assert_eq!(e.signals().len(), 1);
+        assert_eq!(e.signals()["news volume"], 1.5);
+        drop(e);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
