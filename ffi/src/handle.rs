@@ -1043,8 +1043,15 @@ pub unsafe extern "C" fn sb_engine_predictor_name(
 ) -> sb_result {
     boundary("sb_engine_predictor_name", || {
         disjoint(&[span(buf, len, "buf"), span(out_n, 1, "out_n")], &[])?;
-        // SAFETY: the caller's contract (# Safety); no overlap (checked).
-        let (h, n_out) = unsafe { (handle(engine)?, try_out(out_n, "out_n")?) };
+        // SAFETY: the caller's contract (# Safety); no overlap (checked). `buf` is only
+        // checked here (NULL with `len > 0` is an error) and written through `write_message`.
+        let (h, _, n_out) = unsafe {
+            (
+                handle(engine)?,
+                try_out_slice(buf, len, "buf")?,
+                try_out(out_n, "out_n")?,
+            )
+        };
         let name = read(h)?.predictor_name();
         if name.len() >= len {
             return Err(Fail::new(
@@ -1056,7 +1063,7 @@ pub unsafe extern "C" fn sb_engine_predictor_name(
             ));
         }
         // SAFETY: `buf` is valid for `len` bytes (caller's contract), non-NULL because
-        // `len > name.len() >= 0` and `write_message` checks NULL anyway.
+        // `len > name.len() >= 0` and a NULL `buf` with `len > 0` was refused above.
         let n = unsafe { crate::boundary::write_message(&name, buf, len) };
         n_out.write(n);
         Ok(())

@@ -311,6 +311,16 @@ static void test_engine_errors(const char *dir) {
   CHECK_OK(sb_engine_customer_ids(e, list, 8, &n));
   CHECK(n == 5);
 
+  /* the predictor's name: a NULL buffer with a length is a NULL parameter, not an empty name */
+  char pname[64];
+  n = 42;
+  EXPECT_RC(sb_engine_predictor_name(e, NULL, sizeof pname, &n), SB_RESULT_NULL_PARAMETER);
+  CHECK(n == 42);
+  CHECK_LAST_ERROR_HAS("buf is NULL");
+  EXPECT_RC(sb_engine_predictor_name(e, NULL, 0, &n), SB_RESULT_INSUFFICIENT_SIZE);
+  CHECK_OK(sb_engine_predictor_name(e, pname, sizeof pname, &n));
+  CHECK(n > 0 && n == strlen(pname));
+
   /* NULL outputs on queries */
   EXPECT_RC(sb_engine_stats(e, NULL), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_customer(e, 1, NULL), SB_RESULT_NULL_PARAMETER);
