@@ -132,7 +132,8 @@ pub fn evaluate_with_scale<F: Forecaster + ?Sized>(
     for t in 0..n {
         for (c, s) in series.iter().enumerate() {
             for (&h, a) in horizons.iter().zip(&mut acc) {
-                let target = t + h - 1;
+                // `h >= 1` (checked above); a target past `usize::MAX` is past the history too.
+                let target = t.saturating_add(h - 1);
                 if (train_windows..n).contains(&target) {
                     a.add(&forecaster.forecast(c, h), s[target]);
                     let scale = scales[c].s();
