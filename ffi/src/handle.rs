@@ -517,10 +517,21 @@ pub unsafe extern "C" fn sb_engine_resolve(
             &[span(slots_out, slots_len, "slots_out")],
             &[span(ids, ids_len, "ids")],
         )?;
+        // SAFETY: the caller's contract (# Safety).
+        let h = unsafe { handle(engine) }?;
+        // Before the copy below is allocated: a wrong (huge) `slots_len` is an error, not an
+        // allocation failure, which aborts the process.
+        if slots_len != ids_len {
+            return Err(engine::Error::LengthMismatch {
+                what: "slots_out",
+                got: slots_len,
+                expected: ids_len,
+            }
+            .into());
+        }
         // SAFETY: the caller's contract (# Safety); no overlap (checked).
-        let (h, ids, slots) = unsafe {
+        let (ids, slots) = unsafe {
             (
-                handle(engine)?,
                 try_slice(ids, ids_len, "ids")?,
                 try_slice_mut(slots_out, slots_len, "slots_out")?,
             )
@@ -597,10 +608,27 @@ unsafe fn allocate_batch<K>(
             span(tokens, tokens_len, "tokens"),
         ],
     )?;
+    // SAFETY: the caller's contract (# Safety).
+    let h = unsafe { handle(engine) }?;
+    // The engine's length checks, in its order, before the outcomes' scratch is allocated: a
+    // wrong (huge) `outcomes_len` is an error, not an allocation failure, which aborts.
+    for (what, got) in [
+        ("keys", keys_len),
+        ("outcomes", outcomes_len),
+        ("retry_after_ns", retry_after_len),
+    ] {
+        if got != tokens_len {
+            return Err(engine::Error::LengthMismatch {
+                what,
+                got,
+                expected: tokens_len,
+            }
+            .into());
+        }
+    }
     // SAFETY: the caller's contract (# Safety); no output overlaps another array (checked).
-    let (h, keys, tokens, outcomes, retry) = unsafe {
+    let (keys, tokens, outcomes, retry) = unsafe {
         (
-            handle(engine)?,
             try_slice(keys, keys_len, keys_name)?,
             try_slice(tokens, tokens_len, "tokens")?,
             try_out_slice(outcomes_out, outcomes_len, "outcomes_out")?,
@@ -1015,8 +1043,15 @@ pub unsafe extern "C" fn sb_engine_predictor_name(
 ) -> sb_result {
     boundary("sb_engine_predictor_name", || {
         disjoint(&[span(buf, len, "buf"), span(out_n, 1, "out_n")], &[])?;
-        // SAFETY: the caller's contract (# Safety); no overlap (checked).
-        let (h, n_out) = unsafe { (handle(engine)?, try_out(out_n, "out_n")?) };
+        // SAFETY: the caller's contract (# Safety); no overlap (checked). `buf` is only
+        // checked here (NULL with `len > 0` is an error) and written through `write_message`.
+        let (h, _, n_out) = unsafe {
+            (
+                handle(engine)?,
+                try_out_slice(buf, len, "buf")?,
+                try_out(out_n, "out_n")?,
+            )
+        };
         let name = read(h)?.predictor_name();
         if name.len() >= len {
             return Err(Fail::new(
@@ -1028,7 +1063,7 @@ pub unsafe extern "C" fn sb_engine_predictor_name(
             ));
         }
         // SAFETY: `buf` is valid for `len` bytes (caller's contract), non-NULL because
-        // `len > name.len() >= 0` and `write_message` checks NULL anyway.
+        // `len > name.len() >= 0` and a NULL `buf` with `len > 0` was refused above.
         let n = unsafe { crate::boundary::write_message(&name, buf, len) };
         n_out.write(n);
         Ok(())

@@ -107,3 +107,12 @@ def test_evaluate_baselines() -> None:
         sb.evaluate(h, "ewma", train_windows=40, reserve="p95")
     with pytest.raises(sb.InvalidArgumentError, match="train_windows"):
         sb.evaluate(h, "ewma", train_windows=0)
+
+
+def test_evaluate_a_horizon_past_the_history_scores_nothing() -> None:
+    # A horizon whose target window lies past the history has no samples; a huge one must not
+    # overflow (a panic, pyo3's PanicException, in a debug build; garbage scores otherwise).
+    h = sb.history(_usage(windows=30), window_s=600)
+    for f in ("ewma", "seasonal_naive"):
+        rep = sb.evaluate(h, f, train_windows=20, horizons=[1, 2**63, 2**64 - 1], period=4)
+        assert [r["samples"] for r in rep["horizons"]] == [30, 0, 0]

@@ -50,6 +50,18 @@ def test_set_predictor_by_name_and_bad_names(engine: sb.Engine) -> None:
         engine.set_predictor(3)  # type: ignore[arg-type]
 
 
+def test_seasonal_naive_with_a_huge_period_keeps_the_engine(engine: sb.Engine) -> None:
+    # The period is the most history kept per customer, not memory allocated up front: a huge one
+    # once failed the tick's allocation (a panic that closed the engine, or an abort).
+    engine.set_predictor("seasonal_naive", period=2**61)
+    for m in range(1, 4):
+        engine.allocate(1, 10 * m, m * 60 * SEC - 1)
+        engine.tick(m * 60 * SEC)
+    assert not engine.closed
+    # fewer intervals seen than the period: the last value
+    assert (engine.forecast(1)["p50"] == 30.0).all()
+
+
 def test_policy(engine: sb.Engine) -> None:
     engine.set_policy(target="mean", headroom=1.5, capacity_intervals=2.0)
     engine.set_policy(target="scenario", probability=0.8)

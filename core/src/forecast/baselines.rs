@@ -329,12 +329,15 @@ impl Forecaster for SeasonalNaive {
     fn observe(&mut self, customer: usize, value: f64) {
         grow(&mut self.ring, customer, Vec::new());
         grow(&mut self.count, customer, 0);
+        // The ring grows with the values seen (`min(n, period)` of them), never to `period` up
+        // front: a huge period (a caller's parameter) must not allocate beyond what was observed.
         let ring = &mut self.ring[customer];
-        if ring.is_empty() {
-            ring.resize(self.period, 0.0);
-        }
         let n = self.count[customer];
-        ring[n % self.period] = clean(value);
+        if ring.len() < self.period {
+            ring.push(clean(value));
+        } else {
+            ring[n % self.period] = clean(value);
+        }
         self.count[customer] = n + 1;
     }
 

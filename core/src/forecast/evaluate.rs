@@ -132,7 +132,7 @@ pub fn evaluate_with_scale<F: Forecaster + ?Sized>(
     for t in 0..n {
         for (c, s) in series.iter().enumerate() {
             for (&h, a) in horizons.iter().zip(&mut acc) {
-                // saturating: a horizon past the history (even usize::MAX) has no target
+                // `h >= 1` (checked above); a target past `usize::MAX` is past the history too.
                 let target = t.saturating_add(h - 1);
                 if (train_windows..n).contains(&target) {
                     a.add(&forecaster.forecast(c, h), s[target]);

@@ -237,6 +237,24 @@ static void test_engine_errors(const char *dir) {
   CHECK(bout[0] == 77 && bout[1] == 77 && retry[0] == 5 && retry[1] == 5);
   CHECK_OK(sb_engine_stats(e, &st1));
   CHECK(st1.requests == st0.requests && st1.batches == st0.batches);
+  /* a wrong, huge output length is a length mismatch (not an allocation failure, which would
+   * abort the process); the outcomes come last in one block so that no other array lies past them */
+  struct {
+    uint64_t ids[2], tokens[2], retry[2];
+    uint32_t slots_out[2];
+    sb_outcome outcomes[2];
+  } *blk = calloc(1, sizeof *blk);
+  CHECK(blk != NULL);
+  blk->ids[0] = 1, blk->ids[1] = 2, blk->tokens[0] = blk->tokens[1] = 1;
+  EXPECT_RC(sb_engine_allocate_batch(e, blk->ids, 2, blk->tokens, 2, 0, blk->outcomes,
+                                     (size_t)1 << 42, blk->retry, 2),
+            SB_RESULT_LENGTH_MISMATCH);
+  CHECK_LAST_ERROR_HAS("outcomes");
+  EXPECT_RC(sb_engine_resolve(e, blk->ids, 2, blk->slots_out, (size_t)1 << 42),
+            SB_RESULT_LENGTH_MISMATCH);
+  free(blk);
+  CHECK_OK(sb_engine_stats(e, &st1));
+  CHECK(st1.requests == st0.requests && st1.batches == st0.batches);
   /* unknown slot in a slot batch is an outcome, not an error */
   uint32_t far[1] = {123456};
   CHECK_OK(sb_engine_allocate_batch_slots(e, far, 1, btok, 1, 0, bout, 1, retry, 1));
@@ -292,6 +310,16 @@ static void test_engine_errors(const char *dir) {
   EXPECT_RC(sb_engine_customer_ids(e, NULL, 8, &n), SB_RESULT_NULL_PARAMETER);
   CHECK_OK(sb_engine_customer_ids(e, list, 8, &n));
   CHECK(n == 5);
+
+  /* the predictor's name: a NULL buffer with a length is a NULL parameter, not an empty name */
+  char pname[64];
+  n = 42;
+  EXPECT_RC(sb_engine_predictor_name(e, NULL, sizeof pname, &n), SB_RESULT_NULL_PARAMETER);
+  CHECK(n == 42);
+  CHECK_LAST_ERROR_HAS("buf is NULL");
+  EXPECT_RC(sb_engine_predictor_name(e, NULL, 0, &n), SB_RESULT_INSUFFICIENT_SIZE);
+  CHECK_OK(sb_engine_predictor_name(e, pname, sizeof pname, &n));
+  CHECK(n > 0 && n == strlen(pname));
 
   /* NULL outputs on queries */
   EXPECT_RC(sb_engine_stats(e, NULL), SB_RESULT_NULL_PARAMETER);
