@@ -20,6 +20,7 @@ use shadowbucket::{
 };
 
 use crate::args::BenchArgs;
+use crate::out::outln;
 use crate::workload::SEC;
 use crate::workload::rng::Rng;
 use crate::{CliError, CmdResult, report};
@@ -188,9 +189,9 @@ pub fn run(a: BenchArgs) -> CmdResult {
     match &a.out {
         Some(o) => {
             report::write_atomic(o, format!("{text}\n").as_bytes())?;
-            println!("{}", o.display());
+            outln!("{}", o.display());
         }
-        None => println!("{text}"),
+        None => outln!("{text}"),
     }
     Ok(0)
 }

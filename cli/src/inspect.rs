@@ -6,6 +6,7 @@ use shadowbucket::CustomerView;
 use shadowbucket::fixed::FEMTO_PER_TOKEN;
 
 use crate::args::InspectArgs;
+use crate::out::outln;
 use crate::{CliError, CmdResult};
 
 fn tokens(femto: i128) -> f64 {
@@ -101,14 +102,14 @@ pub fn run(a: InspectArgs) -> CmdResult {
             "customer": detail.as_ref().map(customer_json),
             "check": check.clone().unwrap_or_else(|| "ok".into()),
         });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
         );
         return Ok(0);
     }
-    println!("store         {}", a.store.display());
-    println!(
+    outln!("store         {}", a.store.display());
+    outln!(
         "customers     {} in {} slots; forecaster columns: state {}, forecast {}, scenario {}, scale {}",
         st.customers,
         e.capacity(),
@@ -117,26 +118,26 @@ pub fn run(a: InspectArgs) -> CmdResult {
         dims.scenario_dim,
         dims.scale_dim
     );
-    println!(
+    outln!(
         "pool          burst {} tokens, rate {} tokens/s, level {:.0} tokens",
         cfg.pool_burst,
         cfg.pool_rate.as_tokens_per_sec_f64(),
         tokens(st.pool_femto)
     );
-    println!(
+    outln!(
         "reservations  alpha {:.3}, reserved {:.1} tokens/s, shadow capacity {} tokens",
         cfg.alpha_ppm as f64 / 1e6,
         st.reserved_rate_micros as f64 / 1e6,
         st.reserved_capacity
     );
-    println!(
+    outln!(
         "tick          every {} s; contention flag above {:.0}% for {} ticks, cleared below {:.0}%",
         cfg.interval_ns as f64 / 1e9,
         cfg.contention_high_ppm as f64 / 1e4,
         cfg.contention_ticks,
         cfg.contention_low_ppm as f64 / 1e4
     );
-    println!(
+    outln!(
         "transactions last committed {}, last rolled back {}",
         st.last_committed,
         if st.last_rolled_back == 0 {
@@ -145,12 +146,12 @@ pub fn run(a: InspectArgs) -> CmdResult {
             st.last_rolled_back.to_string()
         }
     );
-    println!(
+    outln!(
         "check         {}",
         check.as_deref().unwrap_or("ok (consistent)")
     );
-    println!();
-    println!("counters");
+    outln!();
+    outln!("counters");
     for (name, v) in [
         ("requests", c.requests),
         ("granted from shadow", c.shadow_grants),
@@ -169,36 +170,44 @@ pub fn run(a: InspectArgs) -> CmdResult {
         ("ticks", c.ticks),
         ("batches", c.batches),
     ] {
-        println!("  {name:<24} {v:>16}");
+        outln!("  {name:<24} {v:>16}");
     }
-    println!();
+    outln!();
     let shown: Vec<String> = flagged
         .iter()
         .take(a.flagged)
         .map(|i| i.to_string())
         .collect();
-    println!(
+    outln!(
         "flagged       {} customers{}{}",
         flagged.len(),
         if shown.is_empty() { "" } else { ": " },
         shown.join(", ")
     );
     if flagged.len() > shown.len() {
-        println!("              ... and {} more", flagged.len() - shown.len());
+        outln!("              ... and {} more", flagged.len() - shown.len());
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "customers (first {} of {}, slot order)",
         listed.len(),
         ids.len()
     );
-    println!(
+    outln!(
         "  {:>12} {:>8} {:>12} {:>12} {:>12} {:>12} {:>12} {:>4} {:>12}",
-        "id", "slot", "burst", "rate/s", "standard", "shadow", "reserved/s", "flag", "last used"
+        "id",
+        "slot",
+        "burst",
+        "rate/s",
+        "standard",
+        "shadow",
+        "reserved/s",
+        "flag",
+        "last used"
     );
     for v in &listed {
         let u = &v.last_interval;
-        println!(
+        outln!(
             "  {:>12} {:>8} {:>12} {:>12.1} {:>12.0} {:>12.0} {:>12.1} {:>4} {:>12}",
             v.id,
             v.slot,
@@ -212,9 +221,9 @@ pub fn run(a: InspectArgs) -> CmdResult {
         );
     }
     if let Some(v) = detail {
-        println!();
-        println!("customer {}", v.id);
-        println!(
+        outln!();
+        outln!("customer {}", v.id);
+        outln!(
             "{}",
             serde_json::to_string_pretty(&customer_json(&v)).map_err(|e| e.to_string())?
         );

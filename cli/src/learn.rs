@@ -12,6 +12,7 @@ use shadowbucket::model::ModelSpec;
 use shadowbucket::train::TrainConfig;
 
 use crate::args::{EvaluateArgs, Quantile, TrainArgs};
+use crate::out::{out, outln};
 use crate::workload::demand_history;
 use crate::workload::synthetic::{Synthetic, SyntheticConfig};
 use crate::{CliError, CmdResult, report};
@@ -98,7 +99,7 @@ pub fn train(a: TrainArgs) -> CmdResult {
         scale_half_life: (86_400 / history.window_s()).max(1) as f32,
         ..TrainConfig::default()
     };
-    println!(
+    outln!(
         "training an LSTM (hidden {}) on {} customers x {} windows of {} s",
         a.hidden,
         history.num_customers(),
@@ -137,15 +138,15 @@ pub fn train(a: TrainArgs) -> CmdResult {
             .get(k)
             .map(|v| format!("  validation {v:.5}"))
             .unwrap_or_default();
-        println!("epoch {:>3}  train {l:.5}{v}", k + 1);
+        outln!("epoch {:>3}  train {l:.5}{v}", k + 1);
     }
-    println!(
+    outln!(
         "{} epochs in {:.1} s; kept epoch {}",
         rep.epochs_run,
         t.elapsed().as_secs_f64(),
         rep.best_epoch
     );
-    println!("model: {}", a.out.display());
+    outln!("model: {}", a.out.display());
     Ok(0)
 }
 
@@ -205,7 +206,7 @@ pub fn evaluate(a: EvaluateArgs) -> CmdResult {
                 .map_err(|e| e.to_string())?,
         );
     }
-    println!(
+    outln!(
         "{}: {} customers, {} windows of {} s; {} warm-up windows, {} scored; reservation = {}",
         a.csv.display(),
         h.num_customers(),
@@ -215,8 +216,8 @@ pub fn evaluate(a: EvaluateArgs) -> CmdResult {
         h.num_windows() - train_windows,
         reserve.name()
     );
-    println!();
-    print!("{}", format_reports(&reports));
+    outln!();
+    out!("{}", format_reports(&reports));
     if let Some(j) = &a.json {
         let v: Vec<_> = reports
             .iter()
@@ -246,7 +247,7 @@ pub fn evaluate(a: EvaluateArgs) -> CmdResult {
         }))
         .map_err(|e| e.to_string())?;
         report::write_atomic(j, text.as_bytes())?;
-        println!("\nscores (JSON): {}", j.display());
+        outln!("\nscores (JSON): {}", j.display());
     }
     Ok(0)
 }

@@ -7,7 +7,8 @@
 //! - `inspect`: a store file's header, customers, counters and flagged customers.
 //! - `snapshot`: a consistent copy of a store that no process has open for writing.
 //!
-//! Exit codes: 0 success; 1 a failure while running (an unreadable file, an engine error);
+//! Exit codes: 0 success; 1 a failure while running (an unreadable file, an engine error,
+//! standard output that cannot be written; a closed pipe is not one: see `out`);
 //! 2 bad arguments; 130 a simulation stopped by Ctrl-C (its report is still written).
 
 mod args;
@@ -16,6 +17,7 @@ mod device;
 mod inspect;
 mod learn;
 mod model;
+mod out;
 mod predictor;
 mod report;
 mod sim;
@@ -83,6 +85,14 @@ fn main() {
         args::Command::Snapshot(a) => snapshot::run(a),
     };
     let code = match result {
+        // output that could not be written fails a command that otherwise succeeded
+        Ok(0) => match out::failure() {
+            Some(m) => {
+                eprintln!("error: {m}");
+                1
+            }
+            None => 0,
+        },
         Ok(code) => code,
         Err(CliError::Usage(m)) => {
             eprintln!("error: {m}");

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use shadowbucket::forecast::QuantileLevel;
 
 use crate::args::{ReserveTarget, SimulateArgs};
+use crate::out::{out, outln};
 use shadowbucket::predict::Target;
 
 use crate::predictor::Choice;
@@ -98,11 +99,15 @@ pub fn run(a: SimulateArgs) -> CmdResult {
         Some(workload.steps()),
         "{spinner} simulating [{bar:30}] {percent:>3}% {msg} (eta {eta}; Ctrl-C stops and reports)",
     );
-    println!("shadowbucket simulate: {}", workload.describe());
+    outln!("shadowbucket simulate: {}", workload.describe());
     let pool = workload.pool();
-    println!(
+    outln!(
         "pool {} tokens/s (burst {}), alpha {}, tick every {} s, step {} s",
-        pool.rate, pool.burst, a.alpha, a.interval, a.step
+        pool.rate,
+        pool.burst,
+        a.alpha,
+        a.interval,
+        a.step
     );
     let opts = SimOptions {
         predictor,
@@ -139,27 +144,27 @@ pub fn run(a: SimulateArgs) -> CmdResult {
     }
     report::write_all_atomic(&files)?;
     if let Some((j, _)) = &figures {
-        println!("figures (JSON): {}", j.display());
+        outln!("figures (JSON): {}", j.display());
     }
     if let Some(d) = &r.stores {
-        println!("stores kept: {}", d.display());
+        outln!("stores kept: {}", d.display());
     }
     let shown = std::fs::canonicalize(&a.report).unwrap_or(a.report.clone());
-    println!("report: {}", shown.display());
+    outln!("report: {}", shown.display());
     Ok(if r.interrupted { 130 } else { 0 })
 }
 
 fn print_result(r: &SimResult) {
-    println!();
+    outln!();
     if r.interrupted {
-        println!(
+        outln!(
             "interrupted: {} of {} steps simulated ({:.2} hours); the figures cover them",
             r.steps_done,
             r.steps_total,
             r.simulated_s as f64 / 3600.0
         );
     }
-    println!(
+    outln!(
         "{} customers ({} steady), {:.1} simulated hours, predictor {}, {:.1} s",
         r.customers,
         r.steady_customers,
@@ -167,16 +172,17 @@ fn print_result(r: &SimResult) {
         r.predictor,
         r.wall_s
     );
-    println!();
-    print!("{}", sim::table(r));
-    println!();
+    outln!();
+    out!("{}", sim::table(r));
+    outln!();
     let [p, h] = &r.tally;
     if p.consistent && h.consistent {
-        println!("both stores pass their consistency check and balance their ledgers");
+        outln!("both stores pass their consistency check and balance their ledgers");
     } else {
-        println!(
+        outln!(
             "WARNING: consistency check failed (plain: {}, shadow: {})",
-            p.consistent, h.consistent
+            p.consistent,
+            h.consistent
         );
     }
 }

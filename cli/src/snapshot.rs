@@ -6,6 +6,7 @@ use serde_json::json;
 use shadowbucket::Error;
 
 use crate::args::SnapshotArgs;
+use crate::out::outln;
 use crate::{CliError, CmdResult};
 
 /// Runs `snapshot`.
@@ -48,9 +49,9 @@ pub fn run(a: SnapshotArgs) -> CmdResult {
             "last_committed": snap.last_committed,
             "seconds": secs,
         });
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!(
+        outln!(
             "snapshot of {} written to {} in {secs:.2} s: {} bytes ({} written, the rest holes), \
              last committed transaction {}",
             a.store.display(),

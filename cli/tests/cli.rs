@@ -311,6 +311,54 @@ fn simulate_that_cannot_write_its_json_writes_no_report() {
     );
 }
 
+/// Output into a pipe whose reader has gone (`simulate | head -1`) ends quietly: the run carries
+/// on, writes its report and exits 0, with no panic; output that fails for any other reason (a
+/// full device) fails the command with a clear error, its files still written.
+#[cfg(target_os = "linux")]
+#[test]
+fn simulate_into_a_closed_pipe_or_a_full_device() {
+    let d = dir("closed-stdout");
+    let report = d.join("report.html");
+    let args = [
+        "simulate",
+        "--customers",
+        "20",
+        "--days",
+        "0.01",
+        "--predictor",
+        "ewma",
+        "-q",
+        "--report",
+        s(&report),
+    ];
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(report.exists(), "no report after a closed pipe");
+
+    std::fs::remove_file(&report).unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = Command::new(BIN).args(args).stdout(full).output().unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot write to standard output") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(report.exists(), "no report after a failed output");
+}
+
 #[test]
 fn simulate_refuses_unreadable_traces_and_overwrites_nothing() {
     let d = dir("bad-trace");
