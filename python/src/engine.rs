@@ -348,11 +348,14 @@ impl Engine {
 
     /// Whether `close()` has been called.
     #[getter]
-    fn closed(&self) -> bool {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
+    fn closed(&self, py: Python<'_>) -> bool {
+        // (without the GIL, like every wait for the lock: a long call holds it)
+        py.detach(|| {
+            self.inner
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none()
+        })
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -365,8 +368,8 @@ impl Engine {
         Ok(false)
     }
 
-    fn __repr__(&self) -> String {
-        let state = if self.closed() { "closed" } else { "open" };
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let state = if self.closed(py) { "closed" } else { "open" };
         format!("<shadowbucket.Engine {:?} ({state})>", self.path)
     }
 
