@@ -34,7 +34,8 @@ impl EventBook {
     /// Adds an event and returns its id.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for an empty span, a non-finite intensity or a full book.
+    /// [`Error::InvalidArgument`] for an empty span, a non-finite intensity, a full book, or no
+    /// id left (the last one given was `u64::MAX`).
     pub fn add(&mut self, e: Event) -> Result<u64> {
         if e.end_ns <= e.start_ns {
             return Err(Error::invalid(format!(
@@ -51,9 +52,12 @@ impl EventBook {
                 Self::MAX_EVENTS
             )));
         }
-        self.next_id += 1;
-        self.events.insert(self.next_id, e);
-        Ok(self.next_id)
+        let id = self.next_id.checked_add(1).ok_or_else(|| {
+            Error::invalid("event: no event id left (the last one given was u64::MAX)")
+        })?;
+        self.next_id = id;
+        self.events.insert(id, e);
+        Ok(id)
     }
 
     /// The id the last added event got (0: none yet).
@@ -65,11 +69,17 @@ impl EventBook {
         self.next_id = id;
     }
 
-    /// Puts back an event under its id (loading a saved book).
+    /// Puts back an event under its id (loading a saved book), within [`Self::MAX_EVENTS`].
     pub(crate) fn insert(&mut self, id: u64, e: Event) -> Result<()> {
         if e.end_ns <= e.start_ns || !e.intensity.is_finite() {
             return Err(Error::invalid(format!(
                 "event {id}: empty span or bad intensity"
+            )));
+        }
+        if self.events.len() >= Self::MAX_EVENTS {
+            return Err(Error::invalid(format!(
+                "more than {} events",
+                Self::MAX_EVENTS
             )));
         }
         if self.events.insert(id, e).is_some() {

@@ -163,6 +163,30 @@ mod tests {
         std::fs::write(&p, format!("{MAGIC}\nevent 1 - x 1 0 5\n")).unwrap();
         assert!(matches!(load(&p), Err(Error::BadFile { .. })));
 
+        // A file whose last id is u64::MAX loads, and adding to it is an error, not an overflow;
+        // a file with more events than a book holds is refused.
+        std::fs::write(&p, format!("{MAGIC}\nnext {}\n", u64::MAX)).unwrap();
+        let mut full = load(&p).unwrap().0;
+        let e = Event {
+            customer: None,
+            kind: 1,
+            intensity: 1.0,
+            start_ns: 0,
+            end_ns: 7,
+        };
+        assert!(matches!(full.add(e), Err(Error::InvalidArgument(_))));
+        assert!(full.is_empty());
+        let mut many = format!("{MAGIC}\n");
+        for id in 1..=EventBook::MAX_EVENTS as u64 + 1 {
+            let _ = writeln!(many, "event {id} - 1 1 0 7");
+        }
+        std::fs::write(&p, many).unwrap();
+        let err = load(&p).unwrap_err();
+        assert!(
+            matches!(err, Error::BadFile { .. }) && err.to_string().contains("more than"),
+            "{err}"
+        );
+
         // A stale temporary file from a killed save is replaced; a save that cannot rename
         // (the path is a directory) fails with the path named and leaves no temporary file.
         let tmp = dir.join("a.sb.events.tmp");
