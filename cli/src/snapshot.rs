@@ -42,8 +42,8 @@ pub fn run(a: SnapshotArgs) -> CmdResult {
     let secs = t.elapsed().as_secs_f64();
     if a.json {
         let v = json!({
-            "store": a.store,
-            "snapshot": snap.path,
+            "store": a.store.display().to_string(),
+            "snapshot": snap.path.display().to_string(),
             "bytes": snap.bytes,
             "written": snap.written,
             "last_committed": snap.last_committed,

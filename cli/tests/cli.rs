@@ -547,6 +547,32 @@ fn kept_stores_can_be_snapshotted() {
     assert!(text(&o).1.contains("no such file"));
     let o = run(&["snapshot", s(&shadow)]);
     assert_eq!(o.status.code(), Some(2));
+
+    // paths that are not UTF-8 (JSON shows them with U+FFFD in place of the bad bytes)
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = d.join(std::ffi::OsStr::from_bytes(b"snap-\xff.sb"));
+        let o = Command::new(BIN)
+            .args([
+                "snapshot".as_ref(),
+                shadow.as_os_str(),
+                odd.as_os_str(),
+                "--json".as_ref(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(
+            v["snapshot"]
+                .as_str()
+                .unwrap()
+                .ends_with("snap-\u{fffd}.sb"),
+            "{v}"
+        );
+        assert!(std::fs::read(&odd).unwrap() == before);
+    }
 }
 
 #[test]
