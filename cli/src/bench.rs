@@ -41,6 +41,14 @@ fn stats(v: &mut [f64]) -> serde_json::Value {
     json!({ "min": v.first(), "median": v.get(v.len() / 2), "mean": mean, "max": v.last() })
 }
 
+/// An empty vector with room for `n` elements, or the error that says `what` did not fit.
+fn buffer<T>(n: usize, what: &str) -> Result<Vec<T>, CliError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|e| CliError::Failed(format!("--batch {n}: no memory for the {what} ({e})")))?;
+    Ok(v)
+}
+
 /// Runs `bench`.
 pub fn run(a: BenchArgs) -> CmdResult {
     if a.customers == 0 || a.customers >= u32::MAX as u64 / 2 {
@@ -55,6 +63,13 @@ pub fn run(a: BenchArgs) -> CmdResult {
             "--batch and --iterations must be at least 1".into(),
         ));
     }
+    if a.batch > shadowbucket::engine::MAX_BATCH {
+        return Err(CliError::Usage(format!(
+            "--batch must be at most {} (the most one batch call takes), got {}",
+            shadowbucket::engine::MAX_BATCH,
+            a.batch
+        )));
+    }
     if let Some(o) = &a.out {
         report::check_writable(o).map_err(CliError::Usage)?;
     }
@@ -65,6 +80,12 @@ pub fn run(a: BenchArgs) -> CmdResult {
             dir.display()
         )));
     }
+    // The batch's arrays first: a batch too large for this machine's memory is an error, not an
+    // abort (and leaves no store behind).
+    let mut keys = buffer::<u32>(a.batch, "request ids")?;
+    let mut tokens = buffer::<u64>(a.batch, "request sizes")?;
+    let mut outcomes = buffer::<Outcome>(a.batch, "outcomes")?;
+    let mut retry = buffer::<u64>(a.batch, "retry-afters")?;
     let path = dir.join(format!("shadowbucket-bench-{}.sb", std::process::id()));
     let n = a.customers;
     let rate = 100u64;
@@ -105,20 +126,18 @@ pub fn run(a: BenchArgs) -> CmdResult {
         v
     });
     let mut r = Rng::new(a.seed, 0, 0);
-    let keys: Vec<u32> = (0..a.batch)
-        .map(|_| {
-            let k = match &cdf {
-                Some(c) => c.partition_point(|&x| x < r.uniform()).min(n as usize - 1),
-                None => (r.next_u64() % n) as usize,
-            };
-            slots[k]
-        })
-        .collect();
-    let tokens: Vec<u64> = (0..a.batch).map(|_| 1 + r.next_u64() % 100).collect();
+    keys.extend((0..a.batch).map(|_| {
+        let k = match &cdf {
+            Some(c) => c.partition_point(|&x| x < r.uniform()).min(n as usize - 1),
+            None => (r.next_u64() % n) as usize,
+        };
+        slots[k]
+    }));
+    tokens.extend((0..a.batch).map(|_| 1 + r.next_u64() % 100));
     let setup_s = setup.elapsed().as_secs_f64();
 
-    let mut outcomes = vec![Outcome::InvalidInput; a.batch];
-    let mut retry = vec![0u64; a.batch];
+    outcomes.resize(a.batch, Outcome::InvalidInput);
+    retry.resize(a.batch, 0);
     let mut counts = [0u64; 7];
     let mut ns = Vec::with_capacity(a.iterations);
     // per phase of the batch path (in the order of `PhaseTimes::durations`), ms per batch

@@ -628,6 +628,14 @@ fn bench_writes_json_and_refuses_a_missing_gpu() {
     assert!(text(&o).1.contains("not available"), "{:?}", text(&o));
     let o = run(&["bench", "--batch", "0", "--out", s(&out)]);
     assert_eq!(o.status.code(), Some(2));
+    // more than one batch call takes: a usage error, before anything is allocated
+    let o = run(&["bench", "--batch", "1000000000000", "--out", s(&out)]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    assert!(
+        text(&o).1.contains("--batch must be at most"),
+        "{:?}",
+        text(&o)
+    );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "old");
 }
 
