@@ -301,19 +301,21 @@ typedef struct sb_create_options {
    */
   struct sb_config config;
   /**
-   * Floats of forecaster state per customer (default 64; 0 with the other three: no model).
+   * Floats of forecaster state per customer (default 64, at most 65,536; 0 with the other
+   * three: no model).
    */
   uint32_t state_dim;
   /**
-   * Floats of forecast per customer (default 12).
+   * Floats of forecast per customer (default 16: four horizons of mean, p50, p90 and p99; at
+   * most 1,024).
    */
   uint32_t forecast_dim;
   /**
-   * Scenario probabilities per customer (default 4).
+   * Scenario probabilities per customer (default 4, at most 64).
    */
   uint32_t scenario_dim;
   /**
-   * Floats of feature scaling per customer (default 2).
+   * Floats of feature scaling per customer (default 2, at most 64).
    */
   uint32_t scale_dim;
 } sb_create_options;

@@ -487,15 +487,25 @@ fn bad_configurations_and_capacities_create_nothing() {
         );
         assert!(!p.exists(), "capacity {cap}: a file was left behind");
     }
-    let mut opts = CreateOptions::new(8, good);
-    opts.state_dim = u32::MAX;
-    let p = dir.join("dims.sb");
-    assert_invalid(
-        Engine::create(&p, opts).map(|_| ()),
-        &["dimension"],
-        "model dimensions",
-    );
-    assert!(!p.exists());
+    for (i, set) in [
+        |o: &mut CreateOptions| o.state_dim = u32::MAX,
+        |o: &mut CreateOptions| o.forecast_dim = 1025,
+        |o: &mut CreateOptions| o.scenario_dim = 65,
+        |o: &mut CreateOptions| o.scale_dim = 65,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut opts = CreateOptions::new(8, good);
+        set(&mut opts);
+        let p = dir.join(&format!("dims-{i}.sb"));
+        assert_invalid(
+            Engine::create(&p, opts).map(|_| ()),
+            &["dimension"],
+            "model dimensions",
+        );
+        assert!(!p.exists());
+    }
 
     // creating over an existing store is an I/O error that leaves it alone
     let (eng, path) = store(&dir, "existing.sb", 16);

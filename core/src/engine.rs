@@ -34,13 +34,14 @@ pub struct CreateOptions {
     /// The caller's clock at creation, ns: the pool starts full at this instant.
     pub now_ns: u64,
     /// Floats of recurrent state per customer, for the forecaster (default 64: one LSTM layer of
-    /// hidden size 32, hidden and cell state).
+    /// hidden size 32, hidden and cell state; at most 65,536).
     pub state_dim: u32,
-    /// Floats of forecast per customer (default 16: four horizons of mean, p50, p90, p99).
+    /// Floats of forecast per customer (default 16: four horizons of mean, p50, p90, p99; at
+    /// most 1,024).
     pub forecast_dim: u32,
-    /// Scenario probabilities per customer (default 4: low, medium, high, spike).
+    /// Scenario probabilities per customer (default 4: low, medium, high, spike; at most 64).
     pub scenario_dim: u32,
-    /// Floats of per-customer feature scaling (default 2).
+    /// Floats of per-customer feature scaling (default 2, at most 64).
     pub scale_dim: u32,
 }
 

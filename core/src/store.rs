@@ -212,8 +212,16 @@ impl Store {
                 dims.capacity
             )));
         }
-        if dims.state_dim > 1 << 16 || dims.forecast_dim > 1 << 10 || dims.scenario_dim > 64 {
-            return Err(Error::invalid("model dimensions too large"));
+        if dims.state_dim > 1 << 16
+            || dims.forecast_dim > 1 << 10
+            || dims.scenario_dim > 64
+            || dims.scale_dim > 64
+        {
+            return Err(Error::invalid(format!(
+                "model dimensions too large: state {}, forecast {}, scenarios {}, scale {} (at \
+                 most 65536, 1024, 64 and 64)",
+                dims.state_dim, dims.forecast_dim, dims.scenario_dim, dims.scale_dim
+            )));
         }
         let header = FileHeader::new(dims).ok_or_else(|| Error::invalid("store too large"))?;
         let mut map = mmap::create(path, header.file_len)?;

@@ -146,13 +146,15 @@ pub struct sb_create_options {
     pub now_ns: u64,
     /// Engine configuration.
     pub config: sb_config,
-    /// Floats of forecaster state per customer (default 64; 0 with the other three: no model).
+    /// Floats of forecaster state per customer (default 64, at most 65,536; 0 with the other
+    /// three: no model).
     pub state_dim: u32,
-    /// Floats of forecast per customer (default 12).
+    /// Floats of forecast per customer (default 16: four horizons of mean, p50, p90 and p99; at
+    /// most 1,024).
     pub forecast_dim: u32,
-    /// Scenario probabilities per customer (default 4).
+    /// Scenario probabilities per customer (default 4, at most 64).
     pub scenario_dim: u32,
-    /// Floats of feature scaling per customer (default 2).
+    /// Floats of feature scaling per customer (default 2, at most 64).
     pub scale_dim: u32,
 }
 
