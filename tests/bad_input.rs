@@ -1515,3 +1515,72 @@ fn corrupt_index_entry_is_an_error_not_a_panic() {
     let r = no_panic("settle", || eng.settle(1, 1, 1, GrantPath::Pool, 0));
     assert!(r.is_err(), "{r:?}");
 }
+
+/// On a full file system, creating or growing a store is an I/O error that changes nothing,
+/// instead of a sparse file whose first writes through the mapping kill the process (`SIGBUS`).
+/// It needs a small file system: it mounts a 4 MiB tmpfs where it may (as root) and says SKIPPED
+/// where it may not.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_file_system_is_an_error_not_a_crash() {
+    let _serial = serial();
+    let dir = TempDir::new("full-fs");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "SKIPPED a_full_file_system_is_an_error_not_a_crash: cannot mount a small tmpfs here \
+             (needs root)"
+        );
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+
+    // 200,000 slots need far more than 4 MiB: refused, and no file left
+    let big = mnt.join("big.sb");
+    let err = Engine::create(&big, CreateOptions::new(200_000, config()))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Io { .. }) && err.to_string().contains("cannot reserve"),
+        "{err}"
+    );
+    assert!(!big.exists(), "a failed create left a file");
+
+    // a store that fits works, and growing it past the space left changes nothing
+    let path = mnt.join("small.sb");
+    let mut eng = Engine::create(&path, CreateOptions::new(16, config())).unwrap();
+    for &id in &IDS {
+        eng.add_customer(id, Contract::new(1_000, Rate::tokens_per_sec(100)), 0)
+            .unwrap();
+    }
+    let ids: Vec<u64> = IDS.iter().cycle().take(30).copied().collect();
+    let toks = vec![7u64; 30];
+    eng.allocate_batch(Keys::Ids(&ids), &toks, NOW).unwrap();
+    let before = snap(&eng);
+    let err = eng.grow(200_000).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert_unchanged(&eng, &before, "a grow with no space");
+    let names: Vec<_> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["small.sb"], "a failed grow left a file");
+    // and the store goes on
+    let out = eng.allocate_batch(Keys::Ids(&ids), &toks, NOW + 1).unwrap();
+    assert_eq!(out.outcomes.len(), 30);
+    drop(eng);
+    Engine::open(&path).unwrap().check().unwrap();
+}

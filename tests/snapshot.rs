@@ -166,6 +166,26 @@ fn unused_capacity_stays_a_hole_and_a_new_snapshot_replaces_the_old() {
     assert_eq!(view(&copy, now), view(&live, now));
     assert!(copy.slot_of(120).is_none());
     assert_eq!(copy.events().iter().count(), 0);
+
+    // The store itself has blocks for every byte (on a full disk, a write to a hole of a mapped
+    // file kills the process); a snapshot keeps its holes through read-only opens, and gets its
+    // blocks when it is opened for writing.
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let allocated = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            m.blocks() * 512 >= m.len()
+        };
+        assert!(allocated(&dir.join("live.sb")), "the store has holes");
+        drop(copy);
+        assert!(!allocated(&dest), "a read-only open filled the holes");
+        drop(Engine::open(&dest).unwrap());
+        assert!(
+            allocated(&dest),
+            "a store opened for writing kept its holes"
+        );
+    }
 }
 
 #[test]

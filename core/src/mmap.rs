@@ -7,6 +7,11 @@
 //! leaves the old inode, and so every existing mapping, intact). A snapshot taken through a
 //! read-only open holds a shared lock on the file while it copies (see [`Mapping::hold_still`]), so
 //! no writer opens the store in the middle of the copy.
+//!
+//! A store file has real blocks for every byte (see [`allocate`]): the engine writes it only
+//! through the mapping, and a write to a hole of a mapped file on a full file system does not
+//! fail, it kills the process (`SIGBUS`). So the space is taken when the store is made, grown or
+//! opened for writing, where running out of it is an error that changes nothing.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
@@ -107,6 +112,15 @@ impl Mapping {
         }
     }
 
+    /// Gives every byte of a writable mapping's file real blocks ([`allocate`]; a store made by
+    /// an older build, or copied as a snapshot, may have holes); nothing for a read-only one.
+    pub(crate) fn allocate(&self, path: &Path) -> Result<()> {
+        match self {
+            Mapping::Write { map, file } => allocate(file, map.len() as u64, path),
+            Mapping::Read { .. } => Ok(()),
+        }
+    }
+
     /// Writes dirty pages back to the file and waits for the disk.
     pub(crate) fn flush(&self, path: &Path) -> Result<()> {
         match self {
@@ -114,6 +128,58 @@ impl Mapping {
             Mapping::Read { .. } => Ok(()),
         }
     }
+}
+
+/// Makes `file` `len` bytes long with real blocks for all of them (`fallocate(2)`), so that no
+/// write through a mapping of it has a hole to fill: where the file system is full, filling one
+/// kills the process with `SIGBUS`. Bytes already there are unchanged; new ones read as zeros.
+/// A file system that cannot allocate ahead (`EOPNOTSUPP`), and systems other than Linux, get the
+/// length alone (`set_len`, holes and all).
+///
+/// # Errors
+/// [`Error::Io`] when the space is not there (`ENOSPC`, or a file size limit), saying how much
+/// was asked for.
+fn allocate(file: &File, len: u64, path: &Path) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let too_large = || {
+            Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::FileTooLarge,
+                    format!("a store of {len} bytes is too large"),
+                ),
+            )
+        };
+        let n = libc::off_t::try_from(len).map_err(|_| too_large())?;
+        loop {
+            // SAFETY: a system call on a descriptor that `file` keeps open; it reads and writes
+            // no memory of ours.
+            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, n) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EOPNOTSUPP) => break,
+                _ => {
+                    return Err(Error::io(
+                        path,
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("cannot reserve the store's {len} bytes on disk: {e}"),
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if file.metadata().map_err(|e| Error::io(path, e))?.len() != len {
+        file.set_len(len).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
 }
 
 /// Tries to take `file`'s lock, shared or exclusive, without waiting: `false` when another open
@@ -158,8 +224,9 @@ fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
     }
 }
 
-/// Creates `path` (which must not exist) with `len` zero bytes, locks it and maps it. On an
-/// error after the file was made (too large to size or to map), the file is removed again.
+/// Creates `path` (which must not exist) with `len` zero bytes (allocated: [`allocate`]), locks
+/// it and maps it. On an error after the file was made (no space for it, too large to map), the
+/// file is removed again.
 pub(crate) fn create(path: &Path, len: u64) -> Result<Mapping> {
     let file = OpenOptions::new()
         .read(true)
@@ -168,7 +235,7 @@ pub(crate) fn create(path: &Path, len: u64) -> Result<Mapping> {
         .open(path)
         .map_err(|e| Error::io(path, e))?;
     let sized = lock_exclusive(&file, path)
-        .and_then(|()| file.set_len(len).map_err(|e| Error::io(path, e)))
+        .and_then(|()| allocate(&file, len, path))
         .and_then(|()| {
             // SAFETY: we created the file and hold its exclusive lock; every writer of a store
             // takes that lock first, so nobody else writes or truncates the file while it is

@@ -277,6 +277,8 @@ impl Store {
             header,
             map,
         };
+        // (only now that the file is known to be a store: a bad file is left as it was)
+        store.map.allocate(path)?;
         let recovered = if write { store.recover(false) } else { None };
         Ok((store, recovered))
     }
