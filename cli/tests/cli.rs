@@ -285,6 +285,18 @@ fn simulate_refuses_bad_arguments_and_overwrites_nothing() {
     assert!(text(&o).1.contains("does not exist"));
 }
 
+/// The smallest `simulate` run: 20 customers for about a quarter of an hour, quiet.
+const TINY_SIM: [&str; 8] = [
+    "simulate",
+    "--customers",
+    "20",
+    "--days",
+    "0.01",
+    "--predictor",
+    "ewma",
+    "-q",
+];
+
 /// A run whose JSON cannot be written at the end fails, and writes no report either.
 #[cfg(target_os = "linux")]
 #[test]
@@ -292,23 +304,8 @@ fn simulate_that_cannot_write_its_json_writes_no_report() {
     let d = dir("json-unwritable");
     // /proc is a folder (so the early check passes) in which no file can be created.
     let json = format!("/proc/shadowbucket-{}.json", std::process::id());
-    refused(
-        &d,
-        &[
-            "simulate",
-            "--customers",
-            "20",
-            "--days",
-            "0.01",
-            "--predictor",
-            "ewma",
-            "-q",
-            "--json",
-            &json,
-        ],
-        1,
-        "cannot write /proc/",
-    );
+    let args = [&TINY_SIM[..], &["--json", &json]].concat();
+    refused(&d, &args, 1, "cannot write /proc/");
 }
 
 /// Output into a pipe whose reader has gone (`simulate | head -1`) ends quietly: the run carries
@@ -319,20 +316,9 @@ fn simulate_that_cannot_write_its_json_writes_no_report() {
 fn simulate_into_a_closed_pipe_or_a_full_device() {
     let d = dir("closed-stdout");
     let report = d.join("report.html");
-    let args = [
-        "simulate",
-        "--customers",
-        "20",
-        "--days",
-        "0.01",
-        "--predictor",
-        "ewma",
-        "-q",
-        "--report",
-        s(&report),
-    ];
+    let args = [&TINY_SIM[..], &["--report", s(&report)]].concat();
     let mut child = Command::new(BIN)
-        .args(args)
+        .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
