@@ -81,7 +81,7 @@ impl LstmForecaster {
 
     fn horizon_index(&self, horizon: usize) -> usize {
         let hs = &self.model.spec.horizons;
-        let h = horizon.max(1) as i64;
+        let h = i64::try_from(horizon.max(1)).unwrap_or(i64::MAX);
         let mut best = 0;
         for (j, &x) in hs.iter().enumerate() {
             let (d, db) = ((i64::from(x) - h).abs(), (i64::from(hs[best]) - h).abs());
@@ -221,5 +221,24 @@ mod tests {
         assert_eq!(f.scenario(0, 1, 1.0), sc.map(f64::from));
         f.reset();
         assert_eq!(f.forecast(0, 1), Quantiles::point(0.0));
+    }
+
+    /// A horizon past `i64::MAX` is still nearest to the largest horizon (it wrapped to -1 and
+    /// picked the smallest).
+    #[test]
+    fn huge_horizons_pick_the_largest() {
+        let spec = ModelSpec {
+            hidden: 4,
+            layers: 1,
+            horizons: vec![1, 3, 6],
+            feeds: vec![],
+        };
+        let model = LstmModel::random(spec, 2).unwrap();
+        let h = UsageHistory::new(vec![7], 0, 600, vec![vec![10.0, 20.0]]).unwrap();
+        let mut f = LstmForecaster::for_history(model, &h).unwrap();
+        f.observe(0, 10.0);
+        f.observe(0, 20.0);
+        assert_eq!(f.horizon_index(usize::MAX), 2);
+        assert_eq!(f.forecast(0, usize::MAX), f.forecast(0, 6));
     }
 }

@@ -126,6 +126,13 @@ pub trait StepBackend: Send {
                 expected: n,
             });
         }
+        if n * CUSTOMER_FEATURES != x.len() {
+            return Err(Error::LengthMismatch {
+                what: "scales",
+                got: n,
+                expected: x.len() / CUSTOMER_FEATURES,
+            });
+        }
         let hd = pick.head_dim();
         let mut y = vec![0f32; n * hd];
         self.step(x, glob, state, &mut y)?;
@@ -188,5 +195,37 @@ impl StepBackend for CpuBackend {
             .ok_or_else(|| Error::invalid("step backend has no model"))?;
         step_batch(p, x, glob, state, out);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `step_pick`'s documented error: scales that are not one per customer of `x` (here 2 for 3
+    /// customers, with `out` matching the scales) are a `LengthMismatch`, not a panic in the step.
+    #[test]
+    fn step_pick_refuses_scales_of_another_length() {
+        let spec = ModelSpec {
+            hidden: 4,
+            layers: 1,
+            horizons: vec![1, 2],
+            feeds: vec![],
+        };
+        let model = LstmModel::random(spec.clone(), 1).unwrap();
+        let mut cpu = CpuBackend::new();
+        cpu.set_model(&model).unwrap();
+        let x = vec![0.5f32; 3 * CUSTOMER_FEATURES];
+        let glob = vec![0f32; spec.global_dim()];
+        let mut state = vec![0f32; 3 * spec.state_dim()];
+        let pick = Pick::new(&spec, 0, 2).unwrap();
+        let mut out = vec![0f32; 2];
+        let r = cpu.step_pick(&x, &glob, &[1.0, 1.0], &mut state, pick, &mut out);
+        assert!(matches!(r, Err(Error::LengthMismatch { .. })), "{r:?}");
+        // The right lengths still work.
+        let mut out = vec![0f32; 3];
+        cpu.step_pick(&x, &glob, &[1.0; 3], &mut state, pick, &mut out)
+            .unwrap();
+        assert!(out.iter().all(|v| v.is_finite() && *v >= 0.0));
     }
 }

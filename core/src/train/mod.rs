@@ -302,7 +302,8 @@ impl Ctx<'_> {
 /// # Errors
 /// [`Error::InvalidArgument`]: an invalid config, a dataset built for another input width or
 /// half-life, or too few intervals (the training part needs more than the largest horizon, and
-/// validation at least one interval).
+/// validation at least two: its first interval is the first scored step, whose nearest target is
+/// the next interval).
 pub fn train_dataset(
     ds: &Dataset,
     cfg: &TrainConfig,
@@ -323,10 +324,12 @@ pub fn train_dataset(
     let val = (n as f64 * cfg.validation_fraction).round() as usize;
     let fit = n - val;
     let max_h = *cfg.spec.horizons.last().unwrap_or(&1) as usize;
-    if fit <= max_h || (cfg.validation_fraction > 0.0 && val == 0) {
+    // Validation scores the steps `fit..n` on targets inside `0..n`: with one interval its only
+    // step has none, and its loss would be 0 every epoch.
+    if fit <= max_h || (cfg.validation_fraction > 0.0 && val < 2) {
         return Err(Error::invalid(format!(
             "train: {n} intervals are too few: the training part ({fit}) must exceed the largest \
-             horizon ({max_h}) and validation ({:.3} of them) must hold at least one",
+             horizon ({max_h}) and validation ({:.3} of them) must hold at least two",
             cfg.validation_fraction
         )));
     }
