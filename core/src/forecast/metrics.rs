@@ -1,13 +1,11 @@
-//! Forecast evaluation metrics: accuracy (MAE, pinball loss), calibration (coverage), and the
-//! reservation trade-off (slack against exceed-rate).
+//! Forecast evaluation metrics: accuracy (MAE, pinball loss), calibration (coverage), the
+//! reservation trade-off (slack against exceed-rate), and the Brier score of scenario
+//! probabilities (NaN for forecasters that give none).
 //!
 //! A [`MetricsAccumulator`] takes (forecast, actual) pairs, one per customer-window at one
 //! horizon, and summarizes them as [`Metrics`]. All sums are over the pairs given, so customers
 //! with more usage weigh more in the token-valued metrics (MAE, pinball, slack); the rates
 //! (coverage, exceed-rate) count every customer-window once.
-//!
-//! Not yet here: the Brier score of scenario probabilities (the forecasters do not emit scenario
-//! probabilities yet); it will join when they do.
 
 use super::baselines::{QuantileLevel, Quantiles};
 
