@@ -873,6 +873,21 @@ impl GpuBackend {
             Some(shapes) => shapes[0].tile() as usize,
             None => LD_ALIGN,
         };
+        // Every step bind group binds the weights whole (only the customers' buffers are
+        // chunked): a model whose weights exceed a binding cannot run here.
+        let weight_bytes = 4 * match kind {
+            StepKernel::Tiled => p.tiled_weights.len(),
+            StepKernel::Simple => p.weights.len(),
+        } as u64;
+        let l = &self.ctx.limits;
+        let bind = l.max_storage_buffer_binding_size.min(l.max_buffer_size);
+        if weight_bytes > bind {
+            return Err(invalid(format!(
+                "the model's weights ({weight_bytes} bytes for H = {} x {} layers) exceed the \
+                 adapter's {bind}-byte buffer bindings",
+                p.hidden, p.layers
+            )));
+        }
         let heads_src = src(shape.heads())?;
         let relayout_src = src(shape.relayout())?;
         self.scoped("building the GPU kernels", || {

@@ -356,3 +356,38 @@ fn bad_lengths_are_errors() {
     // empty store: nothing to do
     g.step(&[], &glob, &mut [], &mut []).unwrap();
 }
+
+/// A valid model whose weights exceed the adapter's buffer bindings (H = 1024 x 5 layers:
+/// 151 MB, over the 128 MiB llvmpipe allows; the weights are bound whole, not chunked) is
+/// refused by `set_model` ("the backend cannot hold this model"), not accepted and then failing
+/// every step. Where the adapter binds that much, the model must step.
+#[test]
+fn a_model_too_big_to_bind_is_refused_at_set_model() {
+    let spec = ModelSpec {
+        hidden: 1024,
+        layers: 5,
+        horizons: vec![1],
+        feeds: vec![],
+    };
+    let m = LstmModel::random(spec, 70).unwrap();
+    let n = 3;
+    let (sd, hd, cf) = (m.spec.state_dim(), m.spec.head_dim(), CUSTOMER_FEATURES);
+    for kernel in KERNELS {
+        let Some(mut g) = gpu(None, kernel) else {
+            return;
+        };
+        if let Err(e) = g.set_model(&m) {
+            eprintln!("  refused: {e}");
+            continue;
+        }
+        let mut st = vec![0.1f32; n * sd];
+        let mut out = vec![0f32; n * hd];
+        g.step(
+            &vec![0.5f32; n * cf],
+            &vec![0f32; m.spec.global_dim()],
+            &mut st,
+            &mut out,
+        )
+        .expect("set_model accepted the model, so it must step");
+    }
+}
