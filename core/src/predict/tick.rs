@@ -619,8 +619,19 @@ impl Engine {
                             pr.stepped_customers = n;
                             pr.ticks_since_sync += 1;
                             if pr.ticks_since_sync >= b.sync_every() {
-                                b.sync_state(state)?;
-                                pr.ticks_since_sync = 0;
+                                match b.sync_state(state) {
+                                    Ok(()) => pr.ticks_since_sync = 0,
+                                    // This tick's outputs are good; the device's state is lost,
+                                    // so the CPU goes on from the state last written back.
+                                    Err(e) => {
+                                        eprintln!(
+                                            "shadowbucket: device state write-back failed ({e}); \
+                                             running the CPU step from now on, from the state \
+                                             last written back"
+                                        );
+                                        pr.backend_failed = Some(e.to_string());
+                                    }
+                                }
                             }
                         }
                         Err(e) => {
@@ -795,7 +806,66 @@ impl Drop for Engine {
 
 #[cfg(test)]
 mod tests {
-    use crate::{CreateOptions, Engine, EngineConfig, Error, Rate};
+    use crate::model::{CpuBackend, LstmModel, ModelSpec, StepBackend};
+    use crate::{Contract, CreateOptions, Engine, EngineConfig, Error, Predictor, Rate};
+
+    /// A device whose steps work (on the CPU) and whose state write-back fails, as after the
+    /// device was lost between a step and its write-back.
+    struct LosesState(CpuBackend);
+
+    impl StepBackend for LosesState {
+        fn name(&self) -> String {
+            "loses-state".into()
+        }
+        fn set_model(&mut self, model: &LstmModel) -> crate::Result<()> {
+            self.0.set_model(model)
+        }
+        fn step(
+            &mut self,
+            x: &[f32],
+            glob: &[f32],
+            state: &mut [f32],
+            out: &mut [f32],
+        ) -> crate::Result<()> {
+            self.0.step(x, glob, state, out)
+        }
+        fn sync_state(&mut self, _: &mut [f32]) -> crate::Result<()> {
+            Err(Error::invalid("device lost"))
+        }
+    }
+
+    /// A failed write-back inside a tick is the device failing: the tick completes with the
+    /// step it made, and the engine runs the CPU step from then on, as for a failed step.
+    #[test]
+    fn a_failed_state_write_back_falls_back_to_the_cpu() {
+        let dir = std::env::temp_dir().join(format!("sb-sync-fail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sb");
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(dir.join("s.sb.events"));
+        let cfg = EngineConfig::new(100_000, Rate::tokens_per_sec(1_000));
+        let spec = ModelSpec::default();
+        let mut e = Engine::create(&path, CreateOptions::new(8, cfg).for_model(&spec)).unwrap();
+        for id in 1..=4 {
+            e.add_customer(id, Contract::new(500, Rate::tokens_per_sec(10)), 0)
+                .unwrap();
+        }
+        let model = LstmModel::random(spec, 3).unwrap();
+        e.set_predictor(Predictor::Lstm(Box::new(model))).unwrap();
+        e.set_step_backend(Box::new(LosesState(CpuBackend::new())))
+            .unwrap();
+        assert_eq!(e.step_backend_name(), "loses-state");
+        let report = e.tick(60_000_000_000);
+        assert!(report.is_ok(), "{:?}", report.map(|_| ()));
+        assert!(
+            e.step_backend_name().contains("device lost"),
+            "{}",
+            e.step_backend_name()
+        );
+        e.tick(120_000_000_000).unwrap();
+        drop(e);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn a_signal_name_that_would_break_the_sidecar_is_refused() {
