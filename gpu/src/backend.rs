@@ -804,7 +804,7 @@ impl GpuBackend {
                 s.last = false;
             }
             s.use_shared = s.shared_bytes() <= limit;
-            (s.tile_bytes() <= limit).then_some(s)
+            (s.workgroup_bytes() <= limit).then_some(s)
         };
         // every layer on one tile size (the state's row stride is a multiple of it): the asked
         // workgroup's, else 64-customer tiles where the larger ones do not fit

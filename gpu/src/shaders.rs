@@ -212,12 +212,13 @@ impl TiledShape {
         self.rows() * self.hp()
     }
 
-    /// Bytes of workgroup memory for the tile alone (with the fused heads' pick rows).
+    /// Bytes of workgroup memory for the tile and the pick rows (`tile` and `ys` in the shader;
+    /// `ys` is one vec4 unless the heads are fused in).
     pub fn tile_bytes(&self) -> u64 {
         let picks = if self.last {
             16 * u64::from(self.tile())
         } else {
-            0
+            16
         };
         u64::from(self.rows()) * u64::from(self.tile()) * 4 + picks
     }
@@ -233,6 +234,16 @@ impl TiledShape {
     /// Bytes of workgroup memory for the tile and the weights.
     pub fn shared_bytes(&self) -> u64 {
         self.tile_bytes() + 16 * u64::from(self.weight_v4())
+    }
+
+    /// Bytes of workgroup memory the shader declares: [`TiledShape::shared_bytes`] with the
+    /// weights in workgroup memory, else the tile's and the one vec4 that `ws` still declares.
+    pub fn workgroup_bytes(&self) -> u64 {
+        if self.use_shared {
+            self.shared_bytes()
+        } else {
+            self.tile_bytes() + 16
+        }
     }
 
     /// `lstm_step_tiled.wgsl` for this shape.

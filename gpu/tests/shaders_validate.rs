@@ -88,6 +88,45 @@ fn specialized_tiled_shaders_validate() {
     }
 }
 
+/// The workgroup memory the tiled kernel declares (every `var<workgroup>`, as naga sizes it) is
+/// what `TiledShape::workgroup_bytes` says, which the backend holds to the adapter's limit.
+#[test]
+fn tiled_workgroup_bytes_are_what_the_shader_declares() {
+    for hidden in [1u32, 5, 32, 64, 96] {
+        for first in [true, false] {
+            for (use_shared, workgroup) in [(true, 256u32), (false, 512)] {
+                for last in [false, true] {
+                    let shape = TiledShape {
+                        hidden,
+                        customer_features: 7,
+                        workgroup,
+                        first,
+                        use_shared,
+                        act_exp: true,
+                        prefetch: true,
+                        last,
+                        head_dim: 16,
+                        stage_out: false,
+                    };
+                    let src = shape.source().unwrap();
+                    let module = naga::front::wgsl::parse_str(&src).unwrap();
+                    let declared: u64 = module
+                        .global_variables
+                        .iter()
+                        .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
+                        .map(|(_, g)| u64::from(module.types[g.ty].inner.size(module.to_ctx())))
+                        .sum();
+                    assert_eq!(
+                        declared,
+                        shape.workgroup_bytes(),
+                        "H={hidden} first={first} shared={use_shared} wg={workgroup} last={last}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn a_broken_shader_fails_validation() {
     // The check above can fail: a type error is caught.
