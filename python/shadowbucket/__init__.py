@@ -66,6 +66,17 @@ def _from_dataframe(df: Any, window_s: int | None, start_s: int | None) -> Histo
             raise InvalidArgumentError(
                 "ragged DataFrame: some customers lack windows that others have"
             )
+        # the request counts, when there, as History.from_csv keeps them (the `requests` feature)
+        requests = (
+            np.ascontiguousarray(
+                long.pivot(index="customer", columns="window_start_s", values="requests")
+                .reindex(index=wide.index, columns=wide.columns)
+                .to_numpy(),
+                dtype=np.float64,
+            )
+            if "requests" in cols
+            else None
+        )
         starts = np.asarray(wide.columns, dtype=np.int64)
         if len(starts) < 2 and window_s is None:
             raise InvalidArgumentError("need two distinct window starts, or window_s")
@@ -78,6 +89,7 @@ def _from_dataframe(df: Any, window_s: int | None, start_s: int | None) -> Histo
             np.ascontiguousarray(wide.to_numpy(), dtype=np.float64),
             window_s=step,
             start_s=int(starts[0]) if start_s is None else start_s,
+            requests=requests,
         )
     # wide format: index = customer ids, one column per window
     if window_s is None:
@@ -104,8 +116,8 @@ def history(
     - a 2-D numpy array ``(customers, windows)`` of tokens: with ``window_s`` and optionally
       ``customers`` (ids; default ``0..n``) and ``start_s``;
     - a pandas DataFrame, either long (columns ``customer``, ``window_start_s`` and ``tokens``
-      or ``input_tokens`` + ``output_tokens``, as the ServeGen files) or wide (index = customer
-      ids, one column per window; needs ``window_s``).
+      or ``input_tokens`` + ``output_tokens``, and ``requests`` if present, as the ServeGen
+      files) or wide (index = customer ids, one column per window; needs ``window_s``).
     """
     if isinstance(data, History):
         return data

@@ -306,6 +306,7 @@ class History:
         *,
         window_s: int,
         start_s: int = 0,
+        requests: Optional[npt.NDArray[np.float64]] = None,
     ) -> History: ...
     @staticmethod
     def from_csv(path: _Path) -> History: ...

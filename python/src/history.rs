@@ -32,50 +32,27 @@ pub struct History {
 impl History {
     /// A history from `customers` (uint64 ids) and `usage` (a float64 array of shape
     /// `(customers, windows)`: `usage[c, t]` tokens of customer `c` in window `t`), with windows of
-    /// `window_s` seconds starting at `start_s`. The data is copied.
+    /// `window_s` seconds starting at `start_s`, and optionally `requests` (float64, the same
+    /// shape: request counts, the model's `requests` feature, as a CSV's `requests` column gives
+    /// them). The data is copied.
     #[new]
-    #[pyo3(signature = (customers, usage, *, window_s, start_s = 0))]
+    #[pyo3(signature = (customers, usage, *, window_s, start_s = 0, requests = None))]
     fn new(
         py: Python<'_>,
         customers: &Bound<'_, PyAny>,
         usage: &Bound<'_, PyAny>,
         window_s: u64,
         start_s: u64,
+        requests: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<History> {
         let ids_a = array1::<u64>(customers, "customers")?;
         let ids = slice(&ids_a, "customers")?.to_vec();
-        let u: PyReadonlyArray2<'_, f64> = match usage.cast::<PyArray2<f64>>() {
-            Ok(a) => a.try_readonly().map_err(|e| invalid(py, e.to_string()))?,
-            Err(_) => {
-                return Err(match usage.cast::<numpy::PyUntypedArray>() {
-                    Ok(a) if a.ndim() != 2 => invalid(
-                        py,
-                        format!(
-                            "usage must be a 2-D array (customers, windows), got shape {:?}",
-                            a.shape()
-                        ),
-                    ),
-                    _ => wrong_type(
-                        py,
-                        "usage must be a 2-D numpy array of float64; convert with \
-                         np.asarray(usage, dtype=np.float64)",
-                    ),
-                });
-            }
-        };
-        let view = u.as_array();
-        if view.nrows() != ids.len() {
-            return Err(invalid(
-                py,
-                format!(
-                    "usage has {} rows but there are {} customers",
-                    view.nrows(),
-                    ids.len()
-                ),
-            ));
+        let series = rows(py, usage, "usage", ids.len())?;
+        let mut inner = UsageHistory::new(ids, start_s, window_s, series).py(py)?;
+        if let Some(r) = requests {
+            let req = rows(py, r, "requests", inner.num_customers())?;
+            inner = inner.with_requests(req).py(py)?;
         }
-        let series: Vec<Vec<f64>> = view.rows().into_iter().map(|r| r.to_vec()).collect();
-        let inner = UsageHistory::new(ids, start_s, window_s, series).py(py)?;
         Ok(History { inner })
     }
 
@@ -142,6 +119,47 @@ impl History {
             self.inner.window_s()
         )
     }
+}
+
+/// The rows of `a`, a 2-D float64 numpy array `(customers, windows)` with `customers` rows.
+fn rows(
+    py: Python<'_>,
+    a: &Bound<'_, PyAny>,
+    name: &str,
+    customers: usize,
+) -> PyResult<Vec<Vec<f64>>> {
+    let u: PyReadonlyArray2<'_, f64> = match a.cast::<PyArray2<f64>>() {
+        Ok(a) => a.try_readonly().map_err(|e| invalid(py, e.to_string()))?,
+        Err(_) => {
+            return Err(match a.cast::<numpy::PyUntypedArray>() {
+                Ok(a) if a.ndim() != 2 => invalid(
+                    py,
+                    format!(
+                        "{name} must be a 2-D array (customers, windows), got shape {:?}",
+                        a.shape()
+                    ),
+                ),
+                _ => wrong_type(
+                    py,
+                    format!(
+                        "{name} must be a 2-D numpy array of float64; convert with \
+                         np.asarray({name}, dtype=np.float64)"
+                    ),
+                ),
+            });
+        }
+    };
+    let view = u.as_array();
+    if view.nrows() != customers {
+        return Err(invalid(
+            py,
+            format!(
+                "{name} has {} rows but there are {customers} customers",
+                view.nrows()
+            ),
+        ));
+    }
+    Ok(view.rows().into_iter().map(|r| r.to_vec()).collect())
 }
 
 fn level(py: Python<'_>, name: &str) -> PyResult<QuantileLevel> {

@@ -76,6 +76,23 @@ def test_history_from_csv_and_pandas_agree(tmp_path: Path) -> None:
         sb.history(long.iloc[1:])
 
 
+def test_history_from_pandas_keeps_requests_as_csv_does(tmp_path: Path) -> None:
+    """A ServeGen DataFrame carries its `requests` column into the History, as the CSV path does
+    (the model's `requests` feature): training on either gives the same model."""
+    u = _usage(windows=60)
+    csv = tmp_path / "trace.csv"
+    lines = ["customer,window_start_s,requests,input_tokens,output_tokens"]
+    for c in range(3):
+        for t, x in enumerate(u[c]):
+            lines.append(f"{c},{t * 600},{1 + (t * (c + 2)) % 7},{x * 0.75},{x * 0.25}")
+    csv.write_text("\n".join(lines) + "\n")
+    from_csv, from_long = (
+        sb.train(data, hidden=4, horizons=[1], epochs=1, scale_half_life=144.0, seed=0)
+        for data in (csv, pd.read_csv(csv))
+    )
+    assert from_long.model == from_csv.model
+
+
 def test_bad_csv(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         sb.history(tmp_path / "missing.csv")
