@@ -1584,3 +1584,33 @@ fn a_full_file_system_is_an_error_not_a_crash() {
     drop(eng);
     Engine::open(&path).unwrap().check().unwrap();
 }
+
+/// `check` finds an index entry that names another customer's slot (a damaged file): `resolve`
+/// and the batch path by id trust the index, so this is where such damage shows.
+#[test]
+fn check_finds_an_index_entry_naming_another_customers_slot() {
+    let _serial = serial();
+    let dir = TempDir::new("corrupt-index-stray");
+    let (path, good) = small_closed_store(&dir);
+    let eng = Engine::open(&path).unwrap();
+    let s2 = eng.slot_of(2).unwrap();
+    eng.check().unwrap();
+    drop(eng);
+    // an empty index entry now says that id 99 (no customer) lives in customer 2's slot
+    let mut b = good.clone();
+    let index = column_offset(&b, Col::Index);
+    let entries = get_u64(&b, std::mem::offset_of!(FileHeader, index_capacity)) as usize;
+    let e = (0..entries)
+        .map(|e| index + e * 16)
+        .find(|&o| get_u64(&b, o) == u64::MAX)
+        .expect("an empty index entry");
+    put_u64(&mut b, e, 99);
+    put_u64(&mut b, e + 8, s2 as u64);
+    std::fs::write(&path, &b).unwrap();
+    let eng = Engine::open(&path).unwrap();
+    let err = eng.check().unwrap_err();
+    assert!(
+        matches!(err, Error::BadFile { .. }) && err.to_string().contains("index"),
+        "{err}"
+    );
+}

@@ -430,6 +430,10 @@ impl Engine {
 
     /// Resolves ids to slots in parallel; unknown ids give [`crate::NO_SLOT`].
     ///
+    /// It trusts the store's index, as the batch path does (checking each slot found against the
+    /// ids column took a 1M-id resolve from 6.6 to 10.7 ms); [`Engine::check`] finds a damaged
+    /// index, and [`Engine::slot_of`] checks the slot it returns.
+    ///
     /// ```
     /// # use shadowbucket::{Contract, CreateOptions, Engine, EngineConfig, Rate, NO_SLOT};
     /// # let dir = std::env::temp_dir().join(format!("sb-resolve-doc-{}", std::process::id()));
@@ -1298,6 +1302,22 @@ impl Engine {
                 "{n} active records but {} customers counted",
                 g.customers
             ));
+        }
+        // and the other way: every index entry names the slot of its own customer (a stray
+        // entry would send `resolve`, which trusts the index, to another customer's record)
+        let mut entries = 0u64;
+        for e in c.index.iter().filter(|e| valid_id(e.id)) {
+            entries += 1;
+            let s = e.slot as usize;
+            if s >= c.buckets.len() || !c.buckets[s].active() || c.ids[s] != e.id {
+                return bad(format!(
+                    "index entry for id {} names slot {s}, which does not hold it",
+                    e.id
+                ));
+            }
+        }
+        if entries != n {
+            return bad(format!("{entries} index entries for {n} customers"));
         }
         let top = g.free_top as usize;
         if top as u64 + n != self.capacity() {
