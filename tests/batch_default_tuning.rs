@@ -2,7 +2,8 @@
 //! large enough to use every part of it: many shards, several chunks gathered in parallel and
 //! replayed in order, unknown slots, zero and oversized requests. The property tests check the
 //! same algorithm against a reference model with tiny shards and chunks; this checks the sizes
-//! it really runs with against the same engine fed one request at a time.
+//! it really runs with against the same engine fed one request at a time, also when the batch
+//! call is made from inside rayon's pool.
 
 mod common;
 
@@ -146,4 +147,67 @@ fn short_batches_run_sequentially_and_report_no_phases() {
     e.allocate_batch(Keys::Slots(&slots[..100]), &[1; 100], 1_000_000_000)
         .unwrap();
     assert_eq!(e.last_batch_phases(), Default::default());
+}
+
+/// A batch call made from one of rayon's own worker threads (a caller that is itself a parallel
+/// task, with other tasks keeping the pool busy) runs its parallel phases on the same pool
+/// without deadlocking, and still equals its requests one at a time.
+#[test]
+fn batches_called_from_inside_rayon_equal_one_request_at_a_time() {
+    let dir = TempDir::new("from-rayon");
+    let (mut batch, mut single, slots) = engines(&dir);
+    let streams: Vec<(Vec<u32>, Vec<u64>)> = (0..3u64).map(|b| batch_of(b, &slots)).collect();
+    // on a thread of its own, so that a deadlock fails the test instead of hanging it
+    let (done, finished) = std::sync::mpsc::channel();
+    let work = streams.clone();
+    std::thread::spawn(move || {
+        let mut outs = Vec::new();
+        let mut busy = 0u64;
+        rayon::scope(|s| {
+            s.spawn(|_| {
+                for (b, (keys, tokens)) in work.iter().enumerate() {
+                    let now = 1_000_000_000 * (b as u64 + 1);
+                    outs.push(
+                        batch
+                            .allocate_batch(Keys::Slots(keys), tokens, now)
+                            .unwrap(),
+                    );
+                    let p = batch.last_batch_phases();
+                    assert!(!p.gather.is_zero(), "not the parallel path: {p:?}");
+                }
+            });
+            s.spawn(|_| {
+                use rayon::prelude::*;
+                busy = (0..2_000_000u64)
+                    .into_par_iter()
+                    .map(mix)
+                    .reduce(|| 0, u64::wrapping_add);
+            });
+        });
+        let _ = done.send((batch, outs, busy));
+    });
+    let (batch, outs, busy) = match finished.recv_timeout(std::time::Duration::from_secs(120)) {
+        Ok(r) => r,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("batch calls from inside rayon's pool did not finish in 120 s (a deadlock?)")
+        }
+        Err(e) => panic!("the thread making the batch calls failed (see its panic above): {e}"),
+    };
+    assert_ne!(busy, 0);
+    assert_eq!(outs.len(), streams.len());
+    for (b, ((keys, tokens), out)) in streams.iter().zip(&outs).enumerate() {
+        let now = 1_000_000_000 * (b as u64 + 1);
+        for (i, (&k, &n)) in keys.iter().zip(tokens).enumerate() {
+            let d = single.allocate_slot(k, n, now).unwrap();
+            assert_eq!(
+                (out.outcomes[i], out.retry_after_ns[i]),
+                (d.outcome, d.retry_after_ns),
+                "batch {b}, request {i}"
+            );
+        }
+    }
+    let (mut sa, sb) = (batch.stats(), single.stats());
+    sa.counters.batches = sb.counters.batches;
+    sa.last_committed = sb.last_committed;
+    assert_eq!(sa, sb, "engine-wide state");
 }
