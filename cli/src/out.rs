@@ -8,35 +8,47 @@
 use std::io::Write;
 use std::sync::Mutex;
 
-/// Why standard output stopped: `None` while it works, `Some(None)` after a closed pipe,
-/// `Some(Some(message))` after any other error.
-static STOPPED: Mutex<Option<Option<String>>> = Mutex::new(None);
+/// Where standard output stands.
+enum State {
+    /// Writing works.
+    Open,
+    /// The reader went away (a closed pipe): output ends quietly.
+    Closed,
+    /// Writing failed otherwise; the message is reported at exit.
+    Failed(String),
+}
+
+static STATE: Mutex<State> = Mutex::new(State::Open);
+
+/// The state a failed write leaves.
+fn stopped_by(e: &std::io::Error) -> State {
+    match e.kind() {
+        std::io::ErrorKind::BrokenPipe => State::Closed,
+        _ => State::Failed(format!("cannot write to standard output: {e}")),
+    }
+}
 
 /// Writes `args` to standard output, unless it has stopped (see the module docs).
 pub fn write(args: std::fmt::Arguments<'_>) {
-    let mut stopped = STOPPED.lock().unwrap_or_else(|p| p.into_inner());
-    if stopped.is_some() {
-        return;
-    }
-    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
-        *stopped = Some(match e.kind() {
-            std::io::ErrorKind::BrokenPipe => None,
-            _ => Some(format!("cannot write to standard output: {e}")),
-        });
+    let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    if let State::Open = *state
+        && let Err(e) = std::io::stdout().lock().write_fmt(args)
+    {
+        *state = stopped_by(&e);
     }
 }
 
 /// Flushes standard output, and says why it failed, if it did for any reason but a closed pipe.
 pub fn failure() -> Option<String> {
     let flushed = std::io::stdout().lock().flush();
-    let mut stopped = STOPPED.lock().unwrap_or_else(|p| p.into_inner());
-    if let (None, Err(e)) = (&*stopped, flushed) {
-        *stopped = Some(match e.kind() {
-            std::io::ErrorKind::BrokenPipe => None,
-            _ => Some(format!("cannot write to standard output: {e}")),
-        });
+    let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    if let (State::Open, Err(e)) = (&*state, flushed) {
+        *state = stopped_by(&e);
     }
-    stopped.clone().flatten()
+    match &*state {
+        State::Failed(m) => Some(m.clone()),
+        State::Open | State::Closed => None,
+    }
 }
 
 /// `print!` through [`write`].

@@ -17,6 +17,9 @@ use crate::workload::Workload;
 use crate::workload::synthetic::{Synthetic, SyntheticConfig};
 use crate::{CliError, CmdResult, report};
 
+/// The longest simulation, in days (`--days`, and the span of a trace).
+pub const MAX_DAYS: u64 = 366;
+
 /// Runs `simulate`.
 pub fn run(a: SimulateArgs) -> CmdResult {
     // Everything that can be refused is checked before anything runs or is written.
@@ -30,10 +33,10 @@ pub fn run(a: SimulateArgs) -> CmdResult {
         )));
     }
     if let Some(d) = a.days
-        && !(d > 0.0 && d <= 366.0)
+        && !(d > 0.0 && d <= MAX_DAYS as f64)
     {
         return Err(CliError::Usage(format!(
-            "--days must be in (0, 366], got {d}"
+            "--days must be in (0, {MAX_DAYS}], got {d}"
         )));
     }
     // The engine's clock is in nanoseconds (u64).

@@ -68,8 +68,8 @@ enum Source {
     },
 }
 
-/// The longest stretch of a trace simulated: 366 days, the most `--days` takes.
-const MAX_SPAN_S: u64 = 366 * 86_400;
+/// The longest stretch of a trace simulated: the most `--days` takes.
+const MAX_SPAN_S: u64 = crate::simulate::MAX_DAYS * 86_400;
 
 /// The error for a trace (or its `--days`) longer than [`MAX_SPAN_S`].
 fn too_long(path: &Path, span_s: f64) -> String {

@@ -142,36 +142,28 @@ impl Mapping {
 fn allocate(file: &File, len: u64, path: &Path) -> Result<()> {
     #[cfg(target_os = "linux")]
     {
+        use std::io::{Error as IoError, ErrorKind};
         use std::os::fd::AsRawFd;
-        let too_large = || {
-            Error::io(
-                path,
-                std::io::Error::new(
-                    std::io::ErrorKind::FileTooLarge,
-                    format!("a store of {len} bytes is too large"),
-                ),
-            )
-        };
-        let n = libc::off_t::try_from(len).map_err(|_| too_large())?;
+        let n = libc::off_t::try_from(len).map_err(|_| {
+            let e = IoError::new(
+                ErrorKind::FileTooLarge,
+                format!("a store of {len} bytes is too large"),
+            );
+            Error::io(path, e)
+        })?;
         loop {
             // SAFETY: a system call on a descriptor that `file` keeps open; it reads and writes
             // no memory of ours.
-            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, n) };
-            if rc == 0 {
+            if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, n) } == 0 {
                 return Ok(());
             }
-            let e = std::io::Error::last_os_error();
+            let e = IoError::last_os_error();
             match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
+                Some(libc::EINTR) => {}
                 Some(libc::EOPNOTSUPP) => break,
                 _ => {
-                    return Err(Error::io(
-                        path,
-                        std::io::Error::new(
-                            e.kind(),
-                            format!("cannot reserve the store's {len} bytes on disk: {e}"),
-                        ),
-                    ));
+                    let why = format!("cannot reserve the store's {len} bytes on disk: {e}");
+                    return Err(Error::io(path, IoError::new(e.kind(), why)));
                 }
             }
         }

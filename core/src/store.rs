@@ -212,15 +212,15 @@ impl Store {
                 dims.capacity
             )));
         }
-        if dims.state_dim > 1 << 16
-            || dims.forecast_dim > 1 << 10
-            || dims.scenario_dim > 64
-            || dims.scale_dim > 64
-        {
+        let limits = [
+            ("state", dims.state_dim, 1 << 16),
+            ("forecast", dims.forecast_dim, 1 << 10),
+            ("scenario", dims.scenario_dim, 64),
+            ("scale", dims.scale_dim, 64),
+        ];
+        if let Some((name, got, most)) = limits.into_iter().find(|&(_, got, most)| got > most) {
             return Err(Error::invalid(format!(
-                "model dimensions too large: state {}, forecast {}, scenarios {}, scale {} (at \
-                 most 65536, 1024, 64 and 64)",
-                dims.state_dim, dims.forecast_dim, dims.scenario_dim, dims.scale_dim
+                "model dimensions too large: {name} {got}, at most {most}"
             )));
         }
         let header = FileHeader::new(dims).ok_or_else(|| Error::invalid("store too large"))?;

@@ -519,8 +519,7 @@ pub unsafe extern "C" fn sb_engine_resolve(
         )?;
         // SAFETY: the caller's contract (# Safety).
         let h = unsafe { handle(engine) }?;
-        // Before the copy below is allocated: a wrong (huge) `slots_len` is an error, not an
-        // allocation failure, which aborts the process.
+        // Before any slice is made: a wrong `slots_len` is an error, and nothing is written.
         if slots_len != ids_len {
             return Err(engine::Error::LengthMismatch {
                 what: "slots_out",
@@ -536,10 +535,7 @@ pub unsafe extern "C" fn sb_engine_resolve(
                 try_slice_mut(slots_out, slots_len, "slots_out")?,
             )
         };
-        // Resolve into a copy so that a length error writes nothing.
-        let mut tmp = vec![engine::NO_SLOT; slots.len()];
-        read(h)?.resolve(ids, &mut tmp)?;
-        slots.copy_from_slice(&tmp);
+        read(h)?.resolve(ids, slots)?;
         Ok(())
     })
 }

@@ -273,37 +273,26 @@ impl UsageHistory {
         let mut customers = Vec::with_capacity(rows.len());
         let mut series = Vec::with_capacity(rows.len());
         let mut requests = Vec::with_capacity(rows.len());
-        let ragged = |customer: u64, has: usize, start: u64| {
-            Error::invalid(format!(
-                "{what}: ragged customers: customer {customer} has {has} windows and \
-                 lacks window_start_s {start} (the trace spans {num_windows} windows \
-                 of {window_s} s from {first})"
-            ))
-        };
         for (customer, m) in rows {
             // Its starts are on the grid, so fewer than the grid's means one is lacking: the
             // first gap in its own (sorted) starts, found before anything grid-sized is
-            // allocated (one far-off start, a typo, would make the grid huge).
+            // allocated (one far-off start, a typo, would make the grid huge). With all of
+            // them, its windows in key order are the grid's.
             if m.len() != num_windows {
                 let t = m
                     .keys()
                     .zip(0u64..)
                     .find(|&(&k, t)| k != first + t * window_s)
                     .map_or(m.len() as u64, |(_, t)| t);
-                return Err(ragged(customer, m.len(), first + t * window_s));
+                return Err(Error::invalid(format!(
+                    "{what}: ragged customers: customer {customer} has {} windows and lacks \
+                     window_start_s {} (the trace spans {num_windows} windows of {window_s} s \
+                     from {first})",
+                    m.len(),
+                    first + t * window_s
+                )));
             }
-            let mut s = Vec::with_capacity(num_windows);
-            let mut r = Vec::with_capacity(num_windows);
-            for t in 0..num_windows {
-                let start = first + (t as u64) * window_s;
-                match m.get(&start) {
-                    Some(&(v, q)) => {
-                        s.push(v);
-                        r.push(q);
-                    }
-                    None => return Err(ragged(customer, m.len(), start)),
-                }
-            }
+            let (s, r): (Vec<f64>, Vec<f64>) = m.into_values().unzip();
             customers.push(customer);
             series.push(s);
             requests.push(r);

@@ -218,27 +218,10 @@ mod tests {
         assert_eq!(f.forecast(0, 2), q);
         assert_eq!(f.forecast(0, 5).p90, f64::from(dec[10]));
         assert_eq!(f.forecast(0, 100).p90, f64::from(dec[10]));
+        // past i64::MAX too (it once wrapped to -1 and picked the smallest)
+        assert_eq!(f.forecast(0, usize::MAX).p90, f64::from(dec[10]));
         assert_eq!(f.scenario(0, 1, 1.0), sc.map(f64::from));
         f.reset();
         assert_eq!(f.forecast(0, 1), Quantiles::point(0.0));
-    }
-
-    /// A horizon past `i64::MAX` is still nearest to the largest horizon (it wrapped to -1 and
-    /// picked the smallest).
-    #[test]
-    fn huge_horizons_pick_the_largest() {
-        let spec = ModelSpec {
-            hidden: 4,
-            layers: 1,
-            horizons: vec![1, 3, 6],
-            feeds: vec![],
-        };
-        let model = LstmModel::random(spec, 2).unwrap();
-        let h = UsageHistory::new(vec![7], 0, 600, vec![vec![10.0, 20.0]]).unwrap();
-        let mut f = LstmForecaster::for_history(model, &h).unwrap();
-        f.observe(0, 10.0);
-        f.observe(0, 20.0);
-        assert_eq!(f.horizon_index(usize::MAX), 2);
-        assert_eq!(f.forecast(0, usize::MAX), f.forecast(0, 6));
     }
 }

@@ -613,34 +613,26 @@ impl Engine {
                     if pr.state_stale {
                         b.invalidate();
                     }
-                    match b.step(&pr.x, &glob, state, &mut pr.heads) {
+                    let failed = match b.step(&pr.x, &glob, state, &mut pr.heads) {
                         Ok(()) => {
                             done = true;
                             pr.stepped_customers = n;
                             pr.ticks_since_sync += 1;
-                            if pr.ticks_since_sync >= b.sync_every() {
-                                match b.sync_state(state) {
-                                    Ok(()) => pr.ticks_since_sync = 0,
-                                    // This tick's outputs are good; the device's state is lost,
-                                    // so the CPU goes on from the state last written back.
-                                    Err(e) => {
-                                        eprintln!(
-                                            "shadowbucket: device state write-back failed ({e}); \
-                                             running the CPU step from now on, from the state \
-                                             last written back"
-                                        );
-                                        pr.backend_failed = Some(e.to_string());
-                                    }
+                            if pr.ticks_since_sync < b.sync_every() {
+                                None
+                            } else {
+                                // (a failed write-back leaves this tick's outputs good)
+                                let synced = b.sync_state(state);
+                                if synced.is_ok() {
+                                    pr.ticks_since_sync = 0;
                                 }
+                                synced.err().map(|e| ("state write-back", e))
                             }
                         }
-                        Err(e) => {
-                            eprintln!(
-                                "shadowbucket: device step failed ({e}); running the CPU step from now on"
-                            );
-                            // The device may have advanced nothing; the durable copy is the truth.
-                            pr.backend_failed = Some(e.to_string());
-                        }
+                        Err(e) => Some(("step", e)),
+                    };
+                    if let Some((what, e)) = failed {
+                        device_failed(&mut pr.backend_failed, what, &e);
                     }
                 }
                 if !done {
@@ -792,6 +784,16 @@ impl Engine {
     }
 }
 
+/// Records that the device backend failed in `what`, so that the tick runs the CPU step from now
+/// on, from the store's copy of the state (the one last written back), and says so.
+fn device_failed(failed: &mut Option<String>, what: &str, e: &Error) {
+    eprintln!(
+        "shadowbucket: device {what} failed ({e}); running the CPU step from now on, from the \
+         state last written back"
+    );
+    *failed = Some(e.to_string());
+}
+
 impl Drop for Engine {
     /// Best effort: a device backend's newer recurrent state goes back into the store (a crash
     /// skips this; the state then resumes from the last write-back, see `docs/predictive.md`).
@@ -836,13 +838,19 @@ mod tests {
 
     /// A failed write-back inside a tick is the device failing: the tick completes with the
     /// step it made, and the engine runs the CPU step from then on, as for a failed step.
-    #[test]
-    fn a_failed_state_write_back_falls_back_to_the_cpu() {
-        let dir = std::env::temp_dir().join(format!("sb-sync-fail-{}", std::process::id()));
+    /// A fresh folder for one test (removed first if a run before left it), with the path of a
+    /// store in it.
+    fn fresh(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sb-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s.sb");
-        let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_file(dir.join("s.sb.events"));
+        (dir, path)
+    }
+
+    #[test]
+    fn a_failed_state_write_back_falls_back_to_the_cpu() {
+        let (dir, path) = fresh("sync-fail");
         let cfg = EngineConfig::new(100_000, Rate::tokens_per_sec(1_000));
         let spec = ModelSpec::default();
         let mut e = Engine::create(&path, CreateOptions::new(8, cfg).for_model(&spec)).unwrap();
@@ -869,11 +877,7 @@ mod tests {
 
     #[test]
     fn a_signal_name_that_would_break_the_sidecar_is_refused() {
-        let dir = std::env::temp_dir().join(format!("sb-signal-name-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("s.sb");
-        let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_file(dir.join("s.sb.events"));
+        let (dir, path) = fresh("signal-name");
         let cfg = EngineConfig::new(1_000, Rate::tokens_per_sec(100));
         let mut e = Engine::create(&path, CreateOptions::new(8, cfg)).unwrap();
         e.set_signal("news volume", 1.5).unwrap();
