@@ -3,7 +3,11 @@
 //! [reserved tokens/s]`. Prints the best wall time per decision and the mean CPU time per decision
 //! (all threads; less disturbed than wall time when the machine is shared). With `SB_SNAPSHOT=PATH`
 //! in the environment it then takes a snapshot of the store to `PATH` (`Engine::snapshot`) and
-//! prints how long it took. The store lives under `TMPDIR`.
+//! prints how long it took; with `SB_SNAPSHOT_CAPTURE=1` as well, it instead captures the store
+//! (`Engine::capture_snapshot`), writes the capture to `PATH` on another thread while it runs the
+//! batches again, captures again into the same memory (`Engine::capture_snapshot_into`) and
+//! writes that, and prints how long each capture held the engine, how long each write took and
+//! the batches' times meanwhile. The store lives under `TMPDIR`.
 
 use std::time::Instant;
 
@@ -81,15 +85,62 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     println!("phase minima, ms: {}", minima.join(", "));
     if let Some(dest) = std::env::var_os("SB_SNAPSHOT") {
-        let t = Instant::now();
-        let snap = eng.snapshot(&dest)?;
-        println!(
-            "snapshot to {}: {:.2} s, {} MB ({} MB written)",
-            snap.path.display(),
-            t.elapsed().as_secs_f64(),
-            snap.bytes >> 20,
-            snap.written >> 20
-        );
+        if std::env::var_os("SB_SNAPSHOT_CAPTURE").is_some_and(|v| v == "1") {
+            let mut capture = None;
+            for round in ["new memory", "the same memory"] {
+                let t = Instant::now();
+                let c = match capture.take() {
+                    None => eng.capture_snapshot()?,
+                    Some(mut c) => {
+                        eng.capture_snapshot_into(&mut c)?;
+                        c
+                    }
+                };
+                let held = t.elapsed().as_secs_f64();
+                println!(
+                    "capture into {round}: held the engine {:.1} ms ({} MB of {} MB)",
+                    held * 1e3,
+                    c.held() >> 20,
+                    c.bytes() >> 20
+                );
+                // the capture is written on another thread while the batches go on
+                let t = Instant::now();
+                let dest = dest.clone();
+                let writer = std::thread::spawn(move || {
+                    let snap = c.write(&dest);
+                    (snap, c, Instant::now())
+                });
+                let (mut n, mut sum, mut worst) = (0u32, 0.0f64, 0.0f64);
+                while !writer.is_finished() {
+                    now += 1_000_000_000;
+                    let b = Instant::now();
+                    eng.allocate_batch_into(Keys::Slots(&slots), &tokens, now, &mut o, &mut r)?;
+                    let took = b.elapsed().as_secs_f64();
+                    (n, sum, worst) = (n + 1, sum + took, worst.max(took));
+                }
+                let (snap, c, done) = writer.join().map_err(|_| "snapshot writer panicked")?;
+                let snap = snap?;
+                println!(
+                    "  written to {} in {:.2} s ({} MB written); meanwhile {n} batches, mean {:.1} ms, worst {:.1} ms",
+                    snap.path.display(),
+                    (done - t).as_secs_f64(),
+                    snap.written >> 20,
+                    sum * 1e3 / f64::from(n.max(1)),
+                    worst * 1e3
+                );
+                capture = Some(c);
+            }
+        } else {
+            let t = Instant::now();
+            let snap = eng.snapshot(&dest)?;
+            println!(
+                "snapshot to {}: {:.2} s, {} MB ({} MB written)",
+                snap.path.display(),
+                t.elapsed().as_secs_f64(),
+                snap.bytes >> 20,
+                snap.written >> 20
+            );
+        }
     }
     drop(eng);
     std::fs::remove_dir_all(&dir)?;

@@ -366,7 +366,8 @@ fn killed_during_ticks_settles_and_customer_changes() {
 }
 
 /// A snapshot is whole whenever the process taking it is killed: the worker applies the stream
-/// to a fresh copy of the store and snapshots it after every operation; after each kill the
+/// to a fresh copy of the store and snapshots it after every operation (every other one
+/// captured and written on another thread while the next operation runs); after each kill the
 /// snapshot (where one was finished) opens without recovering anything, passes `Engine::check`,
 /// and equals the replay of exactly the transactions it says were committed.
 #[test]

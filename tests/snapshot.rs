@@ -1,5 +1,7 @@
 //! `Engine::snapshot`: a consistent copy of a store, written beside its destination and renamed
-//! over it. (A snapshot whose process is killed at random instants: `tests/durability.rs`.)
+//! over it; `Engine::capture_snapshot`: the same copy taken into memory and written later, while
+//! the engine goes on. (A snapshot whose process is killed at random instants, either kind:
+//! `tests/durability.rs`.)
 
 mod common;
 
@@ -133,6 +135,130 @@ fn a_snapshot_is_the_store_and_goes_on_like_it() {
 }
 
 #[test]
+fn a_capture_is_the_store_when_captured_whatever_follows() {
+    let dir = TempDir::new("snap-capture");
+    let (mut live, now) = busy_store(&dir.join("live.sb"), 4096, 500);
+    let at_capture = view(&live, now);
+    let direct = live.snapshot(dir.join("direct.sb")).unwrap();
+    let capture = live.capture_snapshot().unwrap();
+    assert_eq!(capture.bytes(), direct.bytes);
+    assert_eq!(capture.held(), direct.written);
+    assert_eq!(capture.last_committed(), direct.last_committed);
+
+    // the engine goes on (batches, an event, a tick), then the capture is written, twice
+    let mut later = now;
+    for b in 0..3u64 {
+        later += 300_000_000;
+        let ids: Vec<u64> = (0..2000).map(|i| 100 + (i * 11 + b) % 500).collect();
+        live.allocate_batch(Keys::Ids(&ids), &vec![3; 2000], later)
+            .unwrap();
+    }
+    live.set_signal("news", 0.75).unwrap();
+    later += 1_000_000_000;
+    live.tick(later).unwrap();
+    assert_ne!(view(&live, now), at_capture, "the engine did not change");
+    let mut seen = Vec::new();
+    let snap = capture
+        .write_with(dir.join("capture.sb"), |done, total| {
+            seen.push((done, total))
+        })
+        .unwrap();
+    assert_eq!(
+        (snap.bytes, snap.written, snap.last_committed),
+        (direct.bytes, direct.written, direct.last_committed)
+    );
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(*seen.last().unwrap(), (snap.bytes, snap.bytes));
+    // byte for byte the snapshot taken at the capture's instant, events file included
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    assert!(
+        read("capture.sb") == read("direct.sb"),
+        "the store files differ"
+    );
+    assert_eq!(read("capture.sb.events"), read("direct.sb.events"));
+    assert!(!dir.join("capture.sb.snapshot-tmp").exists());
+
+    // written again after the engine is gone, from another thread: the same copy
+    drop(live);
+    let again = std::thread::spawn(move || capture.write(dir.join("again.sb")).map(|s| (s, dir)))
+        .join()
+        .unwrap();
+    let (snap2, dir) = again.unwrap();
+    assert_eq!(snap2.written, direct.written);
+    let copy = Engine::open(&snap2.path).unwrap();
+    assert_eq!(copy.recovered(), None);
+    copy.check().unwrap();
+    assert_eq!(view(&copy, now), at_capture);
+    assert!(
+        std::fs::read(dir.join("again.sb")).unwrap()
+            == std::fs::read(dir.join("direct.sb")).unwrap()
+    );
+}
+
+#[test]
+fn a_capture_taken_again_follows_the_store_and_a_failed_one_changes_nothing() {
+    let dir = TempDir::new("snap-recapture");
+    let path = dir.join("live.sb");
+    let (mut live, mut now) = busy_store(&path, 2048, 300);
+    let mut capture = live.capture_snapshot().unwrap();
+    let first = capture.last_committed();
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    for round in 0..3 {
+        // the engine goes on, then the same capture is taken again and written
+        now += 500_000_000;
+        let ids: Vec<u64> = (0..1500).map(|i| 100 + (i * 7 + round) % 300).collect();
+        live.allocate_batch(Keys::Ids(&ids), &vec![2; 1500], now)
+            .unwrap();
+        if round == 1 {
+            live.grow(4096).unwrap(); // a longer file: the capture gets new memory
+        }
+        live.capture_snapshot_into(&mut capture).unwrap();
+        assert_eq!(capture.last_committed(), live.stats().last_committed);
+        assert!(capture.last_committed() > first);
+        capture.write(dir.join("captured.sb")).unwrap();
+        live.snapshot(dir.join("direct.sb")).unwrap();
+        assert!(
+            read("captured.sb") == read("direct.sb"),
+            "round {round}: the capture is not the store"
+        );
+        assert_eq!(read("captured.sb.events"), read("direct.sb.events"));
+    }
+    // a capture through a read-only engine that fails (a writer has the store) leaves the
+    // capture as it was
+    let at = capture.last_committed();
+    let mut ro = Engine::open_read_only(&path).unwrap();
+    assert!(matches!(
+        ro.capture_snapshot_into(&mut capture),
+        Err(Error::Locked(_))
+    ));
+    assert_eq!(capture.last_committed(), at);
+    capture.write(dir.join("kept.sb")).unwrap();
+    assert!(read("kept.sb") == read("direct.sb"));
+}
+
+#[test]
+fn a_capture_of_a_mostly_empty_store_holds_only_what_is_used() {
+    let dir = TempDir::new("snap-capture-holes");
+    let (mut live, _) = busy_store(&dir.join("live.sb"), 200_000, 50);
+    let capture = live.capture_snapshot().unwrap();
+    assert!(
+        capture.held() < capture.bytes() / 2,
+        "{} of {} bytes held for a store that is mostly empty",
+        capture.held(),
+        capture.bytes()
+    );
+    let snap = capture.write(dir.join("snap.sb")).unwrap();
+    assert_eq!(snap.written, capture.held());
+    assert_eq!(snap.bytes, std::fs::metadata(&snap.path).unwrap().len());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let blocks = std::fs::metadata(&snap.path).unwrap().blocks() * 512;
+        assert!(blocks < snap.bytes / 2, "the snapshot is not sparse");
+    }
+}
+
+#[test]
 fn unused_capacity_stays_a_hole_and_a_new_snapshot_replaces_the_old() {
     let dir = TempDir::new("snap-holes");
     let (mut live, now) = busy_store(&dir.join("live.sb"), 200_000, 50);
@@ -225,9 +351,26 @@ fn a_read_only_engine_snapshots_a_store_no_writer_has_open() {
         "{err}"
     );
     assert!(!dir.join("stale.sb").exists());
+    let err = ro.capture_snapshot().unwrap_err();
+    assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("open it again")));
     let mut fresh = Engine::open_read_only(&path).unwrap();
     let grown = std::fs::metadata(&path).unwrap().len();
     assert_eq!(fresh.snapshot(dir.join("fresh.sb")).unwrap().bytes, grown);
+
+    // a capture through a read-only engine holds the lock only while it copies into memory: a
+    // writer may open the store and change it before the capture is written
+    let at_capture = view(&fresh, now);
+    let mut writer = Engine::open(&path).unwrap();
+    assert!(matches!(fresh.capture_snapshot(), Err(Error::Locked(p)) if p == path));
+    drop(writer);
+    let capture = fresh.capture_snapshot().unwrap();
+    writer = Engine::open(&path).unwrap();
+    writer.set_signal("after", 1.0).unwrap();
+    writer.remove_customer(150, now).unwrap();
+    let snap = capture.write(dir.join("captured.sb")).unwrap();
+    let copy = Engine::open(&snap.path).unwrap();
+    assert_eq!(view(&copy, now), at_capture);
+    assert!(copy.slot_of(150).is_some() && writer.slot_of(150).is_none());
 }
 
 #[test]
@@ -237,6 +380,19 @@ fn bad_destinations_are_refused_and_change_nothing() {
     let (mut live, now) = busy_store(&path, 1024, 200);
     let before = view(&live, now);
     let bytes = std::fs::read(&path).unwrap();
+    // every destination below is refused by a snapshot and by a capture's write alike
+    let capture = live.capture_snapshot().unwrap();
+    let both = |live: &mut Engine, dest: &Path| {
+        let direct = live.snapshot(dest).map(|_| ());
+        let captured = capture.write(dest).map(|_| ());
+        assert_eq!(
+            format!("{direct:?}"),
+            format!("{captured:?}"),
+            "{}",
+            dest.display()
+        );
+        direct
+    };
 
     // the store itself, under its own name, another spelling of it, or a hard link to it
     std::fs::create_dir(dir.join("sub")).unwrap();
@@ -246,7 +402,7 @@ fn bad_destinations_are_refused_and_change_nothing() {
         dir.join("sub/../live.sb"),
         dir.join("link.sb"),
     ] {
-        let err = live.snapshot(&same).unwrap_err();
+        let err = both(&mut live, &same).unwrap_err();
         assert!(
             matches!(&err, Error::InvalidArgument(m) if m.contains("the store itself")),
             "{}: {err}",
@@ -263,7 +419,7 @@ fn bad_destinations_are_refused_and_change_nothing() {
     )
     .unwrap();
     let other_bytes = std::fs::read(&other).unwrap();
-    assert!(matches!(live.snapshot(&other), Err(Error::Locked(p)) if p == other));
+    assert!(matches!(both(&mut live, &other), Err(Error::Locked(p)) if p == other));
     assert_eq!(std::fs::read(&other).unwrap(), other_bytes);
     drop(held);
 
@@ -272,7 +428,7 @@ fn bad_destinations_are_refused_and_change_nothing() {
         (dir.join("sub"), std::io::ErrorKind::IsADirectory),
         (dir.join("missing/snap.sb"), std::io::ErrorKind::NotFound),
     ] {
-        match live.snapshot(&dest) {
+        match both(&mut live, &dest) {
             Err(Error::Io { source, .. }) => assert_eq!(source.kind(), kind, "{}", dest.display()),
             other => panic!("{}: {other:?}", dest.display()),
         }

@@ -48,4 +48,4 @@ pub use error::{Error, Result};
 pub use fixed::Rate;
 pub use kernel::{Decision, Outcome};
 pub use predict::{Event, Forecast, Predictor, ReservationPolicy, Target};
-pub use snapshot::Snapshot;
+pub use snapshot::{Snapshot, SnapshotCapture};

@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::index;
 use crate::layout::*;
 use crate::mmap::{self, Mapping};
+use rayon::prelude::*;
 
 /// Mutable views of every column and the state page, split out of one mapping.
 pub(crate) struct ColsMut<'a> {
@@ -347,7 +348,7 @@ impl Store {
     }
 
     /// Writes a copy of the store file to `dest` (see [`crate::Engine::snapshot`]) through
-    /// [`write_beside`]: to `dest` with `.snapshot-tmp` added (runs of zeros left as holes),
+    /// [`write_snapshot`]: to `dest` with `.snapshot-tmp` added (runs of zeros left as holes),
     /// synced to disk, then `before_rename`, then renamed over `dest`.
     /// `progress` gets the bytes copied so far and the total after each chunk. Returns the bytes
     /// written (the rest are holes). On an error the new file is removed and `dest` is as it was.
@@ -357,10 +358,63 @@ impl Store {
         progress: impl FnMut(u64, u64),
         before_rename: impl FnOnce() -> Result<()>,
     ) -> Result<u64> {
-        let _still = self.map.hold_still(&self.path)?;
+        let _still = self.hold_still_current()?;
+        check_snapshot_dest(dest, self.map.id(&self.path).as_ref())?;
+        let bytes = self.map.bytes();
+        let chunks = bytes.chunks(SNAPSHOT_CHUNK).map(|c| {
+            if all_zero(c) {
+                Chunk::Zeros(c.len())
+            } else {
+                Chunk::Data(c)
+            }
+        });
+        write_snapshot(dest, bytes.len() as u64, chunks, progress, before_rename)
+    }
+
+    /// Copies the store file into new memory (see [`crate::Engine::capture_snapshot`]), as
+    /// [`Store::capture_into`] does.
+    ///
+    /// # Errors
+    /// As [`Store::capture_into`].
+    pub(crate) fn capture(&self) -> Result<Captured> {
+        let _still = self.hold_still_current()?;
+        let bytes = self.map.bytes();
+        let mut copy = mmap::anonymous(bytes.len(), &self.path)?;
+        let data = copy_data(bytes, &mut copy);
+        Ok(Captured {
+            copy,
+            data,
+            source: self.map.id(&self.path),
+        })
+    }
+
+    /// Copies the store file into memory, in parallel, chunks of zeros left out: into `into`'s
+    /// memory when it is as long as the file (a copy of the same store, captured before: none of
+    /// its pages is faulted in again), else into new memory. Nobody changes the store meanwhile:
+    /// a writer's caller holds it (`&self` of its only handle), and a read-only store is held
+    /// still ([`Mapping::hold_still`]) until the copy is made.
+    ///
+    /// # Errors
+    /// As [`Store::snapshot_to`] before it writes (a read-only store that a writer has open, or
+    /// whose path now names another file); [`Error::Io`] (`OutOfMemory`) when the system refuses
+    /// the memory for the copy. `into` is then unchanged.
+    pub(crate) fn capture_into(&self, into: &mut Captured) -> Result<()> {
+        let _still = self.hold_still_current()?;
+        let bytes = self.map.bytes();
+        if into.copy.len() != bytes.len() {
+            into.copy = mmap::anonymous(bytes.len(), &self.path)?;
+        }
+        into.data = copy_data(bytes, &mut into.copy);
+        into.source = self.map.id(&self.path);
+        Ok(())
+    }
+
+    /// [`Mapping::hold_still`], after making sure that a read-only store's path still names the
+    /// file it mapped: a store grown or upgraded since is a new file at the same path, and this
+    /// one would be a stale copy of it.
+    fn hold_still_current(&self) -> Result<mmap::StillGuard<'_>> {
+        let still = self.map.hold_still(&self.path)?;
         if self.read_only() {
-            // A read-only engine maps the file it opened: a store grown or upgraded since is a
-            // new file at the same path, and this one would be a stale copy of it.
             let current = mmap::open_existing(&self.path)?;
             if !current.is_some_and(|f| self.map.is_same_file(&self.path, &f, &self.path)) {
                 return Err(Error::invalid(format!(
@@ -370,54 +424,7 @@ impl Store {
                 )));
             }
         }
-        if let Some(file) = mmap::open_existing(dest)? {
-            if self.map.is_same_file(&self.path, &file, dest) {
-                return Err(Error::invalid(format!(
-                    "{} is the store itself: a snapshot goes to another path",
-                    dest.display()
-                )));
-            }
-            if mmap::writer_holds(&file, dest)? {
-                return Err(Error::Locked(dest.to_path_buf()));
-            }
-            if file.metadata().is_ok_and(|m| m.is_dir()) {
-                return Err(Error::io(
-                    dest,
-                    std::io::Error::from(std::io::ErrorKind::IsADirectory),
-                ));
-            }
-        }
-        write_beside(dest, ".snapshot-tmp", |tmp| {
-            let written = self.copy_to(tmp, progress).map_err(|e| Error::io(tmp, e))?;
-            before_rename()?;
-            Ok(written)
-        })
-    }
-
-    /// Writes the mapped bytes to a new file `tmp`, runs of zeros as holes, and syncs it.
-    /// Returns the bytes written.
-    fn copy_to(&self, tmp: &Path, mut progress: impl FnMut(u64, u64)) -> std::io::Result<u64> {
-        use std::io::{Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(tmp)?;
-        let bytes = self.map.bytes();
-        let total = bytes.len() as u64;
-        let (mut done, mut written) = (0, 0);
-        for chunk in bytes.chunks(SNAPSHOT_CHUNK) {
-            if all_zero(chunk) {
-                f.seek(SeekFrom::Current(chunk.len() as i64))?;
-            } else {
-                f.write_all(chunk)?;
-                written += chunk.len() as u64;
-            }
-            done += chunk.len() as u64;
-            progress(done, total);
-        }
-        f.set_len(total)?;
-        f.sync_all()?;
-        Ok(written)
+        Ok(still)
     }
 
     /// The store file's length in bytes.
@@ -607,6 +614,148 @@ pub(crate) fn write_beside<T>(
 
 /// Bytes of the store a snapshot copies at a time (and between two progress reports).
 const SNAPSHOT_CHUNK: usize = 4 << 20;
+
+/// A store file copied into memory ([`Store::capture`]).
+pub(crate) struct Captured {
+    /// The copy, as long as the file. Its chunks of zeros are not written: they hold no memory,
+    /// or, in memory reused from an earlier copy, what that copy had there.
+    copy: memmap2::MmapMut,
+    /// Per [`SNAPSHOT_CHUNK`] of the file, in order: whether it holds anything but zeros.
+    data: Vec<bool>,
+    /// Which file it is, so that it is never written over itself.
+    source: Option<mmap::FileId>,
+}
+
+impl Captured {
+    /// The store file's length in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.copy.len() as u64
+    }
+
+    /// Bytes of the file the copy holds (its chunks that are not all zeros).
+    pub(crate) fn held(&self) -> u64 {
+        self.chunks()
+            .map(|c| match c {
+                Chunk::Data(b) => b.len() as u64,
+                Chunk::Zeros(_) => 0,
+            })
+            .sum()
+    }
+
+    fn chunks(&self) -> impl Iterator<Item = Chunk<'_>> {
+        self.copy
+            .chunks(SNAPSHOT_CHUNK)
+            .zip(&self.data)
+            .map(|(c, &data)| {
+                if data {
+                    Chunk::Data(c)
+                } else {
+                    Chunk::Zeros(c.len())
+                }
+            })
+    }
+
+    /// Writes the copy to `dest` as [`Store::snapshot_to`] writes the store itself.
+    pub(crate) fn write_to(
+        &self,
+        dest: &Path,
+        progress: impl FnMut(u64, u64),
+        before_rename: impl FnOnce() -> Result<()>,
+    ) -> Result<u64> {
+        check_snapshot_dest(dest, self.source.as_ref())?;
+        write_snapshot(dest, self.len(), self.chunks(), progress, before_rename)
+    }
+}
+
+/// Copies each [`SNAPSHOT_CHUNK`] of `from` that is not all zeros to the same place in `to` (as
+/// long), in parallel; says which were copied. A chunk of zeros is not written: in new memory its
+/// pages never take any.
+fn copy_data(from: &[u8], to: &mut [u8]) -> Vec<bool> {
+    to.par_chunks_mut(SNAPSHOT_CHUNK)
+        .zip(from.par_chunks(SNAPSHOT_CHUNK))
+        .map(|(to, from)| {
+            let data = !all_zero(from);
+            if data {
+                to.copy_from_slice(from);
+            }
+            data
+        })
+        .collect()
+}
+
+/// A piece of a store file to write: its bytes, or the length of a run of zeros (a hole).
+enum Chunk<'a> {
+    Data(&'a [u8]),
+    Zeros(usize),
+}
+
+/// Refuses a snapshot's destination that is the store itself (`source`), a store a writer has
+/// open (renaming a new file over it would leave that writer changing a file nobody can open
+/// again), or a folder.
+fn check_snapshot_dest(dest: &Path, source: Option<&mmap::FileId>) -> Result<()> {
+    let Some(file) = mmap::open_existing(dest)? else {
+        return Ok(());
+    };
+    if source.is_some_and(|s| mmap::file_id(&file, dest).as_ref() == Some(s)) {
+        return Err(Error::invalid(format!(
+            "{} is the store itself: a snapshot goes to another path",
+            dest.display()
+        )));
+    }
+    if mmap::writer_holds(&file, dest)? {
+        return Err(Error::Locked(dest.to_path_buf()));
+    }
+    if file.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(Error::io(
+            dest,
+            std::io::Error::from(std::io::ErrorKind::IsADirectory),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `chunks` (`total` bytes in all) to a new file beside `dest` (its name with
+/// `.snapshot-tmp` added; runs of zeros as holes), syncs it, calls `before_rename` and renames
+/// it over `dest` ([`write_beside`]). Returns the bytes written.
+fn write_snapshot<'a>(
+    dest: &Path,
+    total: u64,
+    chunks: impl Iterator<Item = Chunk<'a>>,
+    mut progress: impl FnMut(u64, u64),
+    before_rename: impl FnOnce() -> Result<()>,
+) -> Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    write_beside(dest, ".snapshot-tmp", |tmp| {
+        let copy = || -> std::io::Result<u64> {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(tmp)?;
+            let (mut done, mut written) = (0, 0);
+            for chunk in chunks {
+                let n = match chunk {
+                    Chunk::Zeros(n) => {
+                        f.seek(SeekFrom::Current(n as i64))?;
+                        n
+                    }
+                    Chunk::Data(b) => {
+                        f.write_all(b)?;
+                        written += b.len() as u64;
+                        b.len()
+                    }
+                };
+                done += n as u64;
+                progress(done, total);
+            }
+            f.set_len(total)?;
+            f.sync_all()?;
+            Ok(written)
+        };
+        let written = copy().map_err(|e| Error::io(tmp, e))?;
+        before_rename()?;
+        Ok(written)
+    })
+}
 
 /// Whether `b` holds only zero bytes (a run a snapshot leaves as a hole).
 fn all_zero(b: &[u8]) -> bool {
@@ -852,5 +1001,56 @@ pub(crate) fn journal_full(
         aux.closed = *closed;
         compiler_fence(Ordering::SeqCst);
         b.epoch = seq;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Chunk, Dims, Store};
+
+    fn dims(capacity: u64) -> Dims {
+        Dims {
+            capacity,
+            state_dim: 0,
+            forecast_dim: 0,
+            scenario_dim: 0,
+            scale_dim: 0,
+        }
+    }
+
+    /// The captured file, chunks of zeros as zeros.
+    fn bytes_of(c: &super::Captured) -> Vec<u8> {
+        c.chunks()
+            .flat_map(|ch| match ch {
+                Chunk::Data(b) => b.to_vec(),
+                Chunk::Zeros(n) => vec![0; n],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_capture_into_one_of_the_same_length_reuses_its_memory() {
+        let dir = std::env::temp_dir().join(format!("sb-capture-into-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let small = Store::create(&dir.join("small.sb"), dims(64)).unwrap();
+        let big = Store::create(&dir.join("big.sb"), dims(100_000)).unwrap();
+        let mut cap = big.capture().unwrap();
+        assert!(bytes_of(&cap) == big.map.bytes());
+        assert!(cap.held() < cap.len() / 2, "the unused capacity was copied");
+        let memory = cap.copy.as_ptr();
+        // the same store again: the same memory
+        big.capture_into(&mut cap).unwrap();
+        assert_eq!(cap.copy.as_ptr(), memory);
+        assert!(bytes_of(&cap) == big.map.bytes());
+        // another length: new memory, the other store's bytes, and never written over itself
+        small.capture_into(&mut cap).unwrap();
+        assert_eq!(cap.len(), small.len());
+        assert!(bytes_of(&cap) == small.map.bytes());
+        let err = cap
+            .write_to(&dir.join("small.sb"), |_, _| {}, || Ok(()))
+            .unwrap_err();
+        assert!(err.to_string().contains("the store itself"), "{err}");
+        drop((small, big));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -208,6 +208,17 @@ pub(crate) unsafe fn try_ref<'a, T>(p: *const T, what: &str) -> FfiResult<&'a T>
     unsafe { p.as_ref() }.ok_or_else(|| null(what))
 }
 
+/// An exclusive reference from a pointer the C caller passed.
+///
+/// # Safety
+/// `p` is NULL or points to a valid, initialized `T` that nothing else reads or writes for `'a`.
+pub(crate) unsafe fn try_mut<'a, T>(p: *mut T, what: &str) -> FfiResult<&'a mut T> {
+    check_aligned(p, what)?;
+    // SAFETY: non-NULL and aligned (checked); valid and unshared for `'a` by the caller's
+    // contract.
+    unsafe { p.as_mut() }.ok_or_else(|| null(what))
+}
+
 /// A checked output pointer: written once, on success.
 pub(crate) struct Out<T>(*mut T);
 

@@ -35,7 +35,7 @@ from ._errors import (
     StoreFullError,
     UnknownCustomerError,
 )
-from ._native import NO_SLOT, Engine, History, Model, TrainResult, __version__
+from ._native import NO_SLOT, Engine, History, Model, SnapshotCapture, TrainResult, __version__
 from ._outcome import Outcome
 
 if TYPE_CHECKING:
@@ -239,6 +239,7 @@ __all__ = [
     "HistoryLike",
     "Model",
     "Outcome",
+    "SnapshotCapture",
     "TrainResult",
     "evaluate",
     "history",

@@ -23,6 +23,7 @@ __all__ = [
     "Engine",
     "History",
     "Model",
+    "SnapshotCapture",
     "TrainResult",
     "evaluate",
     "train",
@@ -294,6 +295,19 @@ class Engine:
     def check(self) -> None: ...
     def flush(self) -> None: ...
     def snapshot(self, path: _Path) -> SnapshotInfo: ...
+    def capture_snapshot(self, into: Optional[SnapshotCapture] = None) -> SnapshotCapture: ...
+
+@final
+class SnapshotCapture:
+    """A consistent copy of a store held in memory, to be written without holding the engine."""
+
+    def write(self, path: _Path) -> SnapshotInfo: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def held(self) -> int: ...
+    @property
+    def last_committed(self) -> int: ...
 
 @final
 class History:

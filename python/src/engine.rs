@@ -141,13 +141,17 @@ impl Engine {
     fn broken(&self, payload: Box<dyn std::any::Any + Send>) -> Failure {
         let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
         *guard = None;
-        let msg = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".into());
-        Failure::Panic(msg)
+        Failure::Panic(panic_message(payload.as_ref()))
     }
+}
+
+/// A panic's message, as far as its payload says.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 fn customer_dict<'py>(py: Python<'py>, v: &CustomerView) -> PyResult<Bound<'py, PyDict>> {
@@ -852,12 +856,124 @@ impl Engine {
     /// when `path` is the store itself, `LockedError` when a writer has `path` open as a store.
     fn snapshot<'py>(&self, py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
         let s = self.write(py, |e| Ok(e.snapshot(&path)?))?;
-        let d = PyDict::new(py);
-        d.set_item("path", s.path)?;
-        d.set_item("bytes", s.bytes)?;
-        d.set_item("written", s.written)?;
-        d.set_item("last_committed", s.last_committed)?;
-        Ok(d)
+        snapshot_dict(py, s)
+    }
+
+    /// Copies the store into memory, consistently, for a snapshot written later with
+    /// `SnapshotCapture.write(path)` while the engine goes on.
+    ///
+    /// `snapshot()` holds the engine for as long as the copy takes to reach the disk (seconds
+    /// for a store of several GB); this holds it only for a copy in memory, at the price of
+    /// memory for the copy (the store file's size less its runs of zeros) until the capture is
+    /// dropped. With `into=`, an earlier capture, the copy goes into that capture's memory and
+    /// replaces it (the same object is returned): a copy into new memory faults in every page of
+    /// it, and one into a capture of the same store does not, so a service that snapshots on a
+    /// schedule keeps one capture. Through a read-only engine it holds a shared lock on the store
+    /// only while it copies (`LockedError` when a writer has the store open).
+    #[pyo3(signature = (into = None))]
+    fn capture_snapshot(
+        &self,
+        py: Python<'_>,
+        into: Option<Py<SnapshotCapture>>,
+    ) -> PyResult<Py<SnapshotCapture>> {
+        match into {
+            None => {
+                let inner = self.write(py, |e| Ok(e.capture_snapshot()?))?;
+                Py::new(
+                    py,
+                    SnapshotCapture {
+                        inner: RwLock::new(inner),
+                    },
+                )
+            }
+            Some(cap) => {
+                let c = cap.get();
+                self.write(py, |e| {
+                    let mut inner = c.inner.write().unwrap_or_else(|p| p.into_inner());
+                    Ok(e.capture_snapshot_into(&mut inner)?)
+                })?;
+                Ok(cap)
+            }
+        }
+    }
+}
+
+/// What a snapshot wrote, as the dict Python gets.
+fn snapshot_dict(py: Python<'_>, s: shadowbucket::Snapshot) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("path", s.path)?;
+    d.set_item("bytes", s.bytes)?;
+    d.set_item("written", s.written)?;
+    d.set_item("last_committed", s.last_committed)?;
+    Ok(d)
+}
+
+/// A consistent copy of a store held in memory (`Engine.capture_snapshot()`), to be written to a
+/// snapshot file without holding the engine. Nothing the engine does afterwards changes it; it
+/// may be written after the engine is closed, from any thread, and to several paths. Dropping it
+/// frees the memory.
+#[pyclass(frozen, module = "shadowbucket._native")]
+pub struct SnapshotCapture {
+    /// Read by writes and queries, replaced by `Engine.capture_snapshot(into=...)`; taken only
+    /// with the GIL released, as the engine's lock is.
+    inner: RwLock<shadowbucket::SnapshotCapture>,
+}
+
+impl SnapshotCapture {
+    /// Runs `f` on the capture with the GIL released and the lock held shared.
+    fn read<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&shadowbucket::SnapshotCapture) -> R + Send,
+    ) -> R {
+        py.detach(|| f(&self.inner.read().unwrap_or_else(|p| p.into_inner())))
+    }
+}
+
+#[pymethods]
+impl SnapshotCapture {
+    /// Writes the copy to `path` exactly as `Engine.snapshot(path)` would have written the store
+    /// when it was captured (a new file beside `path`, synced, renamed over it, the events file
+    /// beside it), with the GIL released. Returns `path`, `bytes`, `written` and
+    /// `last_committed`. Raises `InvalidArgumentError` when `path` is the store the copy was
+    /// captured from, `LockedError` when a writer has `path` open as a store.
+    fn write<'py>(&self, py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+        let s = self
+            .read(py, |c| {
+                catch_unwind(AssertUnwindSafe(|| c.write(&path).map_err(Failure::Core)))
+                    .unwrap_or_else(|p| Err(Failure::Panic(panic_message(p.as_ref()))))
+            })
+            .py(py)?;
+        snapshot_dict(py, s)
+    }
+
+    /// The store file's length in bytes.
+    #[getter]
+    fn bytes(&self, py: Python<'_>) -> u64 {
+        self.read(py, |c| c.bytes())
+    }
+
+    /// Bytes of the store the copy holds (the store file's, less its runs of zeros).
+    #[getter]
+    fn held(&self, py: Python<'_>) -> u64 {
+        self.read(py, |c| c.held())
+    }
+
+    /// The last transaction the copy holds (`stats()["last_committed"]` when it was captured).
+    #[getter]
+    fn last_committed(&self, py: Python<'_>) -> u64 {
+        self.read(py, |c| c.last_committed())
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        self.read(py, |c| {
+            format!(
+                "<shadowbucket.SnapshotCapture last_committed={} bytes={} held={}>",
+                c.last_committed(),
+                c.bytes(),
+                c.held()
+            )
+        })
     }
 }
 

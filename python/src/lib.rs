@@ -31,6 +31,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
+    m.add_class::<engine::SnapshotCapture>()?;
     m.add_class::<history::History>()?;
     m.add_class::<model::Model>()?;
     m.add_class::<train::TrainResult>()?;

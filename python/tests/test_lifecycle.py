@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +216,56 @@ def test_snapshot(store: Path, tmp_path: Path) -> None:
         assert ro.snapshot(tmp_path / "ro.sb")["last_committed"] == info["last_committed"]
     with sb.Engine.open(tmp_path / "ro.sb", read_only=True) as copy:
         assert copy.customer(3)["outstanding"] == 10
+
+
+def test_capture_snapshot(store: Path, tmp_path: Path) -> None:
+    eng = make_engine(store)
+    ids = np.arange(1, 9, dtype=np.uint64)
+    eng.allocate_batch(ids, np.full(8, 10, dtype=np.uint64), SEC)
+    at_capture = eng.stats()
+    cap = eng.capture_snapshot()
+    assert isinstance(cap, sb.SnapshotCapture)
+    assert cap.last_committed == at_capture["last_committed"]
+    assert 0 < cap.held <= cap.bytes
+    assert f"last_committed={cap.last_committed}" in repr(cap)
+    # the engine goes on; the capture is the store as it was, written from another thread
+    eng.allocate_batch(ids, np.full(8, 5, dtype=np.uint64), 2 * SEC)
+    assert eng.stats()["requests"] == at_capture["requests"] + 8
+    out: dict[str, object] = {}
+
+    def write() -> None:
+        out["info"] = cap.write(tmp_path / "cap.sb")
+
+    t = threading.Thread(target=write)
+    t.start()
+    t.join()
+    info = out["info"]
+    assert isinstance(info, dict)
+    assert info["last_committed"] == cap.last_committed and info["written"] == cap.held
+    with sb.Engine.open(tmp_path / "cap.sb") as copy:
+        assert copy.recovered is None
+        copy.check()
+        assert copy.stats() == at_capture
+        # a writer holds the copy: no capture goes over it
+        with pytest.raises(sb.LockedError):
+            cap.write(tmp_path / "cap.sb")
+    with pytest.raises(sb.InvalidArgumentError, match="the store itself"):
+        cap.write(store)
+    with pytest.raises(sb.NotFoundError):
+        cap.write(tmp_path / "missing" / "snap.sb")
+    # captured again into the same capture: the store as it is now
+    now = eng.stats()
+    assert eng.capture_snapshot(into=cap) is cap
+    assert cap.last_committed == now["last_committed"] > at_capture["last_committed"]
+    # written again after the engine is closed
+    eng.close()
+    assert cap.write(tmp_path / "again.sb")["last_committed"] == now["last_committed"]
+    with sb.Engine.open(tmp_path / "again.sb", read_only=True) as copy:
+        assert copy.stats()["requests"] == now["requests"]
+    with pytest.raises(sb.ClosedError):
+        eng.capture_snapshot()
+    with pytest.raises(TypeError):
+        sb.Engine.open(tmp_path / "again.sb").capture_snapshot(into="not a capture")  # type: ignore[arg-type]
 
 
 def test_exception_hierarchy() -> None:

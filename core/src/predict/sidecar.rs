@@ -29,9 +29,8 @@ pub fn path_for(store: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Writes the events and signals atomically (a killed process leaves the old file or the new
-/// one, never a mix; an error leaves the old one and no temporary file).
-pub fn save(path: &Path, book: &EventBook, signals: &BTreeMap<String, f32>) -> Result<()> {
+/// The file's text for these events and signals.
+pub(crate) fn render(book: &EventBook, signals: &BTreeMap<String, f32>) -> String {
     let mut text = format!("{MAGIC}\nnext {}\n", book.next_id());
     for (id, e) in book.iter() {
         let who = e.customer.map_or("-".to_string(), |c| c.to_string());
@@ -44,6 +43,12 @@ pub fn save(path: &Path, book: &EventBook, signals: &BTreeMap<String, f32>) -> R
     for (name, v) in signals {
         let _ = writeln!(text, "signal {v} {name}");
     }
+    text
+}
+
+/// Writes a [`render`]ed text atomically (a killed process leaves the old file or the new one,
+/// never a mix; an error leaves the old one and no temporary file).
+pub(crate) fn save_text(path: &Path, text: &str) -> Result<()> {
     crate::store::write_beside(path, ".tmp", |tmp| {
         let io = |e: std::io::Error| Error::io(tmp, e);
         let mut f = std::fs::File::create(tmp).map_err(io)?;
@@ -153,7 +158,7 @@ mod tests {
         b.remove(g).unwrap();
         let mut s = BTreeMap::new();
         s.insert("news volume".to_string(), 3.5f32);
-        save(&p, &b, &s).unwrap();
+        save_text(&p, &render(&b, &s)).unwrap();
         let (b2, s2) = load(&p).unwrap();
         assert_eq!(b2.iter().collect::<Vec<_>>(), b.iter().collect::<Vec<_>>());
         assert_eq!(b2.next_id(), 2);
@@ -191,12 +196,12 @@ mod tests {
         // (the path is a directory) fails with the path named and leaves no temporary file.
         let tmp = dir.join("a.sb.events.tmp");
         std::fs::write(&tmp, "left by a killed process").unwrap();
-        save(&p, &b, &s).unwrap();
+        save_text(&p, &render(&b, &s)).unwrap();
         assert!(!tmp.exists());
         assert_eq!(load(&p).unwrap().1, s);
         let d = dir.join("d.sb.events");
         std::fs::create_dir_all(&d).unwrap();
-        let err = save(&d, &b, &s).unwrap_err();
+        let err = save_text(&d, &render(&b, &s)).unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
         assert!(err.to_string().contains("d.sb.events"), "{err}");
         assert!(!dir.join("d.sb.events.tmp").exists());

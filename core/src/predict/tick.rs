@@ -367,11 +367,12 @@ impl Engine {
 
     /// Writes the events and signals beside the store file `store` (this store's, or a copy's).
     pub(crate) fn save_sidecar_at(&self, store: &std::path::Path) -> Result<()> {
-        super::sidecar::save(
-            &super::sidecar::path_for(store),
-            &self.predictive.events,
-            &self.predictive.signals,
-        )
+        super::sidecar::save_text(&super::sidecar::path_for(store), &self.render_sidecar())
+    }
+
+    /// The text of the events file for the events and signals now.
+    pub(crate) fn render_sidecar(&self) -> String {
+        super::sidecar::render(&self.predictive.events, &self.predictive.signals)
     }
 
     /// Reads the store's events and signals (on open).

@@ -47,6 +47,11 @@ static void test_null_handles(void) {
   sb_snapshot snap;
   EXPECT_RC(sb_engine_snapshot(NULL, "x.sb", &snap), SB_RESULT_NULL_PARAMETER);
   CHECK_LAST_ERROR_HAS("sb_engine_snapshot: engine is NULL");
+  sb_snapshot_capture *cap = NULL;
+  EXPECT_RC(sb_engine_capture_snapshot(NULL, &cap), SB_RESULT_NULL_PARAMETER);
+  CHECK(cap == NULL);
+  EXPECT_RC(sb_snapshot_capture_write(NULL, "x.sb", &snap), SB_RESULT_NULL_PARAMETER);
+  CHECK_LAST_ERROR_HAS("sb_snapshot_capture_write: capture is NULL");
   EXPECT_RC(sb_engine_config(NULL, &cfg), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_dims(NULL, &dims), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_add_customer(NULL, 1, &c, 0, &slot), SB_RESULT_NULL_PARAMETER);
@@ -338,6 +343,14 @@ static void test_engine_errors(const char *dir) {
   EXPECT_RC(sb_engine_snapshot(e, snap_path, NULL), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_engine_snapshot(e, snap_path, &snap), SB_RESULT_NOT_FOUND);
   EXPECT_RC(sb_engine_snapshot(e, path, &snap), SB_RESULT_INVALID_ARGUMENT);
+  EXPECT_RC(sb_engine_capture_snapshot(e, NULL), SB_RESULT_NULL_PARAMETER);
+  sb_snapshot_capture *cap = NULL;
+  CHECK_OK(sb_engine_capture_snapshot(e, &cap));
+  EXPECT_RC(sb_snapshot_capture_write(cap, NULL, &snap), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_snapshot_capture_write(cap, snap_path, NULL), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_snapshot_capture_write(cap, snap_path, &snap), SB_RESULT_NOT_FOUND);
+  EXPECT_RC(sb_snapshot_capture_write(cap, path, &snap), SB_RESULT_INVALID_ARGUMENT);
+  sb_snapshot_capture_free(cap);
 
   /* the engine is still consistent after all of that */
   CHECK_OK(sb_engine_check(e));

@@ -206,6 +206,32 @@ int main(int argc, char **argv) {
   EXPECT_RC(sb_engine_snapshot(again, snap_path, &snap), SB_RESULT_LOCKED);
   CHECK_OK(sb_engine_close(copy));
 
+  /* a captured snapshot: the store as it was when captured, whatever the engine does before
+   * the capture is written, and written again after the engine is closed */
+  sb_snapshot_capture *cap = NULL;
+  CHECK_OK(sb_engine_capture_snapshot(again, &cap));
+  CHECK(cap != NULL);
+  sb_decision d_cap;
+  CHECK_OK(sb_engine_allocate(again, 43, 5, t1 + SECOND, &d_cap));
+  CHECK(d_cap.outcome == SB_OUTCOME_GRANTED_SHADOW || d_cap.outcome == SB_OUTCOME_GRANTED_POOL);
+  sb_stats st4;
+  CHECK_OK(sb_engine_stats(again, &st4));
+  CHECK(st4.requests == st.requests + 1 && st4.last_committed > st.last_committed);
+  char cap_path[4096];
+  sb_test_path(cap_path, sizeof cap_path, argv[1], "life-capture.sb");
+  sb_snapshot capped;
+  CHECK_OK(sb_snapshot_capture_write(cap, cap_path, &capped));
+  CHECK(capped.last_committed == st.last_committed && capped.bytes == snap.bytes &&
+        capped.written == snap.written);
+  EXPECT_RC(sb_snapshot_capture_write(cap, path, &capped), SB_RESULT_INVALID_ARGUMENT);
+  CHECK_LAST_ERROR_HAS("the store itself");
+  CHECK_OK(sb_engine_open(cap_path, &copy));
+  CHECK_OK(sb_engine_stats(copy, &st3));
+  CHECK(st3.requests == st.requests && st3.last_committed == st.last_committed);
+  /* the capture's copy is held open by a writer now: no capture goes over it */
+  EXPECT_RC(sb_snapshot_capture_write(cap, cap_path, &capped), SB_RESULT_LOCKED);
+  CHECK_OK(sb_engine_close(copy));
+
   /* a read-only handle beside the writer: queries work, changes are refused */
   sb_engine *ro = NULL;
   CHECK_OK(sb_engine_open_read_only(path, &ro));
@@ -219,7 +245,25 @@ int main(int argc, char **argv) {
   /* the writer still works after the reader is gone */
   CHECK_OK(sb_engine_allocate(again, 42, 1, t1 + SECOND, &d));
   CHECK(d.outcome == SB_OUTCOME_GRANTED_POOL || d.outcome == SB_OUTCOME_GRANTED_SHADOW);
+  /* captured again into the same capture: the store as it is now */
+  sb_stats st5;
+  CHECK_OK(sb_engine_stats(again, &st5));
+  CHECK(st5.requests == st4.requests + 1);
+  EXPECT_RC(sb_engine_capture_snapshot_into(again, NULL), SB_RESULT_NULL_PARAMETER);
+  EXPECT_RC(sb_engine_capture_snapshot_into(NULL, cap), SB_RESULT_NULL_PARAMETER);
+  CHECK_OK(sb_engine_capture_snapshot_into(again, cap));
   sb_engine_free(again);
+
+  /* a capture outlives its engine */
+  sb_test_path(cap_path, sizeof cap_path, argv[1], "life-capture-2.sb");
+  CHECK_OK(sb_snapshot_capture_write(cap, cap_path, &capped));
+  CHECK(capped.last_committed == st5.last_committed);
+  CHECK_OK(sb_engine_open_read_only(cap_path, &copy));
+  CHECK_OK(sb_engine_stats(copy, &st3));
+  CHECK(st3.requests == st5.requests);
+  sb_engine_free(copy);
+  sb_snapshot_capture_free(cap);
+  sb_snapshot_capture_free(NULL);
   sb_engine_free(NULL);
   CHECK_OK(sb_engine_close(NULL));
   printf("lifecycle: ok (libshadowbucket %s)\n", version);

@@ -6,7 +6,9 @@
 //!   SIGKILL at random instants).
 //! - `sb-crash-worker snapshot PATH DEST SEED MIX`: opens the store at `PATH` and applies the
 //!   stream from its start, taking a snapshot to `DEST` after every operation, until it is killed
-//!   (`tests/durability.rs`: a snapshot is whole, whenever the process dies).
+//!   (`tests/durability.rs`: a snapshot is whole, whenever the process dies). Every other
+//!   snapshot is captured (`Engine::capture_snapshot`) and written on another thread while the
+//!   next operation runs.
 //! - `sb-crash-worker probe PATH`: tries to open the store for writing and prints `ok`, `locked`,
 //!   `badfile` or `io` (`tests/bad_input.rs`: a second writer in another process).
 //! - `sb-crash-worker hold PATH`: opens the store for writing, prints `held`, and keeps it open
@@ -44,10 +46,22 @@ fn main() {
             let seed: u64 = args[4].parse().expect("SEED");
             let mix = workload::Mix::parse(&args[5]).expect("MIX");
             let mut eng = Engine::open(&args[2]).expect("open");
+            let mut writing: Option<std::thread::JoinHandle<()>> = None;
             for k in 0.. {
                 let op = workload::make_op(seed, mix, k, &eng);
                 workload::apply(&mut eng, &op, workload::op_time(seed, k));
-                eng.snapshot(&args[3]).expect("snapshot");
+                if let Some(w) = writing.take() {
+                    w.join().expect("capture written");
+                }
+                if k % 2 == 0 {
+                    eng.snapshot(&args[3]).expect("snapshot");
+                } else {
+                    let capture = eng.capture_snapshot().expect("capture");
+                    let dest = args[3].clone();
+                    writing = Some(std::thread::spawn(move || {
+                        capture.write(&dest).expect("write the capture");
+                    }));
+                }
             }
         }
         Some("probe") if args.len() == 3 => {
