@@ -6,7 +6,9 @@
 //! engine work, and lets go of the lock before it takes the GIL back. So other Python threads
 //! run while the engine works, queries from several threads run together, changes run one at a
 //! time, and no thread ever waits for the lock while holding the GIL (no deadlock between the
-//! two). The batch calls are also parallel inside, on rayon's pool.
+//! two). The batch calls are also parallel inside, on rayon's pool. A `SnapshotCapture` has a lock
+//! of its own, taken the same way; `capture_snapshot(into=...)` takes it before the engine's, so a
+//! recapture that waits for another thread's write of the capture does not hold the engine.
 //!
 //! Arrays passed to a batch call are borrowed, not copied, while the GIL is released: another
 //! Python thread must not write into them during the call (numpy gives no way to stop it).
@@ -125,15 +127,20 @@ impl Engine {
         py: Python<'_>,
         f: impl FnOnce(&mut Core) -> Result<R, Failure> + Send,
     ) -> PyResult<R> {
-        py.detach(|| {
-            let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
-            let eng = guard.as_mut().ok_or(Failure::Closed)?;
-            catch_unwind(AssertUnwindSafe(|| f(eng))).unwrap_or_else(|p| {
-                drop(guard);
-                Err(self.broken(p))
-            })
+        py.detach(|| self.write_detached(f)).py(py)
+    }
+
+    /// [`Engine::write`] for a caller that has released the GIL already.
+    fn write_detached<R>(
+        &self,
+        f: impl FnOnce(&mut Core) -> Result<R, Failure>,
+    ) -> Result<R, Failure> {
+        let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let eng = guard.as_mut().ok_or(Failure::Closed)?;
+        catch_unwind(AssertUnwindSafe(|| f(eng))).unwrap_or_else(|p| {
+            drop(guard);
+            Err(self.broken(p))
         })
-        .py(py)
     }
 
     /// After a panic inside the engine: closes it (a transaction it left unfinished is rolled
@@ -866,7 +873,8 @@ impl Engine {
     /// for a store of several GB); this holds it only for a copy in memory, at the price of
     /// memory for the copy (the store file's size less its runs of zeros) until the capture is
     /// dropped. With `into=`, an earlier capture, the copy goes into that capture's memory and
-    /// replaces it (the same object is returned): a copy into new memory faults in every page of
+    /// replaces it (the same object is returned; a write of it in progress on another thread is
+    /// waited for, without holding the engine): a copy into new memory faults in every page of
     /// it, and one into a capture of the same store does not, so a service that snapshots on a
     /// schedule keeps one capture. Through a read-only engine it holds a shared lock on the store
     /// only while it copies (`LockedError` when a writer has the store open).
@@ -888,10 +896,13 @@ impl Engine {
             }
             Some(cap) => {
                 let c = cap.get();
-                self.write(py, |e| {
+                // The capture's lock first, then the engine's: waiting for another thread's
+                // write of the capture (as long as the disk takes) must not hold the engine.
+                py.detach(|| {
                     let mut inner = c.inner.write().unwrap_or_else(|p| p.into_inner());
-                    Ok(e.capture_snapshot_into(&mut inner)?)
-                })?;
+                    self.write_detached(|e| Ok(e.capture_snapshot_into(&mut inner)?))
+                })
+                .py(py)?;
                 Ok(cap)
             }
         }
@@ -915,7 +926,8 @@ fn snapshot_dict(py: Python<'_>, s: shadowbucket::Snapshot) -> PyResult<Bound<'_
 #[pyclass(frozen, module = "shadowbucket._native")]
 pub struct SnapshotCapture {
     /// Read by writes and queries, replaced by `Engine.capture_snapshot(into=...)`; taken only
-    /// with the GIL released, as the engine's lock is.
+    /// with the GIL released, as the engine's lock is, and never while an engine's lock is held
+    /// (a recapture takes this one first, then the engine's).
     inner: RwLock<shadowbucket::SnapshotCapture>,
 }
 

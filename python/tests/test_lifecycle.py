@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +269,54 @@ def test_capture_snapshot(store: Path, tmp_path: Path) -> None:
         eng.capture_snapshot()
     with pytest.raises(TypeError):
         sb.Engine.open(tmp_path / "again.sb").capture_snapshot(into="not a capture")  # type: ignore[arg-type]
+
+
+def test_capture_into_a_capture_being_written_does_not_hold_the_engine(
+    store: Path, tmp_path: Path
+) -> None:
+    # One thread writes a capture while another captures into it again (a scheduled snapshot
+    # that did not wait for the last write). The recapture must wait for the write without
+    # holding the engine: other threads' calls go on meanwhile.
+    eng = make_engine(store)
+    cap = eng.capture_snapshot()
+    slow = tmp_path / "slow.sb"
+    os.mkfifo(slow)  # cap.write(slow) waits in open() until something opens the other end
+    done: dict[str, object] = {}
+
+    def run(name: str, f: Callable[[], object]) -> threading.Thread:
+        def body() -> None:
+            try:
+                done[name] = f()
+            except Exception as e:
+                done[name] = e
+
+        t = threading.Thread(target=body, daemon=True)
+        t.start()
+        return t
+
+    writer = run("write", lambda: cap.write(slow))
+    time.sleep(0.3)  # the writer now holds the capture, waiting on the FIFO
+    recapture = run("recapture", lambda: eng.capture_snapshot(into=cap))
+    time.sleep(0.3)  # the recapture now waits for the capture
+    query = run("stats", eng.stats)
+    query.join(timeout=5)
+    engine_held = query.is_alive()
+    # let the writer go on: open the FIFO's other end (it has a reader once the writer waits)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.close(os.open(slow, os.O_WRONLY | os.O_NONBLOCK))
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the writer never opened the FIFO"
+            time.sleep(0.01)
+    for t in (writer, recapture, query):
+        t.join(timeout=30)
+        assert not t.is_alive()
+    assert not engine_held, "the engine was held while the recapture waited for a capture's write"
+    assert done["recapture"] is cap
+    assert isinstance(done["stats"], dict)
+    eng.close()
 
 
 def test_exception_hierarchy() -> None:
