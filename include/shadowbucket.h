@@ -1390,7 +1390,8 @@ sb_result sb_snapshot_capture_write(const struct sb_snapshot_capture *capture,
                                     struct sb_snapshot *out);
 
 /**
- * Releases a capture and its memory. NULL is a no-op.
+ * Releases a capture and its memory. NULL is a no-op; a misaligned pointer (never a capture) is
+ * left alone, and `sb_last_error_message` says so.
  *
  * Thread safety: no other call may use this capture during or after this one.
  *

@@ -191,7 +191,8 @@ fn null(what: &str) -> Fail {
     Fail::new(sb_result::NullParameter, format!("{what} is NULL"))
 }
 
-fn check_aligned<T>(p: *const T, what: &str) -> FfiResult {
+/// Refuses a misaligned pointer (NULL is aligned).
+pub(crate) fn check_aligned<T>(p: *const T, what: &str) -> FfiResult {
     if !p.is_aligned() {
         return Err(Fail::invalid(format!("{what} is misaligned")));
     }

@@ -13,8 +13,8 @@ use engine::{
 };
 
 use crate::boundary::{
-    Fail, FfiResult, boundary, boundary_void, disjoint, sb_result, span, try_mut, try_out,
-    try_out_slice, try_path, try_ref, try_slice, try_slice_mut, try_str,
+    Fail, FfiResult, boundary, boundary_void, check_aligned, disjoint, sb_result, span, try_mut,
+    try_out, try_out_slice, try_path, try_ref, try_slice, try_slice_mut, try_str,
 };
 use crate::types::*;
 
@@ -1136,7 +1136,8 @@ pub unsafe extern "C" fn sb_snapshot_capture_write(
     })
 }
 
-/// Releases a capture and its memory. NULL is a no-op.
+/// Releases a capture and its memory. NULL is a no-op; a misaligned pointer (never a capture) is
+/// left alone, and `sb_last_error_message` says so.
 ///
 /// Thread safety: no other call may use this capture during or after this one.
 ///
@@ -1145,6 +1146,7 @@ pub unsafe extern "C" fn sb_snapshot_capture_write(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_snapshot_capture_free(capture: *mut sb_snapshot_capture) {
     boundary_void("sb_snapshot_capture_free", || {
+        check_aligned(capture.cast::<engine::SnapshotCapture>(), "capture")?;
         if !capture.is_null() {
             // SAFETY: a live capture came from `Box::into_raw` in `sb_engine_capture_snapshot`
             // and is given back once (the caller's contract).

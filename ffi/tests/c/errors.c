@@ -350,6 +350,35 @@ static void test_engine_errors(const char *dir) {
   EXPECT_RC(sb_snapshot_capture_write(cap, snap_path, NULL), SB_RESULT_NULL_PARAMETER);
   EXPECT_RC(sb_snapshot_capture_write(cap, snap_path, &snap), SB_RESULT_NOT_FOUND);
   EXPECT_RC(sb_snapshot_capture_write(cap, path, &snap), SB_RESULT_INVALID_ARGUMENT);
+  /* a failed write writes no output */
+  memset(&snap, 0x5a, sizeof snap);
+  EXPECT_RC(sb_snapshot_capture_write(cap, snap_path, &snap), SB_RESULT_NOT_FOUND);
+  CHECK(snap.bytes == 0x5a5a5a5a5a5a5a5aULL && snap.last_committed == 0x5a5a5a5a5a5a5a5aULL);
+  /* a misaligned capture is refused by every call, and left alone */
+  sb_snapshot_capture *odd = (sb_snapshot_capture *)((char *)cap + 1);
+  char cap_path[4096];
+  sb_test_path(cap_path, sizeof cap_path, dir, "errors-capture.sb");
+  EXPECT_RC(sb_snapshot_capture_write(odd, cap_path, &snap), SB_RESULT_INVALID_ARGUMENT);
+  CHECK_LAST_ERROR_HAS("sb_snapshot_capture_write: capture is misaligned");
+  EXPECT_RC(sb_engine_capture_snapshot_into(e, odd), SB_RESULT_INVALID_ARGUMENT);
+  CHECK_LAST_ERROR_HAS("sb_engine_capture_snapshot_into: capture is misaligned");
+  sb_snapshot_capture_free(odd);
+  CHECK_LAST_ERROR_HAS("sb_snapshot_capture_free: capture is misaligned");
+  /* through a read-only handle beside the writer: locked, and neither output nor capture
+   * changed */
+  sb_engine *ro = NULL;
+  CHECK_OK(sb_engine_open_read_only(path, &ro));
+  sb_snapshot_capture *cap2 = odd;
+  EXPECT_RC(sb_engine_capture_snapshot(ro, &cap2), SB_RESULT_LOCKED);
+  CHECK(cap2 == odd);
+  sb_stats st_cap;
+  CHECK_OK(sb_engine_stats(e, &st_cap));
+  sb_decision d_cap;
+  CHECK_OK(sb_engine_allocate(e, 1, 1, 5 * SECOND, &d_cap));
+  EXPECT_RC(sb_engine_capture_snapshot_into(ro, cap), SB_RESULT_LOCKED);
+  sb_engine_free(ro);
+  CHECK_OK(sb_snapshot_capture_write(cap, cap_path, &snap));
+  CHECK(snap.last_committed == st_cap.last_committed);
   sb_snapshot_capture_free(cap);
 
   /* the engine is still consistent after all of that */
