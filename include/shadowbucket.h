@@ -435,7 +435,7 @@ typedef struct sb_tick_report {
 } sb_tick_report;
 
 /**
- * What `sb_engine_snapshot` wrote.
+ * What `sb_engine_snapshot` or `sb_snapshot_capture_write` wrote.
  */
 typedef struct sb_snapshot {
   /**

@@ -20,7 +20,11 @@
 //! `_flush`, ...) take the read lock and run concurrently with each other; changes
 //! (`sb_engine_allocate*`, `_settle`, `_tick*`, customer changes, `_grow`, the predictor and
 //! its model state: `_load_model`, `_reset_model_state`, `_sync_model_state`) take the write lock
-//! and run one at a time. Batch calls and the tick are parallel inside, on rayon's global pool. A
+//! and run one at a time, as do `sb_engine_snapshot`, `sb_engine_capture_snapshot` and
+//! `sb_engine_capture_snapshot_into`. An `sb_snapshot_capture` has no lock of its own:
+//! `sb_snapshot_capture_write` calls on one capture may run together, on any threads and without
+//! its engine, but not alongside `sb_engine_capture_snapshot_into` or `sb_snapshot_capture_free`
+//! on that capture. Batch calls and the tick are parallel inside, on rayon's global pool. A
 //! panic inside a change poisons the lock: later calls on that handle return
 //! `SB_RESULT_LOCK_POISONED` (free it and reopen the store; opening rolls back the unfinished
 //! transaction). `sb_engine_free` and `sb_engine_close` must not race with any other call on the

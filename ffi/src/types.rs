@@ -174,7 +174,7 @@ pub struct sb_dims {
     pub scale_dim: u32,
 }
 
-/// What `sb_engine_snapshot` wrote.
+/// What `sb_engine_snapshot` or `sb_snapshot_capture_write` wrote.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct sb_snapshot {
