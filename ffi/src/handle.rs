@@ -1031,11 +1031,12 @@ pub struct sb_snapshot_capture {
 /// to a snapshot file with `sb_snapshot_capture_write` while the engine goes on.
 ///
 /// `sb_engine_snapshot` holds the engine's write lock for as long as the copy takes to reach the
-/// disk (seconds for a store of several GB); this holds it only for a copy in memory (tens of
-/// milliseconds for a 1M-customer store), at the price of memory for the copy: the store file's
-/// size less its runs of zeros, until `sb_snapshot_capture_free`. The copy holds every
-/// transaction committed before the call (a device backend's recurrent state is written back
-/// first) and the events and signals. Through a read-only handle the capture holds a shared lock
+/// disk (seconds for a store of several GB); this holds it only for a copy in memory (on the
+/// development machine, 122-125 ms for a 1M-customer store into the new memory this call takes,
+/// 34-37 ms with `sb_engine_capture_snapshot_into`), at the price of memory for the copy: the
+/// store file's size less its runs of zeros, until `sb_snapshot_capture_free`. The copy holds
+/// every transaction committed before the call (a device backend's recurrent state is written
+/// back first) and the events and signals. Through a read-only handle the capture holds a shared lock
 /// on the store only while it copies.
 ///
 /// Errors: `SB_RESULT_LOCKED` (read-only handle) when a writer has this store open;
