@@ -169,6 +169,10 @@ impl SnapshotCapture {
     /// # Ok::<(), shadowbucket::Error>(())
     /// ```
     ///
+    /// Writes to different destinations may run together, on any threads; two at once to one
+    /// `dest` share its temporary file (one fails with `NotFound`, and the other may return
+    /// before the file it renamed over `dest` is complete).
+    ///
     /// # Errors
     /// [`crate::Error::InvalidArgument`] when `dest` is the file the copy was captured from;
     /// [`crate::Error::Locked`] when a writer has `dest` open as a store; [`crate::Error::Io`]

@@ -948,7 +948,9 @@ impl SnapshotCapture {
     /// when it was captured (a new file beside `path`, synced, renamed over it, the events file
     /// beside it), with the GIL released. Returns `path`, `bytes`, `written` and
     /// `last_committed`. Raises `InvalidArgumentError` when `path` is the store the copy was
-    /// captured from, `LockedError` when a writer has `path` open as a store.
+    /// captured from, `LockedError` when a writer has `path` open as a store. Writes to
+    /// different paths may run together; two at once to one path share its temporary file (one
+    /// fails with `NotFoundError`, the other may return before the file is complete).
     fn write<'py>(&self, py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
         let s = self
             .read(py, |c| {
