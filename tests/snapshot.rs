@@ -458,3 +458,31 @@ fn a_leftover_temporary_file_is_replaced() {
     assert!(!dir.join("snap.sb.snapshot-tmp").exists());
     assert_eq!(view(&Engine::open(&dest).unwrap(), now), view(&live, now));
 }
+
+/// A capture outlives the file it was copied from (here its store grew: a new file took the old
+/// one's place, and the old one is gone, so the system may give its inode number to the next
+/// new file, on ext4 at once): the capture is written to one destination again and again, as
+/// snapshots are on a schedule, and that destination is never taken for "the store itself".
+#[test]
+fn a_capture_whose_file_is_gone_is_written_to_one_place_again() {
+    let dir = TempDir::new("snap-capture-gone");
+    let path = dir.join("live.sb");
+    let (mut live, _) = busy_store(&path, 1024, 100);
+    let capture = live.capture_snapshot().unwrap();
+    live.grow(2048).unwrap(); // the captured file is removed
+    let dest = dir.join("snap.sb");
+    for round in 0..3 {
+        let snap = capture
+            .write(&dest)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(snap.last_committed, capture.last_committed());
+    }
+    // a snapshot of the grown store there, then the capture again
+    live.snapshot(&dest).unwrap();
+    capture.write(&dest).unwrap();
+    let copy = Engine::open(&dest).unwrap();
+    assert_eq!(copy.stats().last_committed, capture.last_committed());
+    assert_eq!(copy.capacity(), 1024);
+    // the grown store is still refused while its writer has it
+    assert!(matches!(capture.write(&path), Err(Error::Locked(p)) if p == path));
+}

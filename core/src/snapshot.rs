@@ -170,7 +170,8 @@ impl SnapshotCapture {
     /// ```
     ///
     /// # Errors
-    /// [`crate::Error::InvalidArgument`] when `dest` is the file the copy was captured from;
+    /// [`crate::Error::InvalidArgument`] when `dest` is the file the copy was captured from, while
+    /// that file is still at the store's path (a store grown or replaced since is another file);
     /// [`crate::Error::Locked`] when a writer has `dest` open as a store; [`crate::Error::Io`]
     /// writing the copy (`dest` is then unchanged).
     pub fn write(&self, dest: impl AsRef<Path>) -> Result<Snapshot> {

@@ -384,7 +384,7 @@ impl Store {
         Ok(Captured {
             copy,
             data,
-            source: self.map.id(&self.path),
+            source: self.source(),
         })
     }
 
@@ -405,8 +405,13 @@ impl Store {
             into.copy = mmap::anonymous(bytes.len(), &self.path)?;
         }
         into.data = copy_data(bytes, &mut into.copy);
-        into.source = self.map.id(&self.path);
+        into.source = self.source();
         Ok(())
+    }
+
+    /// The mapped file and its path, for a copy of it ([`Captured::source`]).
+    fn source(&self) -> Option<(PathBuf, mmap::FileId)> {
+        self.map.id(&self.path).map(|id| (self.path.clone(), id))
     }
 
     /// [`Mapping::hold_still`], after making sure that a read-only store's path still names the
@@ -622,8 +627,8 @@ pub(crate) struct Captured {
     copy: memmap2::MmapMut,
     /// Per [`SNAPSHOT_CHUNK`] of the file, in order: whether it holds anything but zeros.
     data: Vec<bool>,
-    /// Which file it is, so that it is never written over itself.
-    source: Option<mmap::FileId>,
+    /// Which file it is and its path when copied, so that it is never written over itself.
+    source: Option<(PathBuf, mmap::FileId)>,
 }
 
 impl Captured {
@@ -662,7 +667,16 @@ impl Captured {
         progress: impl FnMut(u64, u64),
         before_rename: impl FnOnce() -> Result<()>,
     ) -> Result<u64> {
-        check_snapshot_dest(dest, self.source.as_ref())?;
+        // Only while the file is still at its path is its id its own: a file removed since (a
+        // store grown, upgraded or deleted) may have left its inode number to any new file, the
+        // destination included.
+        let source = self.source.as_ref().and_then(|(path, id)| {
+            let there = mmap::open_existing(path).ok().flatten();
+            there
+                .is_some_and(|f| mmap::file_id(&f, path).as_ref() == Some(id))
+                .then_some(id)
+        });
+        check_snapshot_dest(dest, source)?;
         write_snapshot(dest, self.len(), self.chunks(), progress, before_rename)
     }
 }
