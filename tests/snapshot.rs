@@ -486,3 +486,60 @@ fn a_capture_whose_file_is_gone_is_written_to_one_place_again() {
     // the grown store is still refused while its writer has it
     assert!(matches!(capture.write(&path), Err(Error::Locked(p)) if p == path));
 }
+
+/// Through a read-only engine, a capture's `last_committed` is that of the copy it holds, even
+/// when a writer opens the store and commits the moment the capture lets go of its lock (here a
+/// thread tries to all the while; the engine has many events, so that rendering them after the
+/// copy takes a while).
+#[test]
+fn a_read_only_capture_says_the_transaction_its_copy_holds() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = TempDir::new("snap-ro-race");
+    let path = dir.join("live.sb");
+    let (live, now) = busy_store(&path, 1024, 100);
+    drop(live);
+    let events = dir.join("live.sb.events");
+    let mut text = format!("shadowbucket-events 1\nnext {}\n", 200_000);
+    for id in 1..=200_000u64 {
+        text += &format!("event {id} - 1 1.5 {now} {}\n", now + 1_000_000_000_000);
+    }
+    std::fs::write(&events, text).unwrap();
+    let mut ro = Engine::open_read_only(&path).unwrap();
+    std::fs::remove_file(&events).unwrap(); // the writer's opens stay quick
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(mut w) = Engine::open(&path) {
+                    w.allocate(100, 1, now).unwrap();
+                }
+            }
+        });
+        // (the writer stops however this thread ends, a failed assertion included)
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
+        let mut taken = 0;
+        for _ in 0..2000 {
+            let Ok(capture) = ro.capture_snapshot() else {
+                continue;
+            };
+            let snap = capture.write(dir.join("snap.sb")).unwrap();
+            let held = Engine::open_read_only(&snap.path)
+                .unwrap()
+                .stats()
+                .last_committed;
+            assert_eq!(capture.last_committed(), held, "capture {taken}");
+            assert_eq!(snap.last_committed, held, "capture {taken}");
+            taken += 1;
+            if taken == 5 {
+                break;
+            }
+        }
+        assert!(taken > 0, "no capture got the store");
+    });
+}

@@ -111,7 +111,6 @@ pub struct SnapshotCapture {
     store: Captured,
     /// The events file's text.
     sidecar: String,
-    last_committed: u64,
 }
 
 impl std::fmt::Debug for SnapshotCapture {
@@ -119,7 +118,7 @@ impl std::fmt::Debug for SnapshotCapture {
         f.debug_struct("SnapshotCapture")
             .field("bytes", &self.bytes())
             .field("held", &self.held())
-            .field("last_committed", &self.last_committed)
+            .field("last_committed", &self.last_committed())
             .finish_non_exhaustive()
     }
 }
@@ -139,7 +138,7 @@ impl SnapshotCapture {
     /// The last transaction the copy holds ([`crate::Stats::last_committed`] when it was
     /// captured).
     pub fn last_committed(&self) -> u64 {
-        self.last_committed
+        self.store.last_committed()
     }
 
     /// Writes the copy to `dest` exactly as [`Engine::snapshot`] would have written the store
@@ -198,7 +197,7 @@ impl SnapshotCapture {
             path: dest.to_path_buf(),
             bytes: self.store.len(),
             written,
-            last_committed: self.last_committed,
+            last_committed: self.last_committed(),
         })
     }
 }
@@ -231,7 +230,6 @@ impl Engine {
         Ok(SnapshotCapture {
             store,
             sidecar: self.render_sidecar(),
-            last_committed: self.stats().last_committed,
         })
     }
 
@@ -266,7 +264,6 @@ impl Engine {
         self.write_back_device_state()?;
         self.store.capture_into(&mut capture.store)?;
         capture.sidecar = self.render_sidecar();
-        capture.last_committed = self.stats().last_committed;
         Ok(())
     }
 }

@@ -385,6 +385,7 @@ impl Store {
             copy,
             data,
             source: self.source(),
+            last_committed: self.last_committed(),
         })
     }
 
@@ -406,7 +407,13 @@ impl Store {
         }
         into.data = copy_data(bytes, &mut into.copy);
         into.source = self.source();
+        into.last_committed = self.last_committed();
         Ok(())
+    }
+
+    /// The last committed transaction; read while the store is held still, that of its copy.
+    fn last_committed(&self) -> u64 {
+        self.cols().state.txn.last_committed
     }
 
     /// The mapped file and its path, for a copy of it ([`Captured::source`]).
@@ -629,12 +636,20 @@ pub(crate) struct Captured {
     data: Vec<bool>,
     /// Which file it is and its path when copied, so that it is never written over itself.
     source: Option<(PathBuf, mmap::FileId)>,
+    /// The last transaction the copy holds (read before the store was let go: through a
+    /// read-only engine, a writer may commit more the moment it is).
+    last_committed: u64,
 }
 
 impl Captured {
     /// The store file's length in bytes.
     pub(crate) fn len(&self) -> u64 {
         self.copy.len() as u64
+    }
+
+    /// The last transaction the copy holds.
+    pub(crate) fn last_committed(&self) -> u64 {
+        self.last_committed
     }
 
     /// Bytes of the file the copy holds (its chunks that are not all zeros).
