@@ -543,3 +543,63 @@ fn a_read_only_capture_says_the_transaction_its_copy_holds() {
         assert!(taken > 0, "no capture got the store");
     });
 }
+
+/// Two writes to one destination at once (a capture's writes may run on any threads, together:
+/// docs/engine.md, Concurrency), here the second starting while the first is in the middle of its
+/// copy: each write that returns leaves the destination a whole snapshot, and both succeed.
+#[test]
+fn writes_to_one_destination_at_once_leave_it_whole() {
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+    let dir = TempDir::new("snap-capture-together");
+    let (mut live, _) = busy_store(&dir.join("live.sb"), 200_000, 50);
+    let capture = live.capture_snapshot().unwrap();
+    let dest = dir.join("snap.sb");
+    let whole = {
+        let s = capture.write(dir.join("whole.sb")).unwrap();
+        std::fs::read(s.path).unwrap()
+    };
+    let (a_paused, a_paused_rx) = channel();
+    let (go_a, go_a_rx) = channel::<()>();
+    let (b_paused, b_paused_rx) = channel();
+    let (go_b, go_b_rx) = channel::<()>();
+    let (capture, dest) = (&capture, &dest);
+    std::thread::scope(|s| {
+        let a = s.spawn(move || {
+            let mut first = true;
+            capture.write_with(dest, |_, _| {
+                if std::mem::take(&mut first) {
+                    a_paused.send(()).unwrap();
+                    let _ = go_a_rx.recv();
+                }
+            })
+        });
+        a_paused_rx.recv().unwrap();
+        let b = s.spawn(move || {
+            let mut first = true;
+            capture.write_with(dest, |_, _| {
+                if std::mem::take(&mut first) {
+                    let _ = b_paused.send(());
+                    let _ = go_b_rx.recv();
+                }
+            })
+        });
+        // the second write is in the middle of its copy (or waits for the first to end)
+        let _ = b_paused_rx.recv_timeout(Duration::from_secs(2));
+        go_a.send(()).unwrap();
+        let first = a.join().unwrap();
+        let after_first = std::fs::read(dest).unwrap();
+        go_b.send(()).unwrap();
+        let second = b.join().unwrap();
+        first.expect("the first write");
+        assert!(
+            after_first == whole,
+            "the first write left {} bytes at the destination, not the snapshot's {}",
+            after_first.len(),
+            whole.len()
+        );
+        second.expect("the second write");
+        assert!(std::fs::read(dest).unwrap() == whole);
+    });
+    assert!(!dir.join("snap.sb.snapshot-tmp").exists());
+}

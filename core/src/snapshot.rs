@@ -144,7 +144,8 @@ impl SnapshotCapture {
     /// Writes the copy to `dest` exactly as [`Engine::snapshot`] would have written the store
     /// when the copy was captured: the events file beside it, a new file beside `dest` (its name
     /// with `.snapshot-tmp` added) synced to the disk and renamed over `dest`, so that a process
-    /// killed at any instant leaves `dest` as it was or as the complete new snapshot.
+    /// killed at any instant leaves `dest` as it was or as the complete new snapshot. Writes to
+    /// one destination from several threads of this process at once take turns.
     ///
     /// ```
     /// # use shadowbucket::{Contract, CreateOptions, Engine, EngineConfig, Keys, Rate};

@@ -754,6 +754,7 @@ fn write_snapshot<'a>(
     before_rename: impl FnOnce() -> Result<()>,
 ) -> Result<u64> {
     use std::io::{Seek, SeekFrom, Write};
+    let _turn = SnapshotTurn::take(dest);
     write_beside(dest, ".snapshot-tmp", |tmp| {
         let copy = || -> std::io::Result<u64> {
             let mut f = std::fs::OpenOptions::new()
@@ -784,6 +785,51 @@ fn write_snapshot<'a>(
         before_rename()?;
         Ok(written)
     })
+}
+
+/// A snapshot being written by this process to a destination: its turn at the destination's
+/// temporary file. Two writes to one destination at once (a capture's writes may run on any
+/// threads) would share that file, each removing the other's and one renaming the other's
+/// unfinished copy over the destination; so the second waits until the first is done.
+struct SnapshotTurn(PathBuf);
+
+/// The destinations being written ([`SnapshotTurn`]), and a wake-up for those waiting for one.
+static SNAPSHOT_TURNS: (std::sync::Mutex<Vec<PathBuf>>, std::sync::Condvar) =
+    (std::sync::Mutex::new(Vec::new()), std::sync::Condvar::new());
+
+impl SnapshotTurn {
+    /// Waits until no other write of this process is writing to `dest` (under any spelling of
+    /// its folder), then takes its turn.
+    fn take(dest: &Path) -> SnapshotTurn {
+        let key = match (dest.parent(), dest.file_name()) {
+            (Some(dir), Some(name)) => {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                dir.canonicalize()
+                    .map_or_else(|_| dest.to_path_buf(), |d| d.join(name))
+            }
+            _ => dest.to_path_buf(),
+        };
+        let (turns, wake) = &SNAPSHOT_TURNS;
+        let mut busy = turns.lock().unwrap_or_else(|e| e.into_inner());
+        while busy.contains(&key) {
+            busy = wake.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        busy.push(key.clone());
+        SnapshotTurn(key)
+    }
+}
+
+impl Drop for SnapshotTurn {
+    fn drop(&mut self) {
+        let (turns, wake) = &SNAPSHOT_TURNS;
+        let mut busy = turns.lock().unwrap_or_else(|e| e.into_inner());
+        busy.retain(|k| k != &self.0);
+        wake.notify_all();
+    }
 }
 
 /// Whether `b` holds only zero bytes (a run a snapshot leaves as a hole).
