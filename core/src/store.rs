@@ -402,10 +402,15 @@ impl Store {
     pub(crate) fn capture_into(&self, into: &mut Captured) -> Result<()> {
         let _still = self.hold_still_current()?;
         let bytes = self.map.bytes();
-        if into.copy.len() != bytes.len() {
+        let reused = into.copy.len() == bytes.len();
+        if !reused {
             into.copy = mmap::anonymous(bytes.len(), &self.path)?;
         }
-        into.data = copy_data(bytes, &mut into.copy);
+        let data = copy_data(bytes, &mut into.copy);
+        if reused {
+            release_stale(&mut into.copy, &into.data, &data);
+        }
+        into.data = data;
         into.source = self.source();
         into.last_committed = self.last_committed();
         Ok(())
@@ -629,8 +634,9 @@ const SNAPSHOT_CHUNK: usize = 4 << 20;
 
 /// A store file copied into memory ([`Store::capture`]).
 pub(crate) struct Captured {
-    /// The copy, as long as the file. Its chunks of zeros are not written: they hold no memory,
-    /// or, in memory reused from an earlier copy, what that copy had there.
+    /// The copy, as long as the file. Its chunks of zeros are not written: they hold no memory
+    /// (in memory reused from an earlier copy, what that copy had there is given back:
+    /// [`release_stale`]).
     copy: memmap2::MmapMut,
     /// Per [`SNAPSHOT_CHUNK`] of the file, in order: whether it holds anything but zeros.
     data: Vec<bool>,
@@ -710,6 +716,27 @@ fn copy_data(from: &[u8], to: &mut [u8]) -> Vec<bool> {
             data
         })
         .collect()
+}
+
+/// Gives back the memory of each [`SNAPSHOT_CHUNK`] of `copy` that held data in the copy it
+/// held before (`was`) and is a chunk of zeros in the one it holds now (`now`), so that it holds
+/// no more than the chunks it says ([`Captured::held`]). (Unix; elsewhere such a chunk keeps its
+/// memory, and its old bytes, which are never read: a chunk of zeros is written as a hole.)
+fn release_stale(copy: &mut memmap2::MmapMut, was: &[bool], now: &[bool]) {
+    for (i, (&was, &now)) in was.iter().zip(now).enumerate() {
+        if !was || now {
+            continue;
+        }
+        let at = i * SNAPSHOT_CHUNK;
+        let len = SNAPSHOT_CHUNK.min(copy.len() - at);
+        #[cfg(unix)]
+        // SAFETY: `copy` is private anonymous memory borrowed mutably here, so nothing else
+        // refers to it; its pages in the range read as zeros afterwards, and nobody reads them
+        // (the chunk is written as a hole).
+        let _ = unsafe { copy.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, at, len) };
+        #[cfg(not(unix))]
+        let _ = (copy.len(), at, len);
+    }
 }
 
 /// A piece of a store file to write: its bytes, or the length of a run of zeros (a hole).
@@ -1101,6 +1128,45 @@ mod tests {
                 Chunk::Zeros(n) => vec![0; n],
             })
             .collect()
+    }
+
+    /// Bytes of the copy's memory that are in RAM.
+    #[cfg(target_os = "linux")]
+    fn resident(c: &super::Captured) -> u64 {
+        let page = 4096;
+        let mut pages = vec![0u8; c.copy.len().div_ceil(page)];
+        // SAFETY: `pages` has a byte for each page of the mapping, which `c` keeps alive.
+        let r =
+            unsafe { libc::mincore(c.copy.as_ptr() as *mut _, c.copy.len(), pages.as_mut_ptr()) };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        pages.iter().filter(|&&p| p & 1 != 0).count() as u64 * page as u64
+    }
+
+    /// `held()` is the memory a capture holds also when it reuses the memory of a capture that
+    /// held more (here another store as long, full where this one has runs of zeros).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_capture_into_memory_that_held_more_holds_what_it_says() {
+        let dir = std::env::temp_dir().join(format!("sb-capture-held-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut full = Store::create(&dir.join("full.sb"), dims(100_000)).unwrap();
+        full.map.bytes_mut().unwrap().fill(1);
+        let sparse = Store::create(&dir.join("sparse.sb"), dims(100_000)).unwrap();
+        let mut cap = full.capture().unwrap();
+        assert_eq!(cap.held(), cap.len());
+        sparse.capture_into(&mut cap).unwrap();
+        assert!(bytes_of(&cap) == sparse.map.bytes());
+        assert!(cap.held() < cap.len() / 2);
+        // (a chunk of slack: a huge page may straddle a chunk's edge)
+        assert!(
+            resident(&cap) <= cap.held() + super::SNAPSHOT_CHUNK as u64,
+            "{} bytes in memory, held() says {} (of {})",
+            resident(&cap),
+            cap.held(),
+            cap.len()
+        );
+        drop((full, sparse));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
