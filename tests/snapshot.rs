@@ -603,3 +603,50 @@ fn writes_to_one_destination_at_once_leave_it_whole() {
     });
     assert!(!dir.join("snap.sb.snapshot-tmp").exists());
 }
+
+/// The store's own events file is no destination (a copy of the store written there leaves the
+/// store unable to open: its events file is not one), nor is a path whose events file would be
+/// a store a writer has open; both ways refuse them alike and change nothing.
+#[test]
+fn the_events_files_of_stores_are_refused() {
+    let dir = TempDir::new("snap-bad-events");
+    let path = dir.join("live.sb");
+    let (mut live, now) = busy_store(&path, 1024, 100);
+    let before = view(&live, now);
+    let capture = live.capture_snapshot().unwrap();
+    let events = dir.join("live.sb.events");
+    let text = std::fs::read(&events).unwrap();
+    for dest in [events.clone(), dir.join("sub/../live.sb.events")] {
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let direct = live.snapshot(&dest).map(|_| ());
+        let captured = capture.write(&dest).map(|_| ());
+        assert_eq!(format!("{direct:?}"), format!("{captured:?}"));
+        assert!(
+            matches!(&direct, Err(Error::InvalidArgument(m)) if m.contains("events file")),
+            "{}: {direct:?}",
+            dest.display()
+        );
+    }
+    assert_eq!(std::fs::read(&events).unwrap(), text);
+
+    // a store named like another path's events file, that a writer has open
+    let other = dir.join("other.events");
+    let held = Engine::create(
+        &other,
+        CreateOptions::new(64, EngineConfig::new(100, Rate::tokens_per_sec(10))),
+    )
+    .unwrap();
+    let other_bytes = std::fs::read(&other).unwrap();
+    let dest = dir.join("other");
+    let direct = live.snapshot(&dest).map(|_| ());
+    let captured = capture.write(&dest).map(|_| ());
+    assert_eq!(format!("{direct:?}"), format!("{captured:?}"));
+    assert!(
+        matches!(&direct, Err(Error::Locked(p)) if p == &other),
+        "{direct:?}"
+    );
+    assert!(!dest.exists());
+    assert_eq!(std::fs::read(&other).unwrap(), other_bytes);
+    drop((held, live));
+    assert_eq!(view(&Engine::open(&path).unwrap(), now), before);
+}

@@ -63,11 +63,11 @@ impl Engine {
     /// ```
     ///
     /// # Errors
-    /// [`crate::Error::InvalidArgument`] when `dest` is the store itself, or (read-only engine)
-    /// when the store's path now holds another file (grown or upgraded since the engine opened
-    /// it: open it again);
-    /// [`crate::Error::Locked`] when a writer has `dest` open as a store, or (read-only engine)
-    /// has this store open; [`crate::Error::Io`] writing the copy (`dest` is then unchanged), or
+    /// [`crate::Error::InvalidArgument`] when `dest` is the store itself or its events file, or
+    /// `dest`'s events file is the store, or (read-only engine) when the store's path now holds
+    /// another file (grown or upgraded since the engine opened it: open it again);
+    /// [`crate::Error::Locked`] when a writer has `dest` (or `dest`'s events file) open as a
+    /// store, or (read-only engine) has this store open; [`crate::Error::Io`] writing the copy (`dest` is then unchanged), or
     /// from a device backend's state write-back.
     pub fn snapshot(&mut self, dest: impl AsRef<Path>) -> Result<Snapshot> {
         self.snapshot_with(dest, |_, _| {})
@@ -170,9 +170,11 @@ impl SnapshotCapture {
     /// ```
     ///
     /// # Errors
-    /// [`crate::Error::InvalidArgument`] when `dest` is the file the copy was captured from, while
-    /// that file is still at the store's path (a store grown or replaced since is another file);
-    /// [`crate::Error::Locked`] when a writer has `dest` open as a store; [`crate::Error::Io`]
+    /// [`crate::Error::InvalidArgument`] when `dest` (or `dest`'s events file) is the file the
+    /// copy was captured from, while that file is still at the store's path (a store grown or
+    /// replaced since is another file), or when `dest` is the events file of the store's path;
+    /// [`crate::Error::Locked`] when a writer has `dest` (or `dest`'s events file) open as a
+    /// store; [`crate::Error::Io`]
     /// writing the copy (`dest` is then unchanged).
     pub fn write(&self, dest: impl AsRef<Path>) -> Result<Snapshot> {
         self.write_with(dest, |_, _| {})

@@ -359,7 +359,7 @@ impl Store {
         before_rename: impl FnOnce() -> Result<()>,
     ) -> Result<u64> {
         let _still = self.hold_still_current()?;
-        check_snapshot_dest(dest, self.map.id(&self.path).as_ref())?;
+        check_snapshot_dest(dest, &self.path, self.map.id(&self.path).as_ref())?;
         let bytes = self.map.bytes();
         let chunks = bytes.chunks(SNAPSHOT_CHUNK).map(|c| {
             if all_zero(c) {
@@ -421,9 +421,9 @@ impl Store {
         self.cols().state.txn.last_committed
     }
 
-    /// The mapped file and its path, for a copy of it ([`Captured::source`]).
-    fn source(&self) -> Option<(PathBuf, mmap::FileId)> {
-        self.map.id(&self.path).map(|id| (self.path.clone(), id))
+    /// The store's path and its file, for a copy of it ([`Captured::source`]).
+    fn source(&self) -> (PathBuf, Option<mmap::FileId>) {
+        (self.path.clone(), self.map.id(&self.path))
     }
 
     /// [`Mapping::hold_still`], after making sure that a read-only store's path still names the
@@ -640,8 +640,9 @@ pub(crate) struct Captured {
     copy: memmap2::MmapMut,
     /// Per [`SNAPSHOT_CHUNK`] of the file, in order: whether it holds anything but zeros.
     data: Vec<bool>,
-    /// Which file it is and its path when copied, so that it is never written over itself.
-    source: Option<(PathBuf, mmap::FileId)>,
+    /// The store's path and which file it was when copied, so that the copy is never written
+    /// over it (or its events file).
+    source: (PathBuf, Option<mmap::FileId>),
     /// The last transaction the copy holds (read before the store was let go: through a
     /// read-only engine, a writer may commit more the moment it is).
     last_committed: u64,
@@ -691,13 +692,12 @@ impl Captured {
         // Only while the file is still at its path is its id its own: a file removed since (a
         // store grown, upgraded or deleted) may have left its inode number to any new file, the
         // destination included.
-        let source = self.source.as_ref().and_then(|(path, id)| {
+        let (path, id) = &self.source;
+        let id = id.as_ref().filter(|id| {
             let there = mmap::open_existing(path).ok().flatten();
-            there
-                .is_some_and(|f| mmap::file_id(&f, path).as_ref() == Some(id))
-                .then_some(id)
+            there.is_some_and(|f| mmap::file_id(&f, path).as_ref() == Some(id))
         });
-        check_snapshot_dest(dest, source)?;
+        check_snapshot_dest(dest, path, id)?;
         write_snapshot(dest, self.len(), self.chunks(), progress, before_rename)
     }
 }
@@ -745,29 +745,47 @@ enum Chunk<'a> {
     Zeros(usize),
 }
 
-/// Refuses a snapshot's destination that is the store itself (`source`), a store a writer has
-/// open (renaming a new file over it would leave that writer changing a file nobody can open
-/// again), or a folder.
-fn check_snapshot_dest(dest: &Path, source: Option<&mmap::FileId>) -> Result<()> {
-    let Some(file) = mmap::open_existing(dest)? else {
-        return Ok(());
-    };
-    if source.is_some_and(|s| mmap::file_id(&file, dest).as_ref() == Some(s)) {
+/// Refuses a snapshot's destination that is the store itself (`source`, the file of the store
+/// at `store`) or its events file, a store a writer has open (renaming a new file over it would
+/// leave that writer changing a file nobody can open again), or a folder; and one whose events
+/// file (which the snapshot replaces too) is the store itself or a store a writer has open.
+fn check_snapshot_dest(dest: &Path, store: &Path, source: Option<&mmap::FileId>) -> Result<()> {
+    let events = crate::predict::sidecar::path_for(dest);
+    if place(dest).is_some_and(|p| place(&crate::predict::sidecar::path_for(store)) == Some(p)) {
         return Err(Error::invalid(format!(
-            "{} is the store itself: a snapshot goes to another path",
+            "{} is the store's events file: a snapshot goes to another path",
             dest.display()
         )));
     }
-    if mmap::writer_holds(&file, dest)? {
-        return Err(Error::Locked(dest.to_path_buf()));
-    }
-    if file.metadata().is_ok_and(|m| m.is_dir()) {
-        return Err(Error::io(
-            dest,
-            std::io::Error::from(std::io::ErrorKind::IsADirectory),
-        ));
+    for path in [dest, &events] {
+        let Some(file) = mmap::open_existing(path)? else {
+            continue;
+        };
+        if source.is_some_and(|s| mmap::file_id(&file, path).as_ref() == Some(s)) {
+            return Err(Error::invalid(format!(
+                "{} is the store itself: a snapshot goes to another path",
+                path.display()
+            )));
+        }
+        if mmap::writer_holds(&file, path)? {
+            return Err(Error::Locked(path.to_path_buf()));
+        }
+        if path == dest && file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(Error::io(
+                dest,
+                std::io::Error::from(std::io::ErrorKind::IsADirectory),
+            ));
+        }
     }
     Ok(())
+}
+
+/// `path` with its folder's canonical path (the same for every spelling of one place), if the
+/// folder exists.
+fn place(path: &Path) -> Option<PathBuf> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new(".")).canonicalize().ok()?;
+    Some(dir.join(path.file_name()?))
 }
 
 /// Writes `chunks` (`total` bytes in all) to a new file beside `dest` (its name with
@@ -828,18 +846,7 @@ impl SnapshotTurn {
     /// Waits until no other write of this process is writing to `dest` (under any spelling of
     /// its folder), then takes its turn.
     fn take(dest: &Path) -> SnapshotTurn {
-        let key = match (dest.parent(), dest.file_name()) {
-            (Some(dir), Some(name)) => {
-                let dir = if dir.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    dir
-                };
-                dir.canonicalize()
-                    .map_or_else(|_| dest.to_path_buf(), |d| d.join(name))
-            }
-            _ => dest.to_path_buf(),
-        };
+        let key = place(dest).unwrap_or_else(|| dest.to_path_buf());
         let (turns, wake) = &SNAPSHOT_TURNS;
         let mut busy = turns.lock().unwrap_or_else(|e| e.into_inner());
         while busy.contains(&key) {
