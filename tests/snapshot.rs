@@ -458,3 +458,195 @@ fn a_leftover_temporary_file_is_replaced() {
     assert!(!dir.join("snap.sb.snapshot-tmp").exists());
     assert_eq!(view(&Engine::open(&dest).unwrap(), now), view(&live, now));
 }
+
+/// A capture outlives the file it was copied from (here its store grew: a new file took the old
+/// one's place, and the old one is gone, so the system may give its inode number to the next
+/// new file, on ext4 at once): the capture is written to one destination again and again, as
+/// snapshots are on a schedule, and that destination is never taken for "the store itself".
+#[test]
+fn a_capture_whose_file_is_gone_is_written_to_one_place_again() {
+    let dir = TempDir::new("snap-capture-gone");
+    let path = dir.join("live.sb");
+    let (mut live, _) = busy_store(&path, 1024, 100);
+    let capture = live.capture_snapshot().unwrap();
+    live.grow(2048).unwrap(); // the captured file is removed
+    let dest = dir.join("snap.sb");
+    for round in 0..3 {
+        let snap = capture
+            .write(&dest)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(snap.last_committed, capture.last_committed());
+    }
+    // a snapshot of the grown store there, then the capture again
+    live.snapshot(&dest).unwrap();
+    capture.write(&dest).unwrap();
+    let copy = Engine::open(&dest).unwrap();
+    assert_eq!(copy.stats().last_committed, capture.last_committed());
+    assert_eq!(copy.capacity(), 1024);
+    // the grown store is still refused while its writer has it
+    assert!(matches!(capture.write(&path), Err(Error::Locked(p)) if p == path));
+}
+
+/// Through a read-only engine, a capture's `last_committed` is that of the copy it holds, even
+/// when a writer opens the store and commits the moment the capture lets go of its lock (here a
+/// thread tries to all the while; the engine has many events, so that rendering them after the
+/// copy takes a while).
+#[test]
+fn a_read_only_capture_says_the_transaction_its_copy_holds() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = TempDir::new("snap-ro-race");
+    let path = dir.join("live.sb");
+    let (live, now) = busy_store(&path, 1024, 100);
+    drop(live);
+    let events = dir.join("live.sb.events");
+    let mut text = format!("shadowbucket-events 1\nnext {}\n", 200_000);
+    for id in 1..=200_000u64 {
+        text += &format!("event {id} - 1 1.5 {now} {}\n", now + 1_000_000_000_000);
+    }
+    std::fs::write(&events, text).unwrap();
+    let mut ro = Engine::open_read_only(&path).unwrap();
+    std::fs::remove_file(&events).unwrap(); // the writer's opens stay quick
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(mut w) = Engine::open(&path) {
+                    w.allocate(100, 1, now).unwrap();
+                }
+            }
+        });
+        // (the writer stops however this thread ends, a failed assertion included)
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
+        let mut taken = 0;
+        for _ in 0..2000 {
+            let Ok(capture) = ro.capture_snapshot() else {
+                continue;
+            };
+            let snap = capture.write(dir.join("snap.sb")).unwrap();
+            let held = Engine::open_read_only(&snap.path)
+                .unwrap()
+                .stats()
+                .last_committed;
+            assert_eq!(capture.last_committed(), held, "capture {taken}");
+            assert_eq!(snap.last_committed, held, "capture {taken}");
+            taken += 1;
+            if taken == 5 {
+                break;
+            }
+        }
+        assert!(taken > 0, "no capture got the store");
+    });
+}
+
+/// Two writes to one destination at once (a capture's writes may run on any threads, together:
+/// docs/engine.md, Concurrency), here the second starting while the first is in the middle of its
+/// copy: each write that returns leaves the destination a whole snapshot, and both succeed.
+#[test]
+fn writes_to_one_destination_at_once_leave_it_whole() {
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+    let dir = TempDir::new("snap-capture-together");
+    let (mut live, _) = busy_store(&dir.join("live.sb"), 200_000, 50);
+    let capture = live.capture_snapshot().unwrap();
+    let dest = dir.join("snap.sb");
+    let whole = {
+        let s = capture.write(dir.join("whole.sb")).unwrap();
+        std::fs::read(s.path).unwrap()
+    };
+    let (a_paused, a_paused_rx) = channel();
+    let (go_a, go_a_rx) = channel::<()>();
+    let (b_paused, b_paused_rx) = channel();
+    let (go_b, go_b_rx) = channel::<()>();
+    let (capture, dest) = (&capture, &dest);
+    std::thread::scope(|s| {
+        let a = s.spawn(move || {
+            let mut first = true;
+            capture.write_with(dest, |_, _| {
+                if std::mem::take(&mut first) {
+                    a_paused.send(()).unwrap();
+                    let _ = go_a_rx.recv();
+                }
+            })
+        });
+        a_paused_rx.recv().unwrap();
+        let b = s.spawn(move || {
+            let mut first = true;
+            capture.write_with(dest, |_, _| {
+                if std::mem::take(&mut first) {
+                    let _ = b_paused.send(());
+                    let _ = go_b_rx.recv();
+                }
+            })
+        });
+        // the second write is in the middle of its copy (or waits for the first to end)
+        let _ = b_paused_rx.recv_timeout(Duration::from_secs(2));
+        go_a.send(()).unwrap();
+        let first = a.join().unwrap();
+        let after_first = std::fs::read(dest).unwrap();
+        go_b.send(()).unwrap();
+        let second = b.join().unwrap();
+        first.expect("the first write");
+        assert!(
+            after_first == whole,
+            "the first write left {} bytes at the destination, not the snapshot's {}",
+            after_first.len(),
+            whole.len()
+        );
+        second.expect("the second write");
+        assert!(std::fs::read(dest).unwrap() == whole);
+    });
+    assert!(!dir.join("snap.sb.snapshot-tmp").exists());
+}
+
+/// The store's own events file is no destination (a copy of the store written there leaves the
+/// store unable to open: its events file is not one), nor is a path whose events file would be
+/// a store a writer has open; both ways refuse them alike and change nothing.
+#[test]
+fn the_events_files_of_stores_are_refused() {
+    let dir = TempDir::new("snap-bad-events");
+    let path = dir.join("live.sb");
+    let (mut live, now) = busy_store(&path, 1024, 100);
+    let before = view(&live, now);
+    let capture = live.capture_snapshot().unwrap();
+    let events = dir.join("live.sb.events");
+    let text = std::fs::read(&events).unwrap();
+    for dest in [events.clone(), dir.join("sub/../live.sb.events")] {
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let direct = live.snapshot(&dest).map(|_| ());
+        let captured = capture.write(&dest).map(|_| ());
+        assert_eq!(format!("{direct:?}"), format!("{captured:?}"));
+        assert!(
+            matches!(&direct, Err(Error::InvalidArgument(m)) if m.contains("events file")),
+            "{}: {direct:?}",
+            dest.display()
+        );
+    }
+    assert_eq!(std::fs::read(&events).unwrap(), text);
+
+    // a store named like another path's events file, that a writer has open
+    let other = dir.join("other.events");
+    let held = Engine::create(
+        &other,
+        CreateOptions::new(64, EngineConfig::new(100, Rate::tokens_per_sec(10))),
+    )
+    .unwrap();
+    let other_bytes = std::fs::read(&other).unwrap();
+    let dest = dir.join("other");
+    let direct = live.snapshot(&dest).map(|_| ());
+    let captured = capture.write(&dest).map(|_| ());
+    assert_eq!(format!("{direct:?}"), format!("{captured:?}"));
+    assert!(
+        matches!(&direct, Err(Error::Locked(p)) if p == &other),
+        "{direct:?}"
+    );
+    assert!(!dest.exists());
+    assert_eq!(std::fs::read(&other).unwrap(), other_bytes);
+    drop((held, live));
+    assert_eq!(view(&Engine::open(&path).unwrap(), now), before);
+}

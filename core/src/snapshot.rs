@@ -63,11 +63,11 @@ impl Engine {
     /// ```
     ///
     /// # Errors
-    /// [`crate::Error::InvalidArgument`] when `dest` is the store itself, or (read-only engine)
-    /// when the store's path now holds another file (grown or upgraded since the engine opened
-    /// it: open it again);
-    /// [`crate::Error::Locked`] when a writer has `dest` open as a store, or (read-only engine)
-    /// has this store open; [`crate::Error::Io`] writing the copy (`dest` is then unchanged), or
+    /// [`crate::Error::InvalidArgument`] when `dest` is the store itself or its events file, or
+    /// `dest`'s events file is the store, or (read-only engine) when the store's path now holds
+    /// another file (grown or upgraded since the engine opened it: open it again);
+    /// [`crate::Error::Locked`] when a writer has `dest` (or `dest`'s events file) open as a
+    /// store, or (read-only engine) has this store open; [`crate::Error::Io`] writing the copy (`dest` is then unchanged), or
     /// from a device backend's state write-back.
     pub fn snapshot(&mut self, dest: impl AsRef<Path>) -> Result<Snapshot> {
         self.snapshot_with(dest, |_, _| {})
@@ -111,7 +111,6 @@ pub struct SnapshotCapture {
     store: Captured,
     /// The events file's text.
     sidecar: String,
-    last_committed: u64,
 }
 
 impl std::fmt::Debug for SnapshotCapture {
@@ -119,7 +118,7 @@ impl std::fmt::Debug for SnapshotCapture {
         f.debug_struct("SnapshotCapture")
             .field("bytes", &self.bytes())
             .field("held", &self.held())
-            .field("last_committed", &self.last_committed)
+            .field("last_committed", &self.last_committed())
             .finish_non_exhaustive()
     }
 }
@@ -139,13 +138,14 @@ impl SnapshotCapture {
     /// The last transaction the copy holds ([`crate::Stats::last_committed`] when it was
     /// captured).
     pub fn last_committed(&self) -> u64 {
-        self.last_committed
+        self.store.last_committed()
     }
 
     /// Writes the copy to `dest` exactly as [`Engine::snapshot`] would have written the store
     /// when the copy was captured: the events file beside it, a new file beside `dest` (its name
     /// with `.snapshot-tmp` added) synced to the disk and renamed over `dest`, so that a process
-    /// killed at any instant leaves `dest` as it was or as the complete new snapshot.
+    /// killed at any instant leaves `dest` as it was or as the complete new snapshot. Writes to
+    /// one destination from several threads of this process at once take turns.
     ///
     /// ```
     /// # use shadowbucket::{Contract, CreateOptions, Engine, EngineConfig, Keys, Rate};
@@ -169,13 +169,12 @@ impl SnapshotCapture {
     /// # Ok::<(), shadowbucket::Error>(())
     /// ```
     ///
-    /// Writes to different destinations may run together, on any threads; two at once to one
-    /// `dest` share its temporary file (one fails with `NotFound`, and the other may return
-    /// before the file it renamed over `dest` is complete).
-    ///
     /// # Errors
-    /// [`crate::Error::InvalidArgument`] when `dest` is the file the copy was captured from;
-    /// [`crate::Error::Locked`] when a writer has `dest` open as a store; [`crate::Error::Io`]
+    /// [`crate::Error::InvalidArgument`] when `dest` (or `dest`'s events file) is the file the
+    /// copy was captured from, while that file is still at the store's path (a store grown or
+    /// replaced since is another file), or when `dest` is the events file of the store's path;
+    /// [`crate::Error::Locked`] when a writer has `dest` (or `dest`'s events file) open as a
+    /// store; [`crate::Error::Io`]
     /// writing the copy (`dest` is then unchanged).
     pub fn write(&self, dest: impl AsRef<Path>) -> Result<Snapshot> {
         self.write_with(dest, |_, _| {})
@@ -201,7 +200,7 @@ impl SnapshotCapture {
             path: dest.to_path_buf(),
             bytes: self.store.len(),
             written,
-            last_committed: self.last_committed,
+            last_committed: self.last_committed(),
         })
     }
 }
@@ -234,7 +233,6 @@ impl Engine {
         Ok(SnapshotCapture {
             store,
             sidecar: self.render_sidecar(),
-            last_committed: self.stats().last_committed,
         })
     }
 
@@ -269,7 +267,6 @@ impl Engine {
         self.write_back_device_state()?;
         self.store.capture_into(&mut capture.store)?;
         capture.sidecar = self.render_sidecar();
-        capture.last_committed = self.stats().last_committed;
         Ok(())
     }
 }

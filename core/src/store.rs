@@ -359,7 +359,7 @@ impl Store {
         before_rename: impl FnOnce() -> Result<()>,
     ) -> Result<u64> {
         let _still = self.hold_still_current()?;
-        check_snapshot_dest(dest, self.map.id(&self.path).as_ref())?;
+        check_snapshot_dest(dest, &self.path, self.map.id(&self.path).as_ref())?;
         let bytes = self.map.bytes();
         let chunks = bytes.chunks(SNAPSHOT_CHUNK).map(|c| {
             if all_zero(c) {
@@ -384,7 +384,8 @@ impl Store {
         Ok(Captured {
             copy,
             data,
-            source: self.map.id(&self.path),
+            source: self.source(),
+            last_committed: self.last_committed(),
         })
     }
 
@@ -401,12 +402,28 @@ impl Store {
     pub(crate) fn capture_into(&self, into: &mut Captured) -> Result<()> {
         let _still = self.hold_still_current()?;
         let bytes = self.map.bytes();
-        if into.copy.len() != bytes.len() {
+        let reused = into.copy.len() == bytes.len();
+        if !reused {
             into.copy = mmap::anonymous(bytes.len(), &self.path)?;
         }
-        into.data = copy_data(bytes, &mut into.copy);
-        into.source = self.map.id(&self.path);
+        let data = copy_data(bytes, &mut into.copy);
+        if reused {
+            release_stale(&mut into.copy, &into.data, &data);
+        }
+        into.data = data;
+        into.source = self.source();
+        into.last_committed = self.last_committed();
         Ok(())
+    }
+
+    /// The last committed transaction; read while the store is held still, that of its copy.
+    fn last_committed(&self) -> u64 {
+        self.cols().state.txn.last_committed
+    }
+
+    /// The store's path and its file, for a copy of it ([`Captured::source`]).
+    fn source(&self) -> (PathBuf, Option<mmap::FileId>) {
+        (self.path.clone(), self.map.id(&self.path))
     }
 
     /// [`Mapping::hold_still`], after making sure that a read-only store's path still names the
@@ -617,19 +634,29 @@ const SNAPSHOT_CHUNK: usize = 4 << 20;
 
 /// A store file copied into memory ([`Store::capture`]).
 pub(crate) struct Captured {
-    /// The copy, as long as the file. Its chunks of zeros are not written: they hold no memory,
-    /// or, in memory reused from an earlier copy, what that copy had there.
+    /// The copy, as long as the file. Its chunks of zeros are not written: they hold no memory
+    /// (in memory reused from an earlier copy, what that copy had there is given back:
+    /// [`release_stale`]).
     copy: memmap2::MmapMut,
     /// Per [`SNAPSHOT_CHUNK`] of the file, in order: whether it holds anything but zeros.
     data: Vec<bool>,
-    /// Which file it is, so that it is never written over itself.
-    source: Option<mmap::FileId>,
+    /// The store's path and which file it was when copied, so that the copy is never written
+    /// over it (or its events file).
+    source: (PathBuf, Option<mmap::FileId>),
+    /// The last transaction the copy holds (read before the store was let go: through a
+    /// read-only engine, a writer may commit more the moment it is).
+    last_committed: u64,
 }
 
 impl Captured {
     /// The store file's length in bytes.
     pub(crate) fn len(&self) -> u64 {
         self.copy.len() as u64
+    }
+
+    /// The last transaction the copy holds.
+    pub(crate) fn last_committed(&self) -> u64 {
+        self.last_committed
     }
 
     /// Bytes of the file the copy holds (its chunks that are not all zeros).
@@ -662,7 +689,15 @@ impl Captured {
         progress: impl FnMut(u64, u64),
         before_rename: impl FnOnce() -> Result<()>,
     ) -> Result<u64> {
-        check_snapshot_dest(dest, self.source.as_ref())?;
+        // Only while the file is still at its path is its id its own: a file removed since (a
+        // store grown, upgraded or deleted) may have left its inode number to any new file, the
+        // destination included.
+        let (path, id) = &self.source;
+        let id = id.as_ref().filter(|id| {
+            let there = mmap::open_existing(path).ok().flatten();
+            there.is_some_and(|f| mmap::file_id(&f, path).as_ref() == Some(id))
+        });
+        check_snapshot_dest(dest, path, id)?;
         write_snapshot(dest, self.len(), self.chunks(), progress, before_rename)
     }
 }
@@ -683,35 +718,74 @@ fn copy_data(from: &[u8], to: &mut [u8]) -> Vec<bool> {
         .collect()
 }
 
+/// Gives back the memory of each [`SNAPSHOT_CHUNK`] of `copy` that held data in the copy it
+/// held before (`was`) and is a chunk of zeros in the one it holds now (`now`), so that it holds
+/// no more than the chunks it says ([`Captured::held`]). (Unix; elsewhere such a chunk keeps its
+/// memory, and its old bytes, which are never read: a chunk of zeros is written as a hole.)
+fn release_stale(copy: &mut memmap2::MmapMut, was: &[bool], now: &[bool]) {
+    for (i, (&was, &now)) in was.iter().zip(now).enumerate() {
+        if !was || now {
+            continue;
+        }
+        let at = i * SNAPSHOT_CHUNK;
+        let len = SNAPSHOT_CHUNK.min(copy.len() - at);
+        #[cfg(unix)]
+        // SAFETY: `copy` is private anonymous memory borrowed mutably here, so nothing else
+        // refers to it; its pages in the range read as zeros afterwards, and nobody reads them
+        // (the chunk is written as a hole).
+        let _ = unsafe { copy.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, at, len) };
+        #[cfg(not(unix))]
+        let _ = (copy.len(), at, len);
+    }
+}
+
 /// A piece of a store file to write: its bytes, or the length of a run of zeros (a hole).
 enum Chunk<'a> {
     Data(&'a [u8]),
     Zeros(usize),
 }
 
-/// Refuses a snapshot's destination that is the store itself (`source`), a store a writer has
-/// open (renaming a new file over it would leave that writer changing a file nobody can open
-/// again), or a folder.
-fn check_snapshot_dest(dest: &Path, source: Option<&mmap::FileId>) -> Result<()> {
-    let Some(file) = mmap::open_existing(dest)? else {
-        return Ok(());
-    };
-    if source.is_some_and(|s| mmap::file_id(&file, dest).as_ref() == Some(s)) {
+/// Refuses a snapshot's destination that is the store itself (`source`, the file of the store
+/// at `store`) or its events file, a store a writer has open (renaming a new file over it would
+/// leave that writer changing a file nobody can open again), or a folder; and one whose events
+/// file (which the snapshot replaces too) is the store itself or a store a writer has open.
+fn check_snapshot_dest(dest: &Path, store: &Path, source: Option<&mmap::FileId>) -> Result<()> {
+    let events = crate::predict::sidecar::path_for(dest);
+    if place(dest).is_some_and(|p| place(&crate::predict::sidecar::path_for(store)) == Some(p)) {
         return Err(Error::invalid(format!(
-            "{} is the store itself: a snapshot goes to another path",
+            "{} is the store's events file: a snapshot goes to another path",
             dest.display()
         )));
     }
-    if mmap::writer_holds(&file, dest)? {
-        return Err(Error::Locked(dest.to_path_buf()));
-    }
-    if file.metadata().is_ok_and(|m| m.is_dir()) {
-        return Err(Error::io(
-            dest,
-            std::io::Error::from(std::io::ErrorKind::IsADirectory),
-        ));
+    for path in [dest, &events] {
+        let Some(file) = mmap::open_existing(path)? else {
+            continue;
+        };
+        if source.is_some_and(|s| mmap::file_id(&file, path).as_ref() == Some(s)) {
+            return Err(Error::invalid(format!(
+                "{} is the store itself: a snapshot goes to another path",
+                path.display()
+            )));
+        }
+        if mmap::writer_holds(&file, path)? {
+            return Err(Error::Locked(path.to_path_buf()));
+        }
+        if path == dest && file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(Error::io(
+                dest,
+                std::io::Error::from(std::io::ErrorKind::IsADirectory),
+            ));
+        }
     }
     Ok(())
+}
+
+/// `path` with its folder's canonical path (the same for every spelling of one place), if the
+/// folder exists.
+fn place(path: &Path) -> Option<PathBuf> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new(".")).canonicalize().ok()?;
+    Some(dir.join(path.file_name()?))
 }
 
 /// Writes `chunks` (`total` bytes in all) to a new file beside `dest` (its name with
@@ -725,6 +799,7 @@ fn write_snapshot<'a>(
     before_rename: impl FnOnce() -> Result<()>,
 ) -> Result<u64> {
     use std::io::{Seek, SeekFrom, Write};
+    let _turn = SnapshotTurn::take(dest);
     write_beside(dest, ".snapshot-tmp", |tmp| {
         let copy = || -> std::io::Result<u64> {
             let mut f = std::fs::OpenOptions::new()
@@ -755,6 +830,40 @@ fn write_snapshot<'a>(
         before_rename()?;
         Ok(written)
     })
+}
+
+/// A snapshot being written by this process to a destination: its turn at the destination's
+/// temporary file. Two writes to one destination at once (a capture's writes may run on any
+/// threads) would share that file, each removing the other's and one renaming the other's
+/// unfinished copy over the destination; so the second waits until the first is done.
+struct SnapshotTurn(PathBuf);
+
+/// The destinations being written ([`SnapshotTurn`]), and a wake-up for those waiting for one.
+static SNAPSHOT_TURNS: (std::sync::Mutex<Vec<PathBuf>>, std::sync::Condvar) =
+    (std::sync::Mutex::new(Vec::new()), std::sync::Condvar::new());
+
+impl SnapshotTurn {
+    /// Waits until no other write of this process is writing to `dest` (under any spelling of
+    /// its folder), then takes its turn.
+    fn take(dest: &Path) -> SnapshotTurn {
+        let key = place(dest).unwrap_or_else(|| dest.to_path_buf());
+        let (turns, wake) = &SNAPSHOT_TURNS;
+        let mut busy = turns.lock().unwrap_or_else(|e| e.into_inner());
+        while busy.contains(&key) {
+            busy = wake.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        busy.push(key.clone());
+        SnapshotTurn(key)
+    }
+}
+
+impl Drop for SnapshotTurn {
+    fn drop(&mut self) {
+        let (turns, wake) = &SNAPSHOT_TURNS;
+        let mut busy = turns.lock().unwrap_or_else(|e| e.into_inner());
+        busy.retain(|k| k != &self.0);
+        wake.notify_all();
+    }
 }
 
 /// Whether `b` holds only zero bytes (a run a snapshot leaves as a hole).
@@ -1026,6 +1135,45 @@ mod tests {
                 Chunk::Zeros(n) => vec![0; n],
             })
             .collect()
+    }
+
+    /// Bytes of the copy's memory that are in RAM.
+    #[cfg(target_os = "linux")]
+    fn resident(c: &super::Captured) -> u64 {
+        let page = 4096;
+        let mut pages = vec![0u8; c.copy.len().div_ceil(page)];
+        // SAFETY: `pages` has a byte for each page of the mapping, which `c` keeps alive.
+        let r =
+            unsafe { libc::mincore(c.copy.as_ptr() as *mut _, c.copy.len(), pages.as_mut_ptr()) };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        pages.iter().filter(|&&p| p & 1 != 0).count() as u64 * page as u64
+    }
+
+    /// `held()` is the memory a capture holds also when it reuses the memory of a capture that
+    /// held more (here another store as long, full where this one has runs of zeros).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_capture_into_memory_that_held_more_holds_what_it_says() {
+        let dir = std::env::temp_dir().join(format!("sb-capture-held-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut full = Store::create(&dir.join("full.sb"), dims(100_000)).unwrap();
+        full.map.bytes_mut().unwrap().fill(1);
+        let sparse = Store::create(&dir.join("sparse.sb"), dims(100_000)).unwrap();
+        let mut cap = full.capture().unwrap();
+        assert_eq!(cap.held(), cap.len());
+        sparse.capture_into(&mut cap).unwrap();
+        assert!(bytes_of(&cap) == sparse.map.bytes());
+        assert!(cap.held() < cap.len() / 2);
+        // (a chunk of slack: a huge page may straddle a chunk's edge)
+        assert!(
+            resident(&cap) <= cap.held() + super::SNAPSHOT_CHUNK as u64,
+            "{} bytes in memory, held() says {} (of {})",
+            resident(&cap),
+            cap.held(),
+            cap.len()
+        );
+        drop((full, sparse));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

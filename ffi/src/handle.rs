@@ -986,9 +986,10 @@ pub unsafe extern "C" fn sb_engine_sync_model_state(engine: *mut sb_engine) -> s
 /// `SB_RESULT_LOCKED`). A store on a RAM-backed file system (tmpfs) is never written back by the
 /// kernel: snapshots are how it reaches a disk.
 ///
-/// Errors: `SB_RESULT_INVALID_ARGUMENT` when `dest` is the store itself; `SB_RESULT_LOCKED` when
-/// a writer has `dest` open as a store, or (read-only handle) has this store open;
-/// `SB_RESULT_NOT_FOUND` (no such folder), `SB_RESULT_IO` (`dest` is then unchanged).
+/// Errors: `SB_RESULT_INVALID_ARGUMENT` when `dest` (or `<dest>.events`) is the store itself or
+/// its events file; `SB_RESULT_LOCKED` when a writer has `dest` (or `<dest>.events`) open as a
+/// store, or (read-only handle) has this store open; `SB_RESULT_NOT_FOUND` (no such folder),
+/// `SB_RESULT_IO` (`dest` is then unchanged).
 ///
 /// Thread safety: write lock (no change may run during the copy).
 ///
@@ -1101,12 +1102,13 @@ pub unsafe extern "C" fn sb_engine_capture_snapshot_into(
 /// it was or as the complete new snapshot. The same capture may be written more than once, to
 /// several destinations, after its engine is closed.
 ///
-/// Errors: `SB_RESULT_INVALID_ARGUMENT` when `dest` is the store the copy was captured from;
-/// `SB_RESULT_LOCKED` when a writer has `dest` open as a store; `SB_RESULT_NOT_FOUND` (no such
-/// folder), `SB_RESULT_IO` (`dest` is then unchanged).
+/// Errors: `SB_RESULT_INVALID_ARGUMENT` when `dest` (or `<dest>.events`) is the store the copy
+/// was captured from or that store's events file; `SB_RESULT_LOCKED` when a writer has `dest`
+/// (or `<dest>.events`) open as a store; `SB_RESULT_NOT_FOUND` (no such folder), `SB_RESULT_IO`
+/// (`dest` is then unchanged).
 ///
 /// Thread safety: any thread, without the engine; several calls on one capture may run at once
-/// (to different destinations).
+/// (in one process, two to one destination take turns).
 ///
 /// # Safety
 /// `capture` is NULL or a live capture; `dest` is NULL or a NUL-terminated string; `out` is NULL

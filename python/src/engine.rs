@@ -860,7 +860,8 @@ impl Engine {
     /// one. Through a read-only engine it takes a shared lock on the store while it copies
     /// (`LockedError` when a writer has the store open). Returns `path`, `bytes`, `written` (the
     /// rest are runs of zeros left as holes) and `last_committed`. Raises `InvalidArgumentError`
-    /// when `path` is the store itself, `LockedError` when a writer has `path` open as a store.
+    /// when `path` (or its events file) is the store itself or its events file, `LockedError` when
+    /// a writer has `path` (or its events file) open as a store.
     fn snapshot<'py>(&self, py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
         let s = self.write(py, |e| Ok(e.snapshot(&path)?))?;
         snapshot_dict(py, s)
@@ -947,10 +948,10 @@ impl SnapshotCapture {
     /// Writes the copy to `path` exactly as `Engine.snapshot(path)` would have written the store
     /// when it was captured (a new file beside `path`, synced, renamed over it, the events file
     /// beside it), with the GIL released. Returns `path`, `bytes`, `written` and
-    /// `last_committed`. Raises `InvalidArgumentError` when `path` is the store the copy was
-    /// captured from, `LockedError` when a writer has `path` open as a store. Writes to
-    /// different paths may run together; two at once to one path share its temporary file (one
-    /// fails with `NotFoundError`, the other may return before the file is complete).
+    /// `last_committed`. Raises `InvalidArgumentError` when `path` (or its events file) is the
+    /// store the copy was captured from or that store's events file, `LockedError` when a writer
+    /// has `path` (or its events file) open as a store. Writes may run on several threads at
+    /// once; in one process, two to one path take turns.
     fn write<'py>(&self, py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
         let s = self
             .read(py, |c| {
