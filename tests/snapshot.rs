@@ -423,6 +423,17 @@ fn bad_destinations_are_refused_and_change_nothing() {
     assert_eq!(std::fs::read(&other).unwrap(), other_bytes);
     drop(held);
 
+    // a path that names no file (its temporary and events files would land beside it)
+    for nothing in [Path::new(""), &dir.join("sub/..")] {
+        let err = both(&mut live, nothing).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains("names no file")),
+            "{}: {err}",
+            nothing.display()
+        );
+    }
+    assert!(!Path::new(".events").exists() && !Path::new(".snapshot-tmp").exists());
+
     // a directory, and a folder that does not exist
     for (dest, kind) in [
         (dir.join("sub"), std::io::ErrorKind::IsADirectory),

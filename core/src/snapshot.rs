@@ -180,7 +180,8 @@ impl SnapshotCapture {
         self.write_with(dest, |_, _| {})
     }
 
-    /// [`SnapshotCapture::write`], calling `progress(bytes_written, total_bytes)` as it goes.
+    /// [`SnapshotCapture::write`], calling `progress(bytes_done, total_bytes)` as it goes (bytes of
+    /// the file done so far, its runs of zeros included).
     ///
     /// # Errors
     /// As [`SnapshotCapture::write`].

@@ -215,6 +215,7 @@ pub unsafe extern "C" fn sb_engine_open_read_only(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_engine_free(engine: *mut sb_engine) {
     boundary_void("sb_engine_free", || {
+        check_aligned(engine.cast::<Handle>(), "engine")?;
         if !engine.is_null() {
             // SAFETY: a live handle came from `Box::into_raw` in `into_raw` and is given back
             // once (the caller's contract).
@@ -237,6 +238,7 @@ pub unsafe extern "C" fn sb_engine_free(engine: *mut sb_engine) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_engine_close(engine: *mut sb_engine) -> sb_result {
     boundary("sb_engine_close", || {
+        check_aligned(engine.cast::<Handle>(), "engine")?;
         if engine.is_null() {
             return Ok(());
         }

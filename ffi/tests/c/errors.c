@@ -364,6 +364,12 @@ static void test_engine_errors(const char *dir) {
   CHECK_LAST_ERROR_HAS("sb_engine_capture_snapshot_into: capture is misaligned");
   sb_snapshot_capture_free(odd);
   CHECK_LAST_ERROR_HAS("sb_snapshot_capture_free: capture is misaligned");
+  /* a misaligned engine handle is not freed or closed either */
+  sb_engine *odd_e = (sb_engine *)((char *)e + 1);
+  sb_engine_free(odd_e);
+  CHECK_LAST_ERROR_HAS("sb_engine_free: engine is misaligned");
+  EXPECT_RC(sb_engine_close(odd_e), SB_RESULT_INVALID_ARGUMENT);
+  CHECK_LAST_ERROR_HAS("sb_engine_close: engine is misaligned");
   /* through a read-only handle beside the writer: locked, and neither output nor capture
    * changed */
   sb_engine *ro = NULL;
