@@ -1331,8 +1331,8 @@ sb_result sb_engine_snapshot(struct sb_engine *engine, const char *dest, struct 
  *
  * `sb_engine_snapshot` holds the engine's write lock for as long as the copy takes to reach the
  * disk (seconds for a store of several GB); this holds it only for a copy in memory (on the
- * development machine, 122-125 ms for a 1M-customer store into the new memory this call takes,
- * 34-37 ms with `sb_engine_capture_snapshot_into`), at the price of memory for the copy: the
+ * development machine, 104-129 ms for a 1M-customer store into the new memory this call takes,
+ * 34-38 ms with `sb_engine_capture_snapshot_into`), at the price of memory for the copy: the
  * store file's size less its runs of zeros, until `sb_snapshot_capture_free`. The copy holds
  * every transaction committed before the call (a device backend's recurrent state is written
  * back first) and the events and signals. Through a read-only handle the capture holds a shared lock
@@ -1354,8 +1354,9 @@ sb_result sb_engine_capture_snapshot(struct sb_engine *engine,
 /**
  * `sb_engine_capture_snapshot` into the memory of an earlier capture, which it replaces: a
  * service that snapshots on a schedule keeps one capture and writes it after each of these. A
- * first capture's memory is new, and every page of it is a page fault (1.0-1.5 s for a
- * 10M-customer store's 3 GB on the development machine); a copy into a capture of the same
+ * first capture's memory is new, and every page of it is a page fault (1.0-6.0 s for a
+ * 10M-customer store's 3 GB on the development machine, depending on what memory the kernel has
+ * free; 0.36-0.47 s into a capture's memory); a copy into a capture of the same
  * store is the copy alone. A capture of another length (another store, or this one before it
  * grew) gets new memory.
  *

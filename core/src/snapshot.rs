@@ -213,10 +213,11 @@ impl Engine {
     /// [`Engine::snapshot`] holds the engine for as long as the copy takes to reach the disk; this
     /// holds it only for a copy in memory, at the price of memory for the copy
     /// ([`SnapshotCapture::held`]: the store file's size less its runs of zeros). On the
-    /// development machine (two cores), a 1M-customer store was held 122-125 ms by a capture into
-    /// new memory and 34-37 ms by one into an earlier capture's memory
+    /// development machine (two cores), a 1M-customer store was held 104-129 ms by a capture into
+    /// new memory and 34-38 ms by one into an earlier capture's memory
     /// ([`Engine::capture_snapshot_into`]), against 0.25-1.1 s by a snapshot to ext4; a
-    /// 10M-customer store 1.0-1.5 s and 0.39-0.43 s against 9.4-11.4 s (README, Speed). The copy
+    /// 10M-customer store 1.0-6.0 s (depending on what memory the kernel has free) and
+    /// 0.36-0.47 s against 2.5-14 s (README, Speed). The copy
     /// holds every transaction committed before the call, as [`Engine::snapshot`]'s does (a
     /// device backend's recurrent state is written back first), and the events and signals.
     ///
@@ -241,7 +242,8 @@ impl Engine {
     /// service that snapshots on a schedule keeps one capture and writes it after each of these.
     ///
     /// A first copy goes into new memory, and every page of it is a page fault (on the
-    /// development machine, 1.0-1.5 s for a 10M-customer store's 3 GB); a copy into the memory of
+    /// development machine, 1.0-6.0 s for a 10M-customer store's 3 GB, against 0.36-0.47 s into
+    /// a capture's memory); a copy into the memory of
     /// a capture of the same store is the copy alone (README, Speed). A capture of another length
     /// (another store, or this one before it grew) gets new memory.
     ///
