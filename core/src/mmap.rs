@@ -279,9 +279,8 @@ fn advise_huge_pages(map: &MmapMut) {
 /// No huge-page hint: where the kernel compacts memory to find huge pages on a fault (the
 /// default `defrag` setting for hinted memory), a first copy of a 10M-customer store into
 /// hinted memory took 2.3-4.8 s against 1.0-1.5 s into plain pages in alternated runs (README,
-/// Speed), and a copy
-/// into memory it has written before ([`crate::Engine::capture_snapshot_into`]) faults no pages
-/// at all.
+/// Speed), and a copy into memory it has written before ([`crate::Engine::capture_snapshot_into`])
+/// faults no pages at all.
 ///
 /// # Errors
 /// [`Error::Io`] (`OutOfMemory`, naming `path`, whose copy it is for) when the system refuses the
