@@ -67,8 +67,8 @@ impl Engine {
     /// `dest`'s events file is the store, or (read-only engine) when the store's path now holds
     /// another file (grown or upgraded since the engine opened it: open it again);
     /// [`crate::Error::Locked`] when a writer has `dest` (or `dest`'s events file) open as a
-    /// store, or (read-only engine) has this store open; [`crate::Error::Io`] writing the copy (`dest` is then unchanged), or
-    /// from a device backend's state write-back.
+    /// store, or (read-only engine) has this store open; [`crate::Error::Io`] writing the copy
+    /// (`dest` is then unchanged), or from a device backend's state write-back.
     pub fn snapshot(&mut self, dest: impl AsRef<Path>) -> Result<Snapshot> {
         self.snapshot_with(dest, |_, _| {})
     }
@@ -162,7 +162,8 @@ impl SnapshotCapture {
     /// live.allocate_batch(Keys::Ids(&[7, 7]), &[10, 10], 1_000)?; // meanwhile, the engine goes on
     /// let snap = writer.join().unwrap()?;
     /// let copy = Engine::open(&snap.path)?;
-    /// assert_eq!(copy.stats().counters.requests, 0); // the copy is the store as it was when captured
+    /// // the copy is the store as it was when captured
+    /// assert_eq!(copy.stats().counters.requests, 0);
     /// assert_eq!(live.stats().counters.requests, 2);
     /// # drop((live, copy));
     /// # std::fs::remove_dir_all(&dir).unwrap();
@@ -174,8 +175,7 @@ impl SnapshotCapture {
     /// copy was captured from, while that file is still at the store's path (a store grown or
     /// replaced since is another file), or when `dest` is the events file of the store's path;
     /// [`crate::Error::Locked`] when a writer has `dest` (or `dest`'s events file) open as a
-    /// store; [`crate::Error::Io`]
-    /// writing the copy (`dest` is then unchanged).
+    /// store; [`crate::Error::Io`] writing the copy (`dest` is then unchanged).
     pub fn write(&self, dest: impl AsRef<Path>) -> Result<Snapshot> {
         self.write_with(dest, |_, _| {})
     }
@@ -217,9 +217,9 @@ impl Engine {
     /// new memory and 34-38 ms by one into an earlier capture's memory
     /// ([`Engine::capture_snapshot_into`]), against 0.25-1.1 s by a snapshot to ext4; a
     /// 10M-customer store 1.0-6.0 s (depending on what memory the kernel has free) and
-    /// 0.36-0.47 s against 2.5-14 s (README, Speed). The copy
-    /// holds every transaction committed before the call, as [`Engine::snapshot`]'s does (a
-    /// device backend's recurrent state is written back first), and the events and signals.
+    /// 0.36-0.47 s against 2.5-14 s (README, Speed). The copy holds every transaction committed
+    /// before the call, as [`Engine::snapshot`]'s does (a device backend's recurrent state is
+    /// written back first), and the events and signals.
     ///
     /// Through a read-only engine the capture holds a shared lock on the store only while it
     /// copies into memory.
@@ -243,9 +243,9 @@ impl Engine {
     ///
     /// A first copy goes into new memory, and every page of it is a page fault (on the
     /// development machine, 1.0-6.0 s for a 10M-customer store's 3 GB, against 0.36-0.47 s into
-    /// a capture's memory); a copy into the memory of
-    /// a capture of the same store is the copy alone (README, Speed). A capture of another length
-    /// (another store, or this one before it grew) gets new memory.
+    /// a capture's memory); a copy into the memory of a capture of the same store is the copy
+    /// alone (README, Speed). A capture of another length (another store, or this one before it
+    /// grew) gets new memory.
     ///
     /// ```
     /// # use shadowbucket::{Contract, CreateOptions, Engine, EngineConfig, Rate};

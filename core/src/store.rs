@@ -746,9 +746,10 @@ enum Chunk<'a> {
 }
 
 /// Refuses a snapshot's destination that names no file, that is the store itself (`source`, the
-/// file of the store at `store`) or its events file, a store a writer has open (renaming a new file over it would
-/// leave that writer changing a file nobody can open again), or a folder; and one whose events
-/// file (which the snapshot replaces too) is the store itself or a store a writer has open.
+/// file of the store at `store`) or its events file, a store a writer has open (renaming a new
+/// file over it would leave that writer changing a file nobody can open again), or a folder; and
+/// one whose events file (which the snapshot replaces too) is the store itself or a store a
+/// writer has open.
 fn check_snapshot_dest(dest: &Path, store: &Path, source: Option<&mmap::FileId>) -> Result<()> {
     if dest.file_name().is_none() {
         // ("" or a path ending in "..": the temporary and events files would land beside it,

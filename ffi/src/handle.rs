@@ -1039,8 +1039,8 @@ pub struct sb_snapshot_capture {
 /// 34-38 ms with `sb_engine_capture_snapshot_into`), at the price of memory for the copy: the
 /// store file's size less its runs of zeros, until `sb_snapshot_capture_free`. The copy holds
 /// every transaction committed before the call (a device backend's recurrent state is written
-/// back first) and the events and signals. Through a read-only handle the capture holds a shared lock
-/// on the store only while it copies.
+/// back first) and the events and signals. Through a read-only handle the capture holds a shared
+/// lock on the store only while it copies.
 ///
 /// Errors: `SB_RESULT_LOCKED` (read-only handle) when a writer has this store open;
 /// `SB_RESULT_INVALID_ARGUMENT` (read-only handle) when the store's path now holds another file;
