@@ -11,7 +11,8 @@ use common::TempDir;
 use shadowbucket::model::ModelSpec;
 use shadowbucket::model::weights::LstmModel;
 use shadowbucket::{
-    Contract, CreateOptions, Engine, EngineConfig, Error, Event, Keys, Predictor, Rate, Reservation,
+    Contract, CreateOptions, Engine, EngineConfig, Error, Event, Keys, Predictor, Rate,
+    Reservation, SnapshotCapture,
 };
 
 const T0: u64 = 1_000_000_000;
@@ -64,6 +65,20 @@ fn busy_store(path: &Path, capacity: u64, n: u64) -> (Engine, u64) {
     now += 1_000_000_000;
     e.tick(now).unwrap();
     (e, now)
+}
+
+/// A snapshot of `live` to `dest` and a write of `capture` there, which must end alike; the
+/// snapshot's result.
+fn both_ways(live: &mut Engine, capture: &SnapshotCapture, dest: &Path) -> Result<(), Error> {
+    let direct = live.snapshot(dest).map(|_| ());
+    let captured = capture.write(dest).map(|_| ());
+    assert_eq!(
+        format!("{direct:?}"),
+        format!("{captured:?}"),
+        "{}",
+        dest.display()
+    );
+    direct
 }
 
 /// Everything a caller can see of a store, for comparing two.
@@ -382,17 +397,7 @@ fn bad_destinations_are_refused_and_change_nothing() {
     let bytes = std::fs::read(&path).unwrap();
     // every destination below is refused by a snapshot and by a capture's write alike
     let capture = live.capture_snapshot().unwrap();
-    let both = |live: &mut Engine, dest: &Path| {
-        let direct = live.snapshot(dest).map(|_| ());
-        let captured = capture.write(dest).map(|_| ());
-        assert_eq!(
-            format!("{direct:?}"),
-            format!("{captured:?}"),
-            "{}",
-            dest.display()
-        );
-        direct
-    };
+    let both = |live: &mut Engine, dest: &Path| both_ways(live, &capture, dest);
 
     // the store itself, under its own name, another spelling of it, or a hard link to it
     std::fs::create_dir(dir.join("sub")).unwrap();
@@ -629,9 +634,7 @@ fn the_events_files_of_stores_are_refused() {
     let text = std::fs::read(&events).unwrap();
     for dest in [events.clone(), dir.join("sub/../live.sb.events")] {
         std::fs::create_dir_all(dir.join("sub")).unwrap();
-        let direct = live.snapshot(&dest).map(|_| ());
-        let captured = capture.write(&dest).map(|_| ());
-        assert_eq!(format!("{direct:?}"), format!("{captured:?}"));
+        let direct = both_ways(&mut live, &capture, &dest);
         assert!(
             matches!(&direct, Err(Error::InvalidArgument(m)) if m.contains("events file")),
             "{}: {direct:?}",
@@ -649,9 +652,7 @@ fn the_events_files_of_stores_are_refused() {
     .unwrap();
     let other_bytes = std::fs::read(&other).unwrap();
     let dest = dir.join("other");
-    let direct = live.snapshot(&dest).map(|_| ());
-    let captured = capture.write(&dest).map(|_| ());
-    assert_eq!(format!("{direct:?}"), format!("{captured:?}"));
+    let direct = both_ways(&mut live, &capture, &dest);
     assert!(
         matches!(&direct, Err(Error::Locked(p)) if p == &other),
         "{direct:?}"

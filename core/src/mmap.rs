@@ -276,11 +276,11 @@ fn advise_huge_pages(map: &MmapMut) {
 
 /// `len` bytes of private memory, zeros; pages get memory when first written.
 ///
-/// No huge-page hint: where the kernel compacts memory to find huge pages on a fault (the
-/// default `defrag` setting for hinted memory), a first copy of a 10M-customer store into
-/// hinted memory took 2.3-4.8 s against 1.0-1.5 s into plain pages in alternated runs (README,
-/// Speed), and a copy into memory it has written before ([`crate::Engine::capture_snapshot_into`])
-/// faults no pages at all.
+/// No huge-page hint: a first copy of a 10M-customer store into hinted memory took 2.3-4.8 s
+/// against 1.0-1.5 s into plain pages in alternated runs (README, Speed), probably because the
+/// kernel compacts memory to find huge pages on a fault (`defrag` is `madvise` here; not
+/// measured apart). A copy into memory it has written before
+/// ([`crate::Engine::capture_snapshot_into`]) faults no pages at all.
 ///
 /// # Errors
 /// [`Error::Io`] (`OutOfMemory`, naming `path`, whose copy it is for) when the system refuses the

@@ -377,16 +377,14 @@ impl Store {
     /// # Errors
     /// As [`Store::capture_into`].
     pub(crate) fn capture(&self) -> Result<Captured> {
-        let _still = self.hold_still_current()?;
-        let bytes = self.map.bytes();
-        let mut copy = mmap::anonymous(bytes.len(), &self.path)?;
-        let data = copy_data(bytes, &mut copy);
-        Ok(Captured {
-            copy,
-            data,
+        let mut c = Captured {
+            copy: mmap::anonymous(self.map.bytes().len(), &self.path)?,
+            data: Vec::new(),
             source: self.source(),
-            last_committed: self.last_committed(),
-        })
+            last_committed: 0,
+        };
+        self.capture_into(&mut c)?;
+        Ok(c)
     }
 
     /// Copies the store file into memory, in parallel, chunks of zeros left out: into `into`'s

@@ -1013,12 +1013,7 @@ pub unsafe extern "C" fn sb_engine_snapshot(
                 try_out(out, "out")?,
             )
         };
-        let s = write(h)?.snapshot(dest)?;
-        out.write(sb_snapshot {
-            bytes: s.bytes,
-            written: s.written,
-            last_committed: s.last_committed,
-        });
+        out.write(write(h)?.snapshot(dest)?.into());
         Ok(())
     })
 }
@@ -1132,12 +1127,7 @@ pub unsafe extern "C" fn sb_snapshot_capture_write(
                 try_out(out, "out")?,
             )
         };
-        let s = capture.write(dest)?;
-        out.write(sb_snapshot {
-            bytes: s.bytes,
-            written: s.written,
-            last_committed: s.last_committed,
-        });
+        out.write(capture.write(dest)?.into());
         Ok(())
     })
 }

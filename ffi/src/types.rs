@@ -186,6 +186,16 @@ pub struct sb_snapshot {
     pub last_committed: u64,
 }
 
+impl From<engine::Snapshot> for sb_snapshot {
+    fn from(s: engine::Snapshot) -> Self {
+        sb_snapshot {
+            bytes: s.bytes,
+            written: s.written,
+            last_committed: s.last_committed,
+        }
+    }
+}
+
 /// A customer's contract: a standard token bucket and a weight (tier).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
