@@ -50,15 +50,19 @@
 //   8  out      storage, read_write  heads.wgsl's: `n x HD` customer-major, or `n` picks
 //   9  hp       uniform              heads.wgsl's Params (mode, first, quantile)
 //
-// LAST: the top layer with the heads fused in (heads.wgsl's math, see there): once every
-// invocation's products are done (a barrier), the new `h` goes into the tile's `h` rows as well
-// as to the state, and after another barrier the workgroup computes the tile's head outputs from
-// workgroup memory: invocation (row group g, quad q) takes rows g, g + WG / CG, ... of the
-// quad's 4 customers (full mode), or, in pick mode, the picked horizon's row g < 4, handed to the
-// quad's decoding invocation through `ys`. With STAGE_OUT the full outputs go out through the
-// tile's memory as one contiguous run per tile. The host fuses only where every invocation has at
-// most one register tile (UG * CG <= WG), so the products' accumulators can wait in registers
-// across the barrier; otherwise it runs heads.wgsl after the layers.
+// LAST: the top layer with the heads fused in (heads.wgsl's math, see there). Each invocation
+// computes its cells straight after its products, as the other layers do (so one warp's gate
+// math overlaps another's products), and keeps its new `h` in registers; once every read of the
+// tile's old `h` is over (a barrier) the new `h` goes into the tile's `h` rows, and after
+// another barrier the workgroup computes the tile's head outputs from workgroup memory, with
+// the heads' weights and biases copied there once per workgroup (`hws`): invocation (row group
+// g, quad q) takes rows g, g + WG / CG, ... of the quad's 4 customers (full mode), or, in pick
+// mode, the picked horizon's row g < 4, handed to the quad's decoding invocation through `ys`;
+// that invocation loaded its customers' scales (and, above the first layer, usage features)
+// before its products, and the first layer's usage features are the tile's row 0. With
+// STAGE_OUT the full outputs go out through the tile's memory as one contiguous run per tile.
+// The host fuses only where every invocation has at most one register tile (UG * CG <= WG);
+// otherwise it runs heads.wgsl after the layers.
 //
 // One pipeline per kind of layer (FIRST: the first layer, inputs from x; otherwise inputs from
 // the layer below's `h`; LAST: the top one with the heads), so every loop has a constant trip
@@ -126,6 +130,10 @@ var<workgroup> ws: array<vec4<f32>, WS_V4>;
 var<workgroup> tile: array<vec4<f32>, KT * CG>;
 // LAST, pick mode: the picked horizon's 4 outputs per quad, row-major (`ys[g * CG + q]`)
 var<workgroup> ys: array<vec4<f32>, select(1u, 4u * CG, LAST)>;
+// LAST: the heads' weights (HD rows of HP / 4 vec4s, as head_w) then their biases (HD floats
+// as vec4s), copied once per workgroup like `ws`
+const HWV: u32 = HD * (HP / 4u);
+var<workgroup> hws: array<vec4<f32>, select(1u, HWV + (HD + 3u) / 4u, LAST)>;
 
 // this invocation's share of a tile, between its loads and its store into `tile`: vec4 `m` is
 // tile element `lid + m * WG`, feature `m` is element `lid + m * WG` of the tile's `TC x CF`
@@ -339,34 +347,35 @@ fn products(ug: u32, cg: u32, t0: u32) -> Acc {
     return Acc(a00, a01, a02, a03, a10, a11, a12, a13, c0, c1);
 }
 
-// The cells of unit pair `ug` and customer quad `cg` from their products; with LAST also their
-// new `h` into the tile's `h` rows (every read of the tile's old `h` must be over).
-fn finish(ug: u32, cg: u32, t0: u32, a: Acc) {
+// The cells of unit pair `ug` and customer quad `cg` from their products; returns the two
+// units' new `h` (zero for a padding unit or a quad wholly past the dispatch's customers).
+struct NewH {
+    h0: vec4<f32>,
+    h1: vec4<f32>,
+}
+
+fn finish(ug: u32, cg: u32, t0: u32, a: Acc) -> NewH {
+    var r: NewH;
     if t0 + 4u * cg >= p.n {
-        return; // the whole quad is past the dispatch's customers
+        return r; // the whole quad is past the dispatch's customers
     }
     let j0 = 2u * ug;
     let j1 = j0 + 1u;
     let col = t0 / 4u + cg;
     if j0 < HIDDEN {
-        let h0 = cell(j0, col, a.a00, a.a01, a.a02, a.a03, a.c0);
-        if LAST {
-            tile[(KIN + j0) * CG + cg] = h0;
-        }
+        r.h0 = cell(j0, col, a.a00, a.a01, a.a02, a.a03, a.c0);
     }
     if j1 < HIDDEN {
-        let h1 = cell(j1, col, a.a10, a.a11, a.a12, a.a13, a.c1);
-        if LAST {
-            tile[(KIN + j1) * CG + cg] = h1;
-        }
+        r.h1 = cell(j1, col, a.a10, a.a11, a.a12, a.a13, a.c1);
     }
+    return r;
 }
 
 // Head output `r` for the 4 customers of quad `q`, from the new `h` in the tile.
 fn head4(r: u32, q: u32) -> vec4<f32> {
-    var acc = vec4<f32>(head_b[r]);
+    var acc = vec4<f32>(hws[HWV + r / 4u][r % 4u]);
     for (var v = 0u; v < HP / 4u; v++) {
-        let w = head_w[r * (HP / 4u) + v];
+        let w = hws[r * (HP / 4u) + v];
         let k = KIN + 4u * v;
         acc = fma(vec4<f32>(w.x), tile[k * CG + q], acc);
         acc = fma(vec4<f32>(w.y), tile[(k + 1u) * CG + q], acc);
@@ -379,11 +388,10 @@ fn head4(r: u32, q: u32) -> vec4<f32> {
 // softplus and expm1_pos: shaders/decode.wgsl, appended to this file when it is loaded.
 
 // heads.wgsl's pick decode of one customer from its horizon's outputs y (mean, p50, and the two
-// softplus increments).
-fn decode(c: u32, y: vec4<f32>) -> f32 {
-    let xu = x[c * CF];
+// softplus increments), its usage feature `xu` and its scale `sc`.
+fn decode(xu: f32, sc: f32, y: vec4<f32>) -> f32 {
     if hp.quantile == 0u {
-        return scale[c] * expm1_pos(max(xu + y.x, 0.0));
+        return sc * expm1_pos(max(xu + y.x, 0.0));
     }
     var z = xu + y.y;
     if hp.quantile >= 2u {
@@ -392,11 +400,34 @@ fn decode(c: u32, y: vec4<f32>) -> f32 {
     if hp.quantile >= 3u {
         z += softplus(y.w);
     }
-    return scale[c] * expm1_pos(max(z, 0.0));
+    return sc * expm1_pos(max(z, 0.0));
+}
+
+// LAST, pick mode: what the decode reads from storage for the 4 customers of quad `q` (their
+// scales and, above the first layer, their usage features), loaded by the decoding invocation
+// before the cells so that the loads' latency hides behind them. The first layer's usage
+// features are the tile's row 0 (the raw x; normalization is in the weights).
+struct PickIn {
+    scale: vec4<f32>,
+    xu: vec4<f32>,
+}
+
+fn pick_inputs(t0: u32, q: u32) -> PickIn {
+    var r: PickIn;
+    let c = t0 + 4u * q;
+    for (var e = 0u; e < 4u; e++) {
+        if c + e < p.n {
+            r.scale[e] = scale[c + e];
+            if !FIRST {
+                r.xu[e] = x[(c + e) * CF];
+            }
+        }
+    }
+    return r;
 }
 
 // The tile's heads (LAST), from the new `h` in the tile; called in uniform control flow.
-fn heads(t0: u32, lid: u32) {
+fn heads(t0: u32, lid: u32, pin: PickIn) {
     let q = lid % CG;
     let g = lid / CG;
     let c = t0 + 4u * q;
@@ -451,9 +482,13 @@ fn heads(t0: u32, lid: u32) {
         let y1 = ys[CG + q];
         let y2 = ys[2u * CG + q];
         let y3 = ys[3u * CG + q];
+        var xu = pin.xu;
+        if FIRST {
+            xu = tile[q];
+        }
         for (var e = 0u; e < 4u; e++) {
             if c + e < p.n {
-                out[c + e] = decode(c + e, vec4<f32>(y0[e], y1[e], y2[e], y3[e]));
+                out[c + e] = decode(xu[e], pin.scale[e], vec4<f32>(y0[e], y1[e], y2[e], y3[e]));
             }
         }
     }
@@ -470,6 +505,15 @@ fn main(
         // ordered before the first tile's reads by the barrier after its store
         for (var i = lid; i < KT * HP; i += WG) {
             ws[i] = weights[p.w_off + i];
+        }
+    }
+    if LAST {
+        // ordered before the first heads by the barriers of the first tile
+        for (var i = lid; i < HWV; i += WG) {
+            hws[i] = head_w[i];
+        }
+        for (var i = lid; i < HD; i += WG) {
+            hws[HWV + i / 4u][i % 4u] = head_b[i];
         }
     }
     let tiles = (p.n - p.start + TC - 1u) / TC;
@@ -494,22 +538,31 @@ fn main(
             fetch(p.start + next * TC, lid);
         }
         if LAST {
-            // one register tile per invocation (the host fuses only then)
+            // one register tile per invocation (the host fuses only then); each computes its
+            // cells straight after its products, so the warps' gate math overlaps other warps'
+            // products, and keeps its new h in registers until every read of the old h is over
             let mine = lid < UG * CG;
-            var a: Acc;
-            if mine {
-                a = products(lid / CG, lid % CG, t0);
+            let ug = lid / CG;
+            let cg = lid % CG;
+            // the decoding invocations (row group 0 of heads) start the pick's loads
+            var pin: PickIn;
+            if hp.mode == 1u && lid < CG {
+                pin = pick_inputs(t0, lid);
             }
-            // every read of the tile's old h before the new h goes in
+            var h: NewH;
+            if mine {
+                h = finish(ug, cg, t0, products(ug, cg, t0));
+            }
             workgroupBarrier();
             if mine {
-                finish(lid / CG, lid % CG, t0, a);
+                tile[(KIN + 2u * ug) * CG + cg] = h.h0;
+                tile[(KIN + 2u * ug + 1u) * CG + cg] = h.h1;
             }
             workgroupBarrier();
-            heads(t0, lid);
+            heads(t0, lid, pin);
         } else {
             for (var pr = lid; pr < UG * CG; pr += WG) {
-                finish(pr / CG, pr % CG, t0, products(pr / CG, pr % CG, t0));
+                _ = finish(pr / CG, pr % CG, t0, products(pr / CG, pr % CG, t0));
             }
         }
         // every read of this tile before the next tile's stores

@@ -212,15 +212,17 @@ impl TiledShape {
         self.rows() * self.hp()
     }
 
-    /// Bytes of workgroup memory for the tile and the pick rows (`tile` and `ys` in the shader;
-    /// `ys` is one vec4 unless the heads are fused in).
+    /// Bytes of workgroup memory for the tile, the pick rows and the heads' weights and biases
+    /// (`tile`, `ys` and `hws` in the shader; `ys` and `hws` are one vec4 each unless the heads
+    /// are fused in).
     pub fn tile_bytes(&self) -> u64 {
-        let picks = if self.last {
-            16 * u64::from(self.tile())
+        let heads = if self.last {
+            let hd = u64::from(self.head_dim.max(1));
+            16 * u64::from(self.tile()) + 16 * (hd * u64::from(self.hp() / 4) + hd.div_ceil(4))
         } else {
-            16
+            32
         };
-        u64::from(self.rows()) * u64::from(self.tile()) * 4 + picks
+        u64::from(self.rows()) * u64::from(self.tile()) * 4 + heads
     }
 
     /// Whether this shape can take the heads in ([`TiledShape::last`]): every invocation has at
