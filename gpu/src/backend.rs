@@ -109,6 +109,11 @@ pub struct GpuOptions {
     /// workgroup's stores are contiguous (experimental; default false, or
     /// `SB_GPU_TILED_STAGE_OUT=1`).
     pub stage_out: bool,
+    /// How long any one wait for the device may take before the call fails with an error
+    /// instead of waiting on (a stuck or lost device); after such a failure every later call of
+    /// this backend fails too, and the engine's tick goes on on the CPU. Default
+    /// [`GpuOptions::DEFAULT_WAIT_TIMEOUT`], or `SB_GPU_TIMEOUT_MS` (`0`: no limit).
+    pub wait_timeout: Option<Duration>,
 }
 
 /// How the step kernels compute the gates' `tanh` and sigmoid.
@@ -165,10 +170,16 @@ impl GpuOptions {
     pub const FUSE_HEADS_ENV: &'static str = "SB_GPU_FUSE_HEADS";
     /// The environment variable that overrides [`GpuOptions::stage_out`] (`1` turns it on).
     pub const STAGE_OUT_ENV: &'static str = "SB_GPU_TILED_STAGE_OUT";
+    /// Default [`GpuOptions::wait_timeout`]: 60 s, far above any one submission's time on a GPU
+    /// (a software adapter can take seconds per chunk).
+    pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
+    /// The environment variable that overrides [`GpuOptions::wait_timeout`], in milliseconds.
+    pub const TIMEOUT_ENV: &'static str = "SB_GPU_TIMEOUT_MS";
 
     /// The defaults, with `SB_GPU`, `SB_GPU_SYNC_EVERY`, `SB_GPU_KERNEL`, `SB_GPU_TILED_GROUPS`,
-    /// `SB_GPU_UPLOAD_PIECE`, `SB_GPU_ACT`, `SB_GPU_TILED_WORKGROUP`, `SB_GPU_FUSE_HEADS` and
-    /// `SB_GPU_TILED_STAGE_OUT` applied (a value that does not parse is ignored, with a warning).
+    /// `SB_GPU_UPLOAD_PIECE`, `SB_GPU_ACT`, `SB_GPU_TILED_WORKGROUP`, `SB_GPU_FUSE_HEADS`,
+    /// `SB_GPU_TILED_STAGE_OUT` and `SB_GPU_TIMEOUT_MS` applied (a value that does not parse is
+    /// ignored, with a warning).
     pub fn from_env() -> Self {
         let positive = |name: &str| {
             let v = std::env::var(name).ok()?;
@@ -211,6 +222,20 @@ impl GpuOptions {
                 .unwrap_or(Self::DEFAULT_TILED_WORKGROUP),
             fuse_heads: std::env::var(Self::FUSE_HEADS_ENV).map_or(true, |v| v.trim() != "0"),
             stage_out: std::env::var(Self::STAGE_OUT_ENV).is_ok_and(|v| v.trim() == "1"),
+            wait_timeout: match std::env::var(Self::TIMEOUT_ENV) {
+                Ok(v) if !v.trim().is_empty() => match v.trim().parse::<u64>() {
+                    Ok(0) => None,
+                    Ok(ms) => Some(Duration::from_millis(ms)),
+                    Err(_) => {
+                        log::warn!(
+                            "shadowbucket-gpu: ignoring {}={v:?} (milliseconds, 0 for no limit)",
+                            Self::TIMEOUT_ENV
+                        );
+                        Some(Self::DEFAULT_WAIT_TIMEOUT)
+                    }
+                },
+                _ => Some(Self::DEFAULT_WAIT_TIMEOUT),
+            },
         }
     }
 }
@@ -664,7 +689,33 @@ impl GpuBackend {
         if self.ctx.lost.load(Ordering::SeqCst) {
             return Err(device_error("the GPU device was lost"));
         }
+        if self.ctx.timed_out.load(Ordering::SeqCst) {
+            return Err(device_error(
+                "an earlier wait for the GPU ran past its time limit; this backend is not used again",
+            ));
+        }
         Ok(())
+    }
+
+    /// Waits for submission `index` (or the latest), at most [`GpuOptions::wait_timeout`].
+    fn wait(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        let timeout = self.opts.wait_timeout;
+        match self.ctx.device.poll(wgpu::PollType::Wait {
+            submission_index: index,
+            timeout,
+        }) {
+            Ok(_) => Ok(()),
+            Err(wgpu::PollError::Timeout) => {
+                self.ctx.timed_out.store(true, Ordering::SeqCst);
+                let limit = timeout.unwrap_or_default();
+                log::error!("shadowbucket-gpu: the GPU did not finish within {limit:?}");
+                Err(device_error(format!(
+                    "the GPU did not finish within {limit:?} ({}); this backend is not used again",
+                    GpuOptions::TIMEOUT_ENV
+                )))
+            }
+            Err(e) => Err(device_error(format!("waiting for the GPU: {e}"))),
+        }
     }
 
     fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
@@ -1258,10 +1309,7 @@ impl GpuBackend {
             });
         }
         drop(tx);
-        self.ctx
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| device_error(format!("waiting for the GPU: {e}")))?;
+        self.wait(None)?;
         let mut ok = vec![false; buffers.len()];
         for (i, r) in rx.iter() {
             r.map_err(|e| device_error(format!("mapping a GPU buffer: {e}")))?;
@@ -1386,10 +1434,7 @@ impl GpuBackend {
                 Self::map_upload(u);
             }
         }
-        self.ctx
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| device_error(format!("waiting for the GPU: {e}")))?;
+        self.wait(None)?;
         if uploads().all(mapped) {
             Ok(())
         } else {
@@ -1570,15 +1615,7 @@ impl GpuBackend {
             Ok(())
         })??;
         drop(tx);
-        let wait = |index: Option<wgpu::SubmissionIndex>| {
-            self.ctx
-                .device
-                .poll(wgpu::PollType::Wait {
-                    submission_index: index,
-                    timeout: None,
-                })
-                .map_err(|e| device_error(format!("waiting for the GPU: {e}")))
-        };
+        let wait = |index: Option<wgpu::SubmissionIndex>| self.wait(index);
         if subs.is_empty() {
             wait(None)?;
             self.check_device()?;

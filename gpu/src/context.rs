@@ -74,6 +74,9 @@ pub(crate) struct Context {
     pub limits: wgpu::Limits,
     /// Set when the device is lost; every later call fails.
     pub lost: Arc<AtomicBool>,
+    /// Set when a wait for the device ran past [`crate::GpuOptions::wait_timeout`]; every later
+    /// call fails (work may still be in flight, or the device stuck).
+    pub timed_out: AtomicBool,
 }
 
 fn rank(t: wgpu::DeviceType) -> u32 {
@@ -186,6 +189,7 @@ impl Context {
             desc,
             limits,
             lost,
+            timed_out: AtomicBool::new(false),
         })
     }
 }

@@ -13,11 +13,13 @@ use shadowbucket::model::{LstmModel, ModelSpec};
 use shadowbucket::{Contract, CreateOptions, Engine, EngineConfig, Predictor, Rate};
 use shadowbucket_gpu::{AdapterChoice, GpuBackend, GpuOptions, StepKernel};
 
+use std::time::Duration;
+
 const SEC: u64 = 1_000_000_000;
 const MIN: u64 = 60 * SEC;
 
 fn gpu(kernel: StepKernel) -> Option<GpuBackend> {
-    let opts = GpuOptions {
+    gpu_with(GpuOptions {
         choice: AdapterChoice::AnyGpu,
         sync_every: 2,
         // small chunks, so that the engine's customers span several
@@ -28,7 +30,10 @@ fn gpu(kernel: StepKernel) -> Option<GpuBackend> {
         upload_piece: 50,
         // SB_GPU_ACT, SB_GPU_TILED_WORKGROUP and SB_GPU_FUSE_HEADS apply
         ..GpuOptions::from_env()
-    };
+    })
+}
+
+fn gpu_with(opts: GpuOptions) -> Option<GpuBackend> {
     match GpuBackend::new(opts) {
         Ok(g) => Some(g),
         Err(e) => {
@@ -151,5 +156,65 @@ fn tick_matches(kernel: StepKernel) {
         }
     }
     drop((cpu, re));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A device that does not finish within `GpuOptions::wait_timeout` (here 1 ns, which no
+/// submission meets) fails the step with an error instead of stalling the tick: the tick goes on
+/// on the CPU from the state last written back (here the first, so the forecasts are the CPU
+/// engine's exactly), says why, and stays on the CPU.
+#[test]
+fn a_device_past_its_time_limit_falls_back_to_the_cpu() {
+    let Some(g) = gpu_with(GpuOptions {
+        choice: AdapterChoice::AnyGpu,
+        wait_timeout: Some(Duration::from_nanos(1)),
+        ..GpuOptions::from_env()
+    }) else {
+        return;
+    };
+    let spec = ModelSpec {
+        hidden: 16,
+        ..ModelSpec::default()
+    };
+    let model = LstmModel::random(spec.clone(), 5).unwrap();
+    let dir = std::env::temp_dir().join(format!("sb-gpu-timeout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = EngineConfig::new(1 << 34, Rate::tokens_per_sec(1 << 24));
+    let opts = CreateOptions::new(4096, cfg).for_model(&spec);
+    let mut cpu = Engine::create(dir.join("cpu.sb"), opts).unwrap();
+    let mut dev = Engine::create(dir.join("gpu.sb"), opts).unwrap();
+    let contract = Contract::new(1 << 30, Rate::tokens_per_sec(1 << 20));
+    for e in [&mut cpu, &mut dev] {
+        e.set_predictor(Predictor::Lstm(Box::new(model.clone())))
+            .unwrap();
+        for id in 0..4000u64 {
+            e.add_customer(id, contract, 0).unwrap();
+        }
+    }
+    dev.set_step_backend(Box::new(g)).unwrap();
+    for t in 1..=2u64 {
+        for id in 0..4000u64 {
+            let n = 1 + (id * 7919 + t * 31) % 50_000;
+            for e in [&mut cpu, &mut dev] {
+                e.allocate(id, n, (t - 1) * MIN + 1 + id).unwrap();
+            }
+        }
+        cpu.tick(t * MIN).unwrap();
+        dev.tick(t * MIN).unwrap();
+        let name = dev.step_backend_name();
+        assert!(
+            name.starts_with("cpu (device backend failed") && name.contains("did not finish"),
+            "tick {t}: {name}"
+        );
+        for id in 0..4000u64 {
+            assert_eq!(
+                cpu.forecast(id).unwrap(),
+                dev.forecast(id).unwrap(),
+                "tick {t} customer {id}"
+            );
+        }
+    }
+    drop((cpu, dev));
     let _ = std::fs::remove_dir_all(&dir);
 }

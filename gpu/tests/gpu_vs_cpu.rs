@@ -33,11 +33,17 @@ const KERNELS: [StepKernel; 2] = [StepKernel::Tiled, StepKernel::Simple];
 /// The GPU backend on any adapter (software included) with `kernel`, or `None` after a loud skip
 /// message.
 fn gpu(max_binding_bytes: Option<u64>, kernel: StepKernel) -> Option<GpuBackend> {
+    gpu_with(options(max_binding_bytes, kernel))
+}
+
+/// The tests' options: any adapter (software included), `kernel`, the binding limit lowered to
+/// `max_binding_bytes`.
+fn options(max_binding_bytes: Option<u64>, kernel: StepKernel) -> GpuOptions {
     let choice = match AdapterChoice::from_env() {
         AdapterChoice::Auto | AdapterChoice::Cpu => AdapterChoice::AnyGpu,
         c => c,
     };
-    let opts = GpuOptions {
+    GpuOptions {
         choice,
         sync_every: 3,
         max_binding_bytes,
@@ -51,7 +57,12 @@ fn gpu(max_binding_bytes: Option<u64>, kernel: StepKernel) -> Option<GpuBackend>
         // kernel runs 512 invocations on 128-customer tiles, or 256 on 64 where the lowered
         // binding limit cannot hold 128 customers, and fuses the heads where it can)
         ..GpuOptions::from_env()
-    };
+    }
+}
+
+/// The backend with `opts`, or `None` after a loud skip message.
+fn gpu_with(opts: GpuOptions) -> Option<GpuBackend> {
+    let kernel = opts.kernel;
     match GpuBackend::new(opts) {
         Ok(g) => {
             eprintln!("GPU test ({kernel} kernel) on {:?}", g.adapter());
@@ -389,5 +400,37 @@ fn a_model_too_big_to_bind_is_refused_at_set_model() {
             &mut out,
         )
         .expect("set_model accepted the model, so it must step");
+    }
+}
+
+/// A wait for the device longer than `GpuOptions::wait_timeout` (1 ns here, which no submission
+/// meets) is an error, not a stall, and the backend refuses every later call.
+#[test]
+fn a_wait_past_the_time_limit_is_an_error() {
+    for kernel in KERNELS {
+        let Some(mut g) = gpu_with(GpuOptions {
+            wait_timeout: Some(std::time::Duration::from_nanos(1)),
+            // one upload piece, so that the first wait comes straight after its submission
+            upload_piece: GpuOptions::DEFAULT_UPLOAD_PIECE,
+            ..options(None, kernel)
+        }) else {
+            return;
+        };
+        let spec = ModelSpec {
+            hidden: 8,
+            ..ModelSpec::default()
+        };
+        let m = model(spec.clone(), 3);
+        g.set_model(&m).unwrap();
+        let n = 20_000;
+        let x = vec![0.5; n * CUSTOMER_FEATURES];
+        let glob = vec![0.1; spec.global_dim()];
+        let mut state = vec![0.0; n * spec.state_dim()];
+        let mut out = vec![0.0; n * spec.head_dim()];
+        let e = g.step(&x, &glob, &mut state, &mut out).unwrap_err();
+        assert!(e.to_string().contains("did not finish"), "{kernel}: {e}");
+        let e = g.step(&x, &glob, &mut state, &mut out).unwrap_err();
+        assert!(e.to_string().contains("not used again"), "{kernel}: {e}");
+        assert!(g.sync_state(&mut state).is_err(), "{kernel}");
     }
 }
