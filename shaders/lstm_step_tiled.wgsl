@@ -41,7 +41,8 @@
 //                                    (i, f, g, o); the layer starts at float `params.b_off`;
 //                                    layer 0's includes this tick's global features
 //   3  x        storage, read        this chunk's per-customer features, customer-major `n x CF`
-//                                    (the first layer only)
+//                                    (the first layer; and LAST above the first layer, pick
+//                                    mode: each customer's usage feature `x[c * CF]`)
 //   4  state    storage, read_write  this chunk's recurrent state, feature-major (value `k` of
 //                                    customer `c` at float `k * ld + c`), read as vec4s
 //   5  head_w   storage, read        heads.wgsl's (LAST only): HD rows of HP / 4 vec4s
@@ -371,7 +372,8 @@ fn finish(ug: u32, cg: u32, t0: u32, a: Acc) -> NewH {
     return r;
 }
 
-// Head output `r` for the 4 customers of quad `q`, from the new `h` in the tile.
+// Head output `r` for the 4 customers of quad `q`, from the new `h` in the tile and the heads'
+// weights and biases in `hws`.
 fn head4(r: u32, q: u32) -> vec4<f32> {
     var acc = vec4<f32>(hws[HWV + r / 4u][r % 4u]);
     for (var v = 0u; v < HP / 4u; v++) {
@@ -405,8 +407,8 @@ fn decode(xu: f32, sc: f32, y: vec4<f32>) -> f32 {
 
 // LAST, pick mode: what the decode reads from storage for the 4 customers of quad `q` (their
 // scales and, above the first layer, their usage features), loaded by the decoding invocation
-// before the cells so that the loads' latency hides behind them. The first layer's usage
-// features are the tile's row 0 (the raw x; normalization is in the weights).
+// before its products so that the loads' latency hides behind the products and cells. The first
+// layer's usage features are the tile's row 0 (the raw x; normalization is in the weights).
 struct PickIn {
     scale: vec4<f32>,
     xu: vec4<f32>,
@@ -512,8 +514,15 @@ fn main(
         for (var i = lid; i < HWV; i += WG) {
             hws[i] = head_w[i];
         }
-        for (var i = lid; i < HD; i += WG) {
-            hws[HWV + i / 4u][i % 4u] = head_b[i];
+        // the biases as whole vec4s: one invocation writes each
+        for (var i = lid; i < (HD + 3u) / 4u; i += WG) {
+            var b = vec4<f32>(0.0);
+            for (var e = 0u; e < 4u; e++) {
+                if 4u * i + e < HD {
+                    b[e] = head_b[4u * i + e];
+                }
+            }
+            hws[HWV + i] = b;
         }
     }
     let tiles = (p.n - p.start + TC - 1u) / TC;

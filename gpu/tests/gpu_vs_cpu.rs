@@ -1,11 +1,13 @@
 //! The GPU step against the CPU path on random weights and inputs: several sizes (some not a
 //! multiple of the workgroup size), several model shapes, chunking forced by a lowered binding
-//! limit, several ticks of recurrent state, `step_pick` against the CPU decode, and
-//! `invalidate`/`sync_state`. Every comparison runs with both step kernels (tiled and simple);
-//! the other options come from the environment (`SB_GPU_ACT`, `SB_GPU_TILED_WORKGROUP`,
-//! `SB_GPU_FUSE_HEADS`, `SB_GPU_TILED_STAGE_OUT`), defaults otherwise. With the defaults the
-//! tiled kernel runs 128-customer tiles with the heads fused in, 64-customer tiles where the
-//! lowered binding limit cannot hold 128 customers, and unfused heads at H = 64.
+//! limit, several ticks of recurrent state, `step_pick` against the CPU decode (on several
+//! shapes, every horizon and quantile), and `invalidate`/`sync_state`. Every comparison runs
+//! with both step kernels (tiled and simple); the other options come from the environment
+//! (`SB_GPU_ACT`, `SB_GPU_TILED_WORKGROUP`, `SB_GPU_FUSE_HEADS`, `SB_GPU_TILED_STAGE_OUT`),
+//! defaults otherwise. With the defaults the tiled kernel runs 128-customer tiles with the heads
+//! fused in, 64-customer tiles where the lowered binding limit cannot hold 128 customers;
+//! H = 64 x 2 layers falls back to the simple kernel on llvmpipe (its later layer's tile, 32 KiB,
+//! does not fit the 32 KiB of workgroup memory with the placeholders).
 //!
 //! Tolerance: 1e-5 absolute on every state value and head output after each of several ticks
 //! (with `SB_GPU_ACT=rational` the kernels use the CPU batch's own `tanh` approximation, so the
@@ -287,6 +289,112 @@ fn pick_matches_cpu_decode_with(kernel: StepKernel) {
     }
     g.sync_state(&mut st_gpu).unwrap();
     close("state after picks", 8, &st_gpu, &st_cpu, |_| TOL);
+}
+
+/// The pick on other model shapes (the fused top layer above the first, so its usage features
+/// come from `x`, not the tile; H not a multiple of 4; H = 64, unfused; an extra feed), every
+/// horizon and quantile, N not a multiple of the tile, chunked by a lowered binding limit.
+#[test]
+fn pick_other_shapes_every_quantile() {
+    let specs = [
+        (
+            ModelSpec {
+                hidden: 8,
+                layers: 3,
+                horizons: vec![1, 2],
+                feeds: vec!["news".into()],
+            },
+            None,
+        ),
+        (
+            ModelSpec {
+                hidden: 5,
+                layers: 2,
+                horizons: vec![1, 4, 9],
+                feeds: vec![],
+            },
+            Some(8 * 1024),
+        ),
+        (
+            ModelSpec {
+                hidden: 5,
+                layers: 1,
+                horizons: vec![1, 2],
+                feeds: vec![],
+            },
+            None,
+        ),
+        (
+            ModelSpec {
+                hidden: 32,
+                layers: 2,
+                horizons: vec![1, 5],
+                feeds: vec![],
+            },
+            Some(64 * 1024),
+        ),
+        (
+            ModelSpec {
+                hidden: 64,
+                layers: 2,
+                horizons: vec![1, 5, 10, 15],
+                feeds: vec![],
+            },
+            None,
+        ),
+    ];
+    for kernel in KERNELS {
+        for (i, (spec, bind)) in specs.iter().enumerate() {
+            let Some(mut g) = gpu(*bind, kernel) else {
+                return;
+            };
+            let m = model(spec.clone(), 80 + i as u64);
+            let mut c = CpuBackend::new();
+            c.set_model(&m).unwrap();
+            g.set_model(&m).unwrap();
+            eprintln!(
+                "  pick: H = {} x {} layers: {} kernel, heads fused: {:?}",
+                m.spec.hidden,
+                m.spec.layers,
+                g.kernel().unwrap(),
+                g.heads_fused()
+            );
+            let n = 301;
+            let (sd, cf) = (m.spec.state_dim(), CUSTOMER_FEATURES);
+            let mut rng = StdRng::seed_from_u64(90 + i as u64);
+            let mut st_cpu: Vec<f32> = (0..n * sd).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let mut st_gpu = st_cpu.clone();
+            let scale: Vec<f32> = (0..n).map(|_| rng.random_range(1.0f32..1000.0)).collect();
+            let mut tick = 0;
+            for horizon in 0..m.spec.horizons.len() {
+                for quantile in 0..4 {
+                    let pick = Pick::new(&m.spec, horizon, quantile).unwrap();
+                    let x: Vec<f32> = (0..n * cf).map(|_| rng.random_range(-3.0..3.0)).collect();
+                    let glob: Vec<f32> = (0..m.spec.global_dim())
+                        .map(|_| rng.random_range(-3.0..3.0))
+                        .collect();
+                    let mut a = vec![0f32; n];
+                    let mut b = vec![f32::NAN; n];
+                    c.step_pick(&x, &glob, &scale, &mut st_cpu, pick, &mut a)
+                        .unwrap();
+                    g.step_pick(&x, &glob, &scale, &mut st_gpu, pick, &mut b)
+                        .unwrap();
+                    close("pick", tick, &b, &a, |i| {
+                        PICK_TOL * a[i].abs() + PICK_TOL * scale[i]
+                    });
+                    tick += 1;
+                }
+            }
+            g.sync_state(&mut st_gpu).unwrap();
+            close("state after picks", tick, &st_gpu, &st_cpu, |_| TOL);
+            if bind.is_some() {
+                assert!(
+                    g.chunks() > 1,
+                    "the lowered binding limit chunks the customers"
+                );
+            }
+        }
+    }
 }
 
 #[test]
