@@ -265,30 +265,78 @@ fn pick_matches_cpu_decode_with(kernel: StepKernel) {
     let mut c = CpuBackend::new();
     c.set_model(&m).unwrap();
     g.set_model(&m).unwrap();
-    let n = 700;
-    let (sd, cf) = (m.spec.state_dim(), CUSTOMER_FEATURES);
-    let mut rng = StdRng::seed_from_u64(41);
-    let mut st_cpu: Vec<f32> = (0..n * sd).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let mut st_gpu = st_cpu.clone();
-    let scale: Vec<f32> = (0..n).map(|_| rng.random_range(1.0f32..1000.0)).collect();
+    let mut p = Picks::new(&m.spec, 700, 41);
     for tick in 0..8 {
         let pick = Pick::new(&m.spec, tick % 4, (tick / 2) % 4).unwrap();
-        let x: Vec<f32> = (0..n * cf).map(|_| rng.random_range(-3.0..3.0)).collect();
-        let glob: Vec<f32> = (0..m.spec.global_dim())
+        p.step(&mut c, &mut g, &m.spec, pick, tick);
+    }
+    p.check_state(&mut g, 8);
+}
+
+/// The CPU backend's and the GPU's states for `n` customers stepped with picks side by side,
+/// their scales, and the source of each tick's inputs.
+struct Picks {
+    rng: StdRng,
+    scale: Vec<f32>,
+    st_cpu: Vec<f32>,
+    st_gpu: Vec<f32>,
+}
+
+impl Picks {
+    fn new(spec: &ModelSpec, n: usize, seed: u64) -> Picks {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let st_cpu: Vec<f32> = (0..n * spec.state_dim())
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let scale = (0..n).map(|_| rng.random_range(1.0f32..1000.0)).collect();
+        Picks {
+            rng,
+            scale,
+            st_gpu: st_cpu.clone(),
+            st_cpu,
+        }
+    }
+
+    /// One tick of fresh inputs on both backends with `pick`; the picked values must agree.
+    fn step(
+        &mut self,
+        c: &mut CpuBackend,
+        g: &mut GpuBackend,
+        spec: &ModelSpec,
+        pick: Pick,
+        tick: usize,
+    ) {
+        let n = self.scale.len();
+        let rng = &mut self.rng;
+        let x: Vec<f32> = (0..n * CUSTOMER_FEATURES)
+            .map(|_| rng.random_range(-3.0..3.0))
+            .collect();
+        let glob: Vec<f32> = (0..spec.global_dim())
             .map(|_| rng.random_range(-3.0..3.0))
             .collect();
         let mut a = vec![0f32; n];
         let mut b = vec![f32::NAN; n];
-        c.step_pick(&x, &glob, &scale, &mut st_cpu, pick, &mut a)
+        c.step_pick(&x, &glob, &self.scale, &mut self.st_cpu, pick, &mut a)
             .unwrap();
-        g.step_pick(&x, &glob, &scale, &mut st_gpu, pick, &mut b)
+        g.step_pick(&x, &glob, &self.scale, &mut self.st_gpu, pick, &mut b)
             .unwrap();
+        let scale = &self.scale;
         close("pick", tick, &b, &a, |i| {
             PICK_TOL * a[i].abs() + PICK_TOL * scale[i]
         });
     }
-    g.sync_state(&mut st_gpu).unwrap();
-    close("state after picks", 8, &st_gpu, &st_cpu, |_| TOL);
+
+    /// The GPU's state, written back, against the CPU's.
+    fn check_state(&mut self, g: &mut GpuBackend, tick: usize) {
+        g.sync_state(&mut self.st_gpu).unwrap();
+        close(
+            "state after picks",
+            tick,
+            &self.st_gpu,
+            &self.st_cpu,
+            |_| TOL,
+        );
+    }
 }
 
 /// The pick on other model shapes (the fused top layer above the first, so its usage features
@@ -359,34 +407,16 @@ fn pick_other_shapes_every_quantile() {
                 g.kernel().unwrap(),
                 g.heads_fused()
             );
-            let n = 301;
-            let (sd, cf) = (m.spec.state_dim(), CUSTOMER_FEATURES);
-            let mut rng = StdRng::seed_from_u64(90 + i as u64);
-            let mut st_cpu: Vec<f32> = (0..n * sd).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let mut st_gpu = st_cpu.clone();
-            let scale: Vec<f32> = (0..n).map(|_| rng.random_range(1.0f32..1000.0)).collect();
+            let mut p = Picks::new(&m.spec, 301, 90 + i as u64);
             let mut tick = 0;
             for horizon in 0..m.spec.horizons.len() {
                 for quantile in 0..4 {
                     let pick = Pick::new(&m.spec, horizon, quantile).unwrap();
-                    let x: Vec<f32> = (0..n * cf).map(|_| rng.random_range(-3.0..3.0)).collect();
-                    let glob: Vec<f32> = (0..m.spec.global_dim())
-                        .map(|_| rng.random_range(-3.0..3.0))
-                        .collect();
-                    let mut a = vec![0f32; n];
-                    let mut b = vec![f32::NAN; n];
-                    c.step_pick(&x, &glob, &scale, &mut st_cpu, pick, &mut a)
-                        .unwrap();
-                    g.step_pick(&x, &glob, &scale, &mut st_gpu, pick, &mut b)
-                        .unwrap();
-                    close("pick", tick, &b, &a, |i| {
-                        PICK_TOL * a[i].abs() + PICK_TOL * scale[i]
-                    });
+                    p.step(&mut c, &mut g, &m.spec, pick, tick);
                     tick += 1;
                 }
             }
-            g.sync_state(&mut st_gpu).unwrap();
-            close("state after picks", tick, &st_gpu, &st_cpu, |_| TOL);
+            p.check_state(&mut g, tick);
             if bind.is_some() {
                 assert!(
                     g.chunks() > 1,
