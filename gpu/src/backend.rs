@@ -1615,19 +1615,18 @@ impl GpuBackend {
             Ok(())
         })??;
         drop(tx);
-        let wait = |index: Option<wgpu::SubmissionIndex>| self.wait(index);
         if subs.is_empty() {
-            wait(None)?;
+            self.wait(None)?;
             self.check_device()?;
             return Ok(tm);
         }
         let mut mapped = std::collections::HashMap::new();
         for ((i, j), sub) in subs {
             // this piece's outputs come out while the device runs the later ones
-            wait(Some(sub))?;
+            self.wait(Some(sub))?;
             mapped.extend(rx.try_iter());
             if !mapped.contains_key(&(i, j)) {
-                wait(None)?;
+                self.wait(None)?;
                 mapped.extend(rx.try_iter());
             }
             match mapped.remove(&(i, j)) {
