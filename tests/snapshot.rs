@@ -418,12 +418,7 @@ fn bad_destinations_are_refused_and_change_nothing() {
 
     // another store that a writer has open
     let other = dir.join("other.sb");
-    let held = Engine::create(
-        &other,
-        CreateOptions::new(64, EngineConfig::new(100, Rate::tokens_per_sec(10))),
-    )
-    .unwrap();
-    let other_bytes = std::fs::read(&other).unwrap();
+    let (held, other_bytes) = held_store(&other);
     assert!(matches!(both(&mut live, &other), Err(Error::Locked(p)) if p == other));
     assert_eq!(std::fs::read(&other).unwrap(), other_bytes);
     drop(held);
@@ -645,12 +640,7 @@ fn the_events_files_of_stores_are_refused() {
 
     // a store named like another path's events file, that a writer has open
     let other = dir.join("other.events");
-    let held = Engine::create(
-        &other,
-        CreateOptions::new(64, EngineConfig::new(100, Rate::tokens_per_sec(10))),
-    )
-    .unwrap();
-    let other_bytes = std::fs::read(&other).unwrap();
+    let (held, other_bytes) = held_store(&other);
     let dest = dir.join("other");
     let direct = both_ways(&mut live, &capture, &dest);
     assert!(
@@ -661,4 +651,15 @@ fn the_events_files_of_stores_are_refused() {
     assert_eq!(std::fs::read(&other).unwrap(), other_bytes);
     drop((held, live));
     assert_eq!(view(&Engine::open(&path).unwrap(), now), before);
+}
+
+/// A small store at `path` that a writer (the returned engine) holds open, and its bytes.
+fn held_store(path: &Path) -> (Engine, Vec<u8>) {
+    let held = Engine::create(
+        path,
+        CreateOptions::new(64, EngineConfig::new(100, Rate::tokens_per_sec(10))),
+    )
+    .unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    (held, bytes)
 }

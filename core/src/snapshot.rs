@@ -88,7 +88,7 @@ impl Engine {
         let mut last_committed = 0;
         let written = self.store.snapshot_to(dest, progress, || {
             // (the store is held still until the rename: this is the copy's state)
-            last_committed = self.stats().last_committed;
+            last_committed = self.store.last_committed();
             self.save_sidecar_at(dest)
         })?;
         Ok(Snapshot {

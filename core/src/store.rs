@@ -415,7 +415,7 @@ impl Store {
     }
 
     /// The last committed transaction; read while the store is held still, that of its copy.
-    fn last_committed(&self) -> u64 {
+    pub(crate) fn last_committed(&self) -> u64 {
         self.cols().state.txn.last_committed
     }
 

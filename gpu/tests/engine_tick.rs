@@ -46,6 +46,43 @@ fn gpu_with(opts: GpuOptions) -> Option<GpuBackend> {
     }
 }
 
+/// Two engines in a fresh folder with the same random LSTM (H = 16): `cpu` stepping on the CPU,
+/// `dev` on the backend `g`.
+struct Pair {
+    dir: std::path::PathBuf,
+    model: LstmModel,
+    cpu: Engine,
+    dev: Engine,
+}
+
+impl Pair {
+    fn new(tag: &str, capacity: u64, seed: u64, g: GpuBackend) -> Pair {
+        let spec = ModelSpec {
+            hidden: 16,
+            ..ModelSpec::default()
+        };
+        let model = LstmModel::random(spec.clone(), seed).unwrap();
+        let dir = std::env::temp_dir().join(format!("sb-gpu-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = EngineConfig::new(1 << 34, Rate::tokens_per_sec(1 << 24));
+        let opts = CreateOptions::new(capacity, cfg).for_model(&spec);
+        let mut cpu = Engine::create(dir.join("cpu.sb"), opts).unwrap();
+        let mut dev = Engine::create(dir.join("gpu.sb"), opts).unwrap();
+        for e in [&mut cpu, &mut dev] {
+            e.set_predictor(Predictor::Lstm(Box::new(model.clone())))
+                .unwrap();
+        }
+        dev.set_step_backend(Box::new(g)).unwrap();
+        Pair {
+            dir,
+            model,
+            cpu,
+            dev,
+        }
+    }
+}
+
 fn close(a: f64, b: f64, rel: f64, abs: f64) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs()) + abs
 }
@@ -59,23 +96,12 @@ fn gpu_tick_matches_cpu_tick() {
 
 fn tick_matches(kernel: StepKernel) {
     let Some(g) = gpu(kernel) else { return };
-    let spec = ModelSpec {
-        hidden: 16,
-        ..ModelSpec::default()
-    };
-    let model = LstmModel::random(spec.clone(), 17).unwrap();
-    let dir = std::env::temp_dir().join(format!("sb-gpu-engine-{}-{kernel}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = EngineConfig::new(1 << 34, Rate::tokens_per_sec(1 << 24));
-    let opts = CreateOptions::new(512, cfg).for_model(&spec);
-    let mut cpu = Engine::create(dir.join("cpu.sb"), opts).unwrap();
-    let mut dev = Engine::create(dir.join("gpu.sb"), opts).unwrap();
-    for e in [&mut cpu, &mut dev] {
-        e.set_predictor(Predictor::Lstm(Box::new(model.clone())))
-            .unwrap();
-    }
-    dev.set_step_backend(Box::new(g)).unwrap();
+    let Pair {
+        dir,
+        model,
+        mut cpu,
+        mut dev,
+    } = Pair::new(&format!("engine-{kernel}"), 512, 17, g);
     assert!(
         !dev.step_backend_name().starts_with("cpu"),
         "{}",
@@ -172,27 +198,18 @@ fn a_device_past_its_time_limit_falls_back_to_the_cpu() {
     }) else {
         return;
     };
-    let spec = ModelSpec {
-        hidden: 16,
-        ..ModelSpec::default()
-    };
-    let model = LstmModel::random(spec.clone(), 5).unwrap();
-    let dir = std::env::temp_dir().join(format!("sb-gpu-timeout-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = EngineConfig::new(1 << 34, Rate::tokens_per_sec(1 << 24));
-    let opts = CreateOptions::new(4096, cfg).for_model(&spec);
-    let mut cpu = Engine::create(dir.join("cpu.sb"), opts).unwrap();
-    let mut dev = Engine::create(dir.join("gpu.sb"), opts).unwrap();
+    let Pair {
+        dir,
+        mut cpu,
+        mut dev,
+        ..
+    } = Pair::new("timeout", 4096, 5, g);
     let contract = Contract::new(1 << 30, Rate::tokens_per_sec(1 << 20));
     for e in [&mut cpu, &mut dev] {
-        e.set_predictor(Predictor::Lstm(Box::new(model.clone())))
-            .unwrap();
         for id in 0..4000u64 {
             e.add_customer(id, contract, 0).unwrap();
         }
     }
-    dev.set_step_backend(Box::new(g)).unwrap();
     for t in 1..=2u64 {
         for id in 0..4000u64 {
             let n = 1 + (id * 7919 + t * 31) % 50_000;

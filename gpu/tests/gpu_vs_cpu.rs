@@ -83,6 +83,16 @@ fn gpu_with(opts: GpuOptions) -> Option<GpuBackend> {
     }
 }
 
+/// A model shape: H, layers, horizons, feeds.
+fn spec(hidden: usize, layers: usize, horizons: &[u32], feeds: &[&str]) -> ModelSpec {
+    ModelSpec {
+        hidden,
+        layers,
+        horizons: horizons.to_vec(),
+        feeds: feeds.iter().map(|f| f.to_string()).collect(),
+    }
+}
+
 fn model(spec: ModelSpec, seed: u64) -> LstmModel {
     let mut m = LstmModel::random(spec, seed).unwrap();
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
@@ -200,24 +210,9 @@ fn default_model_several_sizes() {
 #[test]
 fn other_shapes() {
     let specs = [
-        ModelSpec {
-            hidden: 8,
-            layers: 3,
-            horizons: vec![1, 2],
-            feeds: vec!["news".into()],
-        },
-        ModelSpec {
-            hidden: 5,
-            layers: 2,
-            horizons: vec![1],
-            feeds: vec![],
-        },
-        ModelSpec {
-            hidden: 64,
-            layers: 2,
-            horizons: vec![1, 5, 10, 15],
-            feeds: vec![],
-        },
+        spec(8, 3, &[1, 2], &["news"]),
+        spec(5, 2, &[1], &[]),
+        spec(64, 2, &[1, 5, 10, 15], &[]),
     ];
     for kernel in KERNELS {
         for (i, spec) in specs.iter().enumerate() {
@@ -237,12 +232,7 @@ fn chunking_above_a_lowered_binding_limit() {
             return;
         };
         assert_eq!(chunks, 4, "1000 customers in chunks of at most 256");
-        let spec = ModelSpec {
-            hidden: 8,
-            layers: 2,
-            horizons: vec![1, 3],
-            feeds: vec![],
-        };
+        let spec = spec(8, 2, &[1, 3], &[]);
         let Some((chunks, _)) = compare(spec, 777, 3, 31, Some(8 * 1024), kernel) else {
             return;
         };
@@ -345,51 +335,11 @@ impl Picks {
 #[test]
 fn pick_other_shapes_every_quantile() {
     let specs = [
-        (
-            ModelSpec {
-                hidden: 8,
-                layers: 3,
-                horizons: vec![1, 2],
-                feeds: vec!["news".into()],
-            },
-            None,
-        ),
-        (
-            ModelSpec {
-                hidden: 5,
-                layers: 2,
-                horizons: vec![1, 4, 9],
-                feeds: vec![],
-            },
-            Some(8 * 1024),
-        ),
-        (
-            ModelSpec {
-                hidden: 5,
-                layers: 1,
-                horizons: vec![1, 2],
-                feeds: vec![],
-            },
-            None,
-        ),
-        (
-            ModelSpec {
-                hidden: 32,
-                layers: 2,
-                horizons: vec![1, 5],
-                feeds: vec![],
-            },
-            Some(64 * 1024),
-        ),
-        (
-            ModelSpec {
-                hidden: 64,
-                layers: 2,
-                horizons: vec![1, 5, 10, 15],
-                feeds: vec![],
-            },
-            None,
-        ),
+        (spec(8, 3, &[1, 2], &["news"]), None),
+        (spec(5, 2, &[1, 4, 9], &[]), Some(8 * 1024)),
+        (spec(5, 1, &[1, 2], &[]), None),
+        (spec(32, 2, &[1, 5], &[]), Some(64 * 1024)),
+        (spec(64, 2, &[1, 5, 10, 15], &[]), None),
     ];
     for kernel in KERNELS {
         for (i, (spec, bind)) in specs.iter().enumerate() {
@@ -512,12 +462,7 @@ fn bad_lengths_are_errors() {
 /// every step. Where the adapter binds that much, the model must step.
 #[test]
 fn a_model_too_big_to_bind_is_refused_at_set_model() {
-    let spec = ModelSpec {
-        hidden: 1024,
-        layers: 5,
-        horizons: vec![1],
-        feeds: vec![],
-    };
+    let spec = spec(1024, 5, &[1], &[]);
     let m = LstmModel::random(spec, 70).unwrap();
     let n = 3;
     let (sd, hd, cf) = (m.spec.state_dim(), m.spec.head_dim(), CUSTOMER_FEATURES);
