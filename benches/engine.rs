@@ -593,10 +593,12 @@ fn bench_allocate_batch(c: &mut Criterion) {
                     .map(|(name, d)| format!("{name} {:.2?}", d / b.phase_batches))
                     .collect();
                 eprintln!(
-                    "[{label}] engine_batch_slots phase minima: {}; means over {} batches: {}",
+                    "[{label}] engine_batch_slots phase minima: {}; means over {} batches: {}; \
+                     shards in the last batch: {}",
                     minima.join(", "),
                     b.phase_batches,
-                    means.join(", ")
+                    means.join(", "),
+                    b.engine.last_batch_phases().shards
                 );
             }
             b.print_mix(&label, "after the benches");

@@ -1,8 +1,10 @@
 //! The batch path against the sequential path at the edges the property tests' generators do
 //! not reach (they use one capacity, 320 = five shards of 64, one chunk size, and clocks near
 //! 10^12): capacities that are not a multiple of the shard, a store of one slot, shard sizes and
-//! chunk sizes of every kind, batches at and around `tuning::parallel_min`, clocks at 0 and at
-//! `u64::MAX`, and rates and bursts at their limits.
+//! chunk sizes of every kind, crowded ranges of shard slots cut into pieces (`tuning::set_split`
+//! with targets of a few requests, the pieces' plan kept or remade from batch to batch), batches
+//! at and around `tuning::parallel_min`, clocks at 0 and at `u64::MAX`, and rates and bursts at
+//! their limits.
 //!
 //! Engine A runs each batch through the parallel algorithm, engine B one request at a time
 //! through the sequential loop (`parallel_min` above the batch). The tuning is process-global,
@@ -30,11 +32,14 @@ struct Tune {
     parallel_min: usize,
     shard: usize,
     chunk: usize,
+    /// `tuning::set_split`'s target: small ones cut the range the customers share into pieces.
+    split: usize,
 }
 
 fn parallel(t: Tune) {
     tuning::set(t.parallel_min, t.shard);
     tuning::set_pool_chunk(t.chunk);
+    tuning::set_split(t.split);
 }
 
 fn sequential() {
@@ -380,13 +385,14 @@ proptest! {
         cap in prop_oneof![Just(1u64), 1u64..=200, 60u64..=700],
         shard in prop_oneof![Just(64usize), Just(128), Just(256), Just(16384)],
         chunk in prop_oneof![Just(1usize), 1usize..=40, Just(32768)],
+        split in prop_oneof![Just(0usize), Just(usize::MAX), 1usize..=8],
         t0 in prop_oneof![Just(0u64), Just(1_000_000_000_000), Just(u64::MAX - 10_000_000_000)],
         cfg in config(),
         custs in vec(contract(), 1..40),
         ops in vec((op(), clock()), 1..40),
     ) {
         let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let mut p = Pair::new(cap, cfg, t0, Tune { parallel_min: 1, shard, chunk });
+        let mut p = Pair::new(cap, cfg, t0, Tune { parallel_min: 1, shard, chunk, split });
         for c in custs {
             p.add(c);
         }
@@ -412,6 +418,7 @@ fn default_tuning_around_parallel_min() {
             parallel_min: 8192,
             shard: 16384,
             chunk: 32768,
+            split: 0,
         },
     );
     for k in 0..cap {

@@ -10,6 +10,8 @@
 //!   transactions the reopened store says were committed (so every record is whole: before or
 //!   after each transaction, never in between, and a batch is all or nothing).
 //!
+//! The worker cuts crowded ranges of slots into pieces (`tuning::set_split`; the stream's first
+//! range holds about 80% of its requests), so kills also land in batches whose shards are pieces.
 //! The worker is `src/bin/sb-crash-worker`; the stream is `src/bin/sb-crash-worker/workload.rs`,
 //! which this test includes, so the test replays exactly what the worker ran. Set `SB_SEED` to
 //! rerun with another seed.

@@ -142,6 +142,9 @@ pub fn run(a: BenchArgs) -> CmdResult {
     let mut ns = Vec::with_capacity(a.iterations);
     // per phase of the batch path (in the order of `PhaseTimes::durations`), ms per batch
     let mut phases: [Vec<f64>; 4] = Default::default();
+    // shards of the customer-local phase, per batch (more than the ranges when crowded ones
+    // were cut)
+    let mut shards = Vec::with_capacity(a.iterations);
     for it in 0..=a.iterations {
         let now = (2 + it as u64) * SEC;
         let t = Instant::now();
@@ -150,9 +153,11 @@ pub fn run(a: BenchArgs) -> CmdResult {
         let dt = t.elapsed().as_nanos() as f64;
         if it > 0 {
             ns.push(dt / a.batch as f64);
-            for (v, d) in phases.iter_mut().zip(e.last_batch_phases().durations()) {
+            let p = e.last_batch_phases();
+            for (v, d) in phases.iter_mut().zip(p.durations()) {
                 v.push(d.as_secs_f64() * 1e3);
             }
+            shards.push(p.shards as f64);
             for o in &outcomes {
                 counts[*o as usize] += 1;
             }
@@ -193,6 +198,11 @@ pub fn run(a: BenchArgs) -> CmdResult {
             "local": stats(&mut phases[1]),
             "gather_and_replay": stats(&mut phases[2]),
             "replay_busy": stats(&mut phases[3]),
+        },
+        "shards": {
+            "note": "shards of the customer-local phase: one per range of 16384 slots, more where crowded ranges were cut into pieces",
+            "ranges": n.div_ceil(16384),
+            "per_batch": stats(&mut shards),
         },
         "outcome_shares": {
             "granted_shadow": share(0), "granted_pool": share(1),

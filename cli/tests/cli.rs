@@ -588,6 +588,15 @@ fn bench_writes_json_and_refuses_a_missing_gpu() {
         let ms = v["phases_ms"][phase]["min"].as_f64().unwrap();
         assert!(ms > 0.0, "{phase}: {ms}");
     }
+    // 2,000 customers: one range of slots, holding every request, so crowded and cut into
+    // pieces from two threads on
+    assert_eq!(v["shards"]["ranges"], 1);
+    let shards = v["shards"]["per_batch"]["min"].as_f64().unwrap();
+    if v["threads"].as_u64().unwrap() >= 2 {
+        assert!(shards > 1.0, "{shards} shards");
+    } else {
+        assert_eq!(shards, 1.0);
+    }
     let shares = &v["outcome_shares"];
     let sum: f64 = [
         "granted_shadow",

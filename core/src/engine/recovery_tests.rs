@@ -9,12 +9,31 @@ fn sans_epoch(b: &Bucket) -> Bucket {
     Bucket { epoch: 0, ..*b }
 }
 
+/// The batch tuning is process-wide: one test of this file at a time.
+static TUNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_crashed_parallel_batch_is_rolled_back_from_its_shard_logs() {
     // several small shards, and the parallel path for any batch
-    batch::tuning::set(1, 64);
+    crashed_batch_is_rolled_back("ranges", 64, usize::MAX, false);
+}
+
+/// The same with crowded ranges cut into pieces: each piece's log names its own part of the
+/// range, and recovery restores every piece's entries.
+#[test]
+fn a_crashed_batch_with_cut_ranges_is_rolled_back_from_its_pieces_logs() {
+    crashed_batch_is_rolled_back("pieces", 256, 40, true);
+}
+
+/// A batch over ranges of `shard` slots (ranges holding more than `split` of its requests cut
+/// into pieces; `skewed`: most requests on a few customers of each range) dies before its
+/// commit; reopening the store rolls it back exactly.
+fn crashed_batch_is_rolled_back(tag: &str, shard: usize, split: usize, skewed: bool) {
+    let _one = TUNING.lock().unwrap_or_else(|e| e.into_inner());
+    batch::tuning::set(1, shard);
     batch::tuning::set_pool_chunk(97);
-    let dir = std::env::temp_dir().join(format!("sb-recovery-log-{}", std::process::id()));
+    batch::tuning::set_split(split);
+    let dir = std::env::temp_dir().join(format!("sb-recovery-log-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("s.sb");
     let cfg = EngineConfig::new(40_000, Rate::tokens_per_sec(2_000));
@@ -48,7 +67,18 @@ fn a_crashed_parallel_batch_is_rolled_back_from_its_shard_logs() {
         x >> 33
     };
     let mut batch_of = move |len: usize| -> (Vec<u32>, Vec<u64>) {
-        let mut s: Vec<u32> = (0..len).map(|_| slots[(next() % 600) as usize]).collect();
+        let mut s: Vec<u32> = (0..len)
+            .map(|_| {
+                let k = next() % 600;
+                // three requests in four on the first ten customers of each range of 256
+                let k = if skewed && !next().is_multiple_of(4) {
+                    (k / 256) * 256 + k % 10
+                } else {
+                    k
+                };
+                slots[k as usize]
+            })
+            .collect();
         s[len / 2] = 999;
         let t = (0..len).map(|_| 1 + next() % 9).collect();
         (s, t)
@@ -86,6 +116,24 @@ fn a_crashed_parallel_batch_is_rolled_back_from_its_shard_logs() {
         .copied()
         .collect();
     assert!(heads.len() > 1, "{} shard logs", heads.len());
+    // with cut ranges, more logs than ranges, each within one range
+    let ranges = 1_000usize.div_ceil(shard);
+    if skewed {
+        assert!(
+            heads.len() > ranges,
+            "{} logs over {ranges} ranges",
+            heads.len()
+        );
+    } else {
+        assert_eq!(heads.len(), ranges);
+    }
+    for h in &heads {
+        let (first, end) = (h.first_slot as usize, (h.first_slot + h.slots) as usize);
+        assert!(
+            first / shard == (end - 1) / shard,
+            "log of {first}..{end} crosses a range"
+        );
+    }
     let line0: usize = heads.iter().map(|h| h.entries[0] as usize).sum();
     let line1: usize = heads.iter().map(|h| h.entries[1] as usize).sum();
     assert_eq!(line0, distinct.len());

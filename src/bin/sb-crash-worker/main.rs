@@ -3,7 +3,8 @@
 //! - `sb-crash-worker run PATH SEED MIX K`: opens the store at `PATH` and applies operations
 //!   `K`, `K+1`, ... of the deterministic stream of `workload.rs` for `SEED` and `MIX`
 //!   (`batches` or `small`), forever, until it is killed (`tests/durability.rs` kills it with
-//!   SIGKILL at random instants).
+//!   SIGKILL at random instants). Ranges of slots holding more than 4096 of a batch's requests
+//!   are cut into pieces (`tuning::set_split`).
 //! - `sb-crash-worker snapshot PATH DEST SEED MIX`: opens the store at `PATH` and applies the
 //!   stream from its start, taking a snapshot to `DEST` after every operation, until it is killed
 //!   (`tests/durability.rs`: a snapshot is whole, whenever the process dies). Every other
@@ -29,6 +30,10 @@ fn main() {
             let seed: u64 = args[3].parse().expect("SEED");
             let mix = workload::Mix::parse(&args[4]).expect("MIX");
             let k0: u64 = args[5].parse().expect("K");
+            // crowded ranges cut into pieces whatever the number of threads (the first range
+            // holds about 80% of the stream's requests), so that kills land in batches whose
+            // shards are pieces too
+            shadowbucket::batch::tuning::set_split(4096);
             let mut eng = Engine::open(&args[2]).expect("open");
             assert_eq!(
                 eng.recovered(),
