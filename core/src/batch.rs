@@ -87,8 +87,8 @@ pub mod tuning {
     static POOL_CHUNK: AtomicUsize = AtomicUsize::new(super::POOL_CHUNK);
     static SPLIT: AtomicUsize = AtomicUsize::new(0);
 
-    /// Batches shorter than `parallel_min` run sequentially; shards hold `shard_slots` slots
-    /// (rounded to a power of two in `64..=16384`).
+    /// Batches shorter than `parallel_min` (and an empty one) run sequentially; shards hold
+    /// `shard_slots` slots (rounded to a power of two in `64..=16384`).
     pub fn set(parallel_min: usize, shard_slots: usize) {
         PARALLEL_MIN.store(parallel_min, Ordering::Relaxed);
         let s = shard_slots
@@ -395,7 +395,9 @@ pub(crate) fn run(
 ) {
     let now = advance(g, now);
     scratch.phases = PhaseTimes::default();
-    if slots.len() < tuning::parallel_min() {
+    // (an empty batch too, whatever `parallel_min`: the bucketing's tables have a row per
+    // chunk, and it has none)
+    if slots.len() < tuning::parallel_min() || slots.is_empty() {
         run_sequential(
             buckets, journal, g, seq, slots, tokens, now, outcomes, retry,
         );
