@@ -104,7 +104,9 @@ pub mod tuning {
     }
 
     /// A range of shard slots holding more than `requests` of a batch's requests is cut into
-    /// pieces of at most `requests` each (see `batch/shards.rs`); 0 (the default) sets both
+    /// pieces of about `requests` each (see `batch/shards.rs`: the cuts are placed from a sample
+    /// of every 16th request, a slot with more is a piece of its own, and the target is raised
+    /// for a range that would need more pieces than it has log heads); 0 (the default) sets both
     /// figures from the batch and the number of threads: more than `1 / (2 * threads)` of its
     /// requests, pieces of `1 / (4 * threads)`, and no cuts on one thread. `usize::MAX` never
     /// cuts.
@@ -223,8 +225,9 @@ pub struct PhaseTimes {
     /// The part of `gather` spent in the sequential replay against the pool (its busy time, on
     /// whichever threads ran it).
     pub pool: std::time::Duration,
-    /// Shards of the customer-local phase: one per range of 16384 slots, more when crowded
-    /// ranges were cut into pieces ([`tuning::set_split`]).
+    /// Shards of the customer-local phase: one per range of shard slots (16384 unless
+    /// [`tuning::set`] says otherwise), more when crowded ranges were cut into pieces
+    /// ([`tuning::set_split`]); 0 for a batch run sequentially.
     pub shards: usize,
 }
 
