@@ -444,3 +444,28 @@ fn default_tuning_around_parallel_min() {
     }
     tuning::reset();
 }
+
+/// `tuning::set(0, …)` sends every batch down the parallel path, the empty one too: it brings
+/// the clock to `now` and changes nothing else, whatever the split target.
+#[test]
+fn an_empty_batch_on_the_parallel_path() {
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    for split in [0, 1, usize::MAX] {
+        let cfg = EngineConfig::new(500, Rate::tokens_per_sec(100));
+        let tune = Tune {
+            parallel_min: 0,
+            shard: 64,
+            chunk: 7,
+            split,
+        };
+        let mut p = Pair::new(300, cfg, 1_000_000_000_000, tune);
+        for k in 0..40 {
+            p.add(Contract::new(1 + k % 9, Rate::tokens_per_sec(1 + k % 4)));
+        }
+        let hot: Vec<(Key, u64)> = (0..200).map(|i| (Key::Cust(i % 3), 1)).collect();
+        for op in [Op::Batch(hot), Op::Batch(Vec::new()), Op::ById(Vec::new())] {
+            p.apply(&op, Clock::Fwd(1_000_000));
+        }
+    }
+    tuning::reset();
+}

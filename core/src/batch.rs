@@ -87,8 +87,8 @@ pub mod tuning {
     static POOL_CHUNK: AtomicUsize = AtomicUsize::new(super::POOL_CHUNK);
     static SPLIT: AtomicUsize = AtomicUsize::new(0);
 
-    /// Batches shorter than `parallel_min` run sequentially; shards hold `shard_slots` slots
-    /// (rounded to a power of two in `64..=16384`).
+    /// Batches shorter than `parallel_min` (and an empty one) run sequentially; shards hold
+    /// `shard_slots` slots (rounded to a power of two in `64..=16384`).
     pub fn set(parallel_min: usize, shard_slots: usize) {
         PARALLEL_MIN.store(parallel_min, Ordering::Relaxed);
         let s = shard_slots
@@ -104,7 +104,9 @@ pub mod tuning {
     }
 
     /// A range of shard slots holding more than `requests` of a batch's requests is cut into
-    /// pieces of at most `requests` each (see `batch/shards.rs`); 0 (the default) sets both
+    /// pieces of about `requests` each (see `batch/shards.rs`: the cuts are placed from a sample
+    /// of every 16th request, a slot with more is a piece of its own, and the target is raised
+    /// for a range that would need more pieces than it has log heads); 0 (the default) sets both
     /// figures from the batch and the number of threads: more than `1 / (2 * threads)` of its
     /// requests, pieces of `1 / (4 * threads)`, and no cuts on one thread. `usize::MAX` never
     /// cuts.
@@ -223,8 +225,9 @@ pub struct PhaseTimes {
     /// The part of `gather` spent in the sequential replay against the pool (its busy time, on
     /// whichever threads ran it).
     pub pool: std::time::Duration,
-    /// Shards of the customer-local phase: one per range of 16384 slots, more when crowded
-    /// ranges were cut into pieces ([`tuning::set_split`]).
+    /// Shards of the customer-local phase: one per range of shard slots (16384 unless
+    /// [`tuning::set`] says otherwise), more when crowded ranges were cut into pieces
+    /// ([`tuning::set_split`]); 0 for a batch run sequentially.
     pub shards: usize,
 }
 
@@ -395,7 +398,9 @@ pub(crate) fn run(
 ) {
     let now = advance(g, now);
     scratch.phases = PhaseTimes::default();
-    if slots.len() < tuning::parallel_min() {
+    // (an empty batch too, whatever `parallel_min`: the bucketing's tables have a row per
+    // chunk, and it has none)
+    if slots.len() < tuning::parallel_min() || slots.is_empty() {
         run_sequential(
             buckets, journal, g, seq, slots, tokens, now, outcomes, retry,
         );

@@ -14,7 +14,9 @@
 //! slot order ([`Split`]). The next batches keep the plan while it fits them
 //! ([`Plan::still_fits`]), so it is mostly made once. The store's log heads column has one head per
 //! [`crate::layout::MIN_SHARD_SLOTS`] slots, and a shard needs a head of its own, so a range of
-//! `n` slots is cut into at most `n / 64` pieces (the target is raised until it is).
+//! `n` slots is cut into at most `n / 64` pieces, rounded up (a short last range has a head for
+//! its last part-block too), and at most 256 (the piece index is a byte); the target is raised
+//! until it is.
 //!
 //! Nothing else changes: each shard is still decided in batch order by one thread, with its own
 //! records, journal log and lists, so outcomes never depend on the plan (I5), and recovery reads
