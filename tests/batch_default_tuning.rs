@@ -229,8 +229,8 @@ fn batches_called_from_inside_rayon_equal_one_request_at_a_time() {
 
 /// A range of 16384 slots that holds most of a batch's requests (hot customers in neighbouring
 /// slots) is cut into pieces decided in parallel, with the default tuning: from two threads on,
-/// such batches run more shards than the store has ranges, and every batch, as the crowd moves
-/// to another range and then disperses (a plan kept, then remade), still equals its requests one
+/// such batches run more shards than the store has ranges, the cut is kept from batch to batch
+/// while the crowd stays and remade when it moves, and every batch still equals its requests one
 /// at a time.
 #[test]
 fn crowded_ranges_are_cut_and_still_equal_one_request_at_a_time() {
@@ -271,6 +271,10 @@ fn crowded_ranges_are_cut_and_still_equal_one_request_at_a_time() {
                 assert_eq!(shards, ranges, "batch {b}: one thread cuts nothing");
             }
         }
+        // a cut is kept while the crowd stays, and remade when it moves (and when it spreads:
+        // then range 0 is crowded, and uncut)
+        let kept = batch.last_batch_phases().kept_cut;
+        assert_eq!(kept, cuts && [1, 2, 4].contains(&b), "batch {b}: cut kept");
         same_as_one_at_a_time(&mut single, b, &keys, &tokens, now, &out);
     }
     same_state(&batch, &single, "after the batches");

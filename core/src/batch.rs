@@ -229,6 +229,9 @@ pub struct PhaseTimes {
     /// [`tuning::set`] says otherwise), more when crowded ranges were cut into pieces
     /// ([`tuning::set_split`]); 0 for a batch run sequentially.
     pub shards: usize,
+    /// Whether the batch kept the last batch's cut of crowded ranges, which still fitted its
+    /// requests (planning skipped: see `batch/shards.rs`).
+    pub kept_cut: bool,
 }
 
 impl PhaseTimes {
@@ -672,6 +675,7 @@ pub(crate) fn run(
         gather: t2.elapsed(),
         pool: busy,
         shards: nshards,
+        kept_cut: order.kept,
     };
 }
 
@@ -1024,6 +1028,8 @@ fn run_sequential(
 struct ShardOrder {
     /// `starts[s]..starts[s + 1]` is shard `s`'s range in the requests.
     starts: Vec<usize>,
+    /// Whether the last batch's cut was kept ([`PhaseTimes::kept_cut`]).
+    kept: bool,
     /// Requests with no slot (their outcome is written by the gather).
     unknown: u64,
 }
@@ -1049,15 +1055,15 @@ fn bucket_by_shard(
     };
     let target = tuning::split();
     // the last batch's cut plan, if it still fits
-    let mut planned = false;
+    let mut kept = false;
     if scratch.plan.cuts_for(capacity, even.shift, target) {
         let n = nchunks * scratch.plan.shards();
         grow(&mut scratch.table, n);
         let split = scratch.plan.map(even.shift).expect("a cut plan");
         histogram(slots, capacity, chunk, split, &mut scratch.table[..n]);
-        planned = scratch.plan.still_fits(&scratch.table[..n]);
+        kept = scratch.plan.still_fits(&scratch.table[..n]);
     }
-    if !planned {
+    if !kept {
         grow(&mut scratch.table, nchunks * nranges);
         histogram(
             slots,
@@ -1082,7 +1088,7 @@ fn bucket_by_shard(
         }
     }
     let table = &mut scratch.table[..nchunks * scratch.plan.shards()];
-    match scratch.plan.map(even.shift) {
+    let order = match scratch.plan.map(even.shift) {
         Some(split) => scatter(
             slots,
             tokens,
@@ -1101,7 +1107,8 @@ fn bucket_by_shard(
             table,
             &mut scratch.reqs,
         ),
-    }
+    };
+    ShardOrder { kept, ..order }
 }
 
 /// The counting sort's second half: `table` holds each chunk's requests per shard (`nshards`
@@ -1193,5 +1200,9 @@ fn scatter<M: ShardOf>(
             unknown
         })
         .sum();
-    ShardOrder { starts, unknown }
+    ShardOrder {
+        starts,
+        kept: false,
+        unknown,
+    }
 }

@@ -213,7 +213,7 @@ pub(super) fn histogram<M: ShardOf>(
 /// Plans the batch's shards from `table`, chunk `c`'s requests per range at
 /// `c * nranges + r` ([`histogram`] with [`Even`]): when ranges are crowded, cuts them
 /// ([`Plan::split`], where to cut from a sample of the batch), else one shard per range. `target`: [`super::tuning::set_split`]'s (0: from the number of
-/// threads). Chunks hold at most 65535 requests.
+/// threads).
 pub(super) fn plan(
     slots: &[u32],
     capacity: usize,
