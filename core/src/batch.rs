@@ -195,8 +195,9 @@ struct Segment {
     codes: Box<[u8; POOL_CHUNK]>,
     /// Per shard, while the gather runs: the next listed retry-after and credit to read.
     cursors: Vec<[u32; 2]>,
-    /// While the gather of a batch with cut ranges runs, each request's shard, as `codes`.
-    shards: Vec<u32>,
+    /// While the gather of a batch with cut ranges runs, each request's shard, as `codes` (made
+    /// on the first such batch; a cut plan has at most 65536 shards).
+    shards: Option<Box<[u16; POOL_CHUNK]>>,
 }
 
 impl Default for Segment {
@@ -206,7 +207,7 @@ impl Default for Segment {
             credit_after: Overflow::default(),
             codes: Box::new([UNKNOWN; POOL_CHUNK]),
             cursors: Vec::new(),
-            shards: Vec::new(),
+            shards: None,
         }
     }
 }
@@ -606,9 +607,17 @@ pub(crate) fn run(
         // ms).
         let buf = &mut *seg.codes;
         buf[..len].fill(UNKNOWN);
-        if split {
-            grow(&mut seg.shards, len);
-        }
+        let mut ids = if split {
+            let ids = seg.shards.get_or_insert_with(|| {
+                vec![0; POOL_CHUNK]
+                    .into_boxed_slice()
+                    .try_into()
+                    .expect("POOL_CHUNK entries")
+            });
+            Some(&mut **ids)
+        } else {
+            None
+        };
         for s in 0..nshards {
             let a = table[c * nshards + s] as usize;
             let b = if c + 1 < nchunks {
@@ -617,10 +626,10 @@ pub(crate) fn run(
                 starts[s + 1]
             };
             let part = reqs_all[a..b].iter().zip(&codes[a..b]);
-            if split {
+            if let Some(ids) = &mut ids {
                 for (r, &code) in part {
                     buf[r.index()] = code;
-                    seg.shards[r.index()] = s as u32;
+                    ids[r.index()] = s as u16;
                 }
             } else {
                 for (r, &code) in part {
@@ -685,6 +694,9 @@ struct Listed<'a> {
     credits: &'a [Overflow],
 }
 
+/// The gather's shard ids when ranges are not cut (never read).
+static NO_IDS: [u16; POOL_CHUNK] = [0; POOL_CHUNK];
+
 /// `x` in every byte of a word.
 const fn bytes(x: u8) -> u64 {
     u64::from_le_bytes([x; 8])
@@ -693,7 +705,8 @@ const fn bytes(x: u8) -> u64 {
 /// Gathers one chunk (batch indices from `first`; `slots`, `tokens` and the outputs are the
 /// chunk's own) with `seg.codes` starting with its codes in batch order and `seg.cursors` set to
 /// where its part of each shard's listed results starts: writes the outcomes decided in phase 2,
-/// and lists the pool-phase requests with the credits between them.
+/// and lists the pool-phase requests with the credits between them. A request's shard is its
+/// slot shifted by `shift`, or, when ranges were cut (`shift` is `None`), `seg.shards`'.
 ///
 /// Most codes say everything: an outcome and a retry-after of 0 or never. They are written eight
 /// at a time, straight from a word of codes; the few others (a listed retry-after or credit, a
@@ -728,12 +741,14 @@ fn gather_chunk(
         prefetch_at(listed.retries, r as usize);
         prefetch_at(listed.credits, c as usize);
     }
+    // (with `shift`, unused)
+    let ids: &[u16; POOL_CHUNK] = shards.as_deref().unwrap_or(&NO_IDS);
     let mut sum = Overflow::default();
     // A code that needs more than its own bits (`RARE`), with its default outputs written.
     let mut complete = |k: usize, code: u8, r: &mut u64| {
         let shard = match shift {
             Some(shift) => slots[k] as usize >> shift,
-            None => shards[k] as usize,
+            None => ids[k] as usize,
         };
         let cur = &mut cursors[shard];
         if code & CREDIT != 0 {

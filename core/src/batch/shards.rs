@@ -242,7 +242,9 @@ pub(super) fn plan(
     let crowded: Vec<usize> = (0..nranges)
         .filter(|&r| per_range[r] > crowded_above && len(r) as u64 > MIN_SHARD_SLOTS)
         .collect();
-    if crowded.is_empty() {
+    // (the gather keeps a request's shard in 16 bits: a store of more than about 2^30 slots is
+    // not cut)
+    if crowded.is_empty() || nranges + crowded.len() * 255 > 1 << 16 {
         return;
     }
     let ncut = crowded.len();
