@@ -200,8 +200,8 @@ pub fn run(a: BenchArgs) -> CmdResult {
             "replay_busy": stats(&mut phases[3]),
         },
         "shards": {
-            "note": "shards of the customer-local phase: one per range of 16384 slots, more where crowded ranges were cut into pieces",
-            "ranges": n.div_ceil(16384),
+            "note": "shards of the customer-local phase: one per range of shadowbucket::batch::SHARD_SLOTS slots, more where crowded ranges were cut into pieces",
+            "ranges": n.div_ceil(shadowbucket::batch::SHARD_SLOTS as u64),
             "per_batch": stats(&mut shards),
         },
         "outcome_shares": {

@@ -67,7 +67,7 @@ use crate::store::{FIRST_LINE, JournalLog, SECOND_LINE, journal_bucket, stream_f
 
 mod shards;
 
-use shards::{Even, ShardOf, histogram};
+use shards::{Even, ShardOf, for_each_blocked, histogram};
 
 /// Slots per shard (the default; see [`tuning`]).
 pub const SHARD_SLOTS: usize = 16384;
@@ -577,7 +577,7 @@ pub(crate) fn run(
     // whatever is left at the end.
     let (codes, retries, credits, side) = (&codes[..], &retries[..], &credits[..], &side[..]);
     let shift = shard_slots.trailing_zeros();
-    let split = plan.split;
+    let split = plan.split();
     segments.resize_with(nchunks.max(segments.len()), Default::default);
     let segments = &segments[..nchunks];
     let gathered: Vec<AtomicBool> = (0..nchunks).map(|_| AtomicBool::new(false)).collect();
@@ -1070,14 +1070,22 @@ fn bucket_by_shard(
     };
     let target = tuning::split();
     // the last batch's cut plan, if it still fits
-    let mut kept = false;
-    if scratch.plan.cuts_for(capacity, even.shift, target) {
+    // Counts each chunk's requests per shard of the plan's cut into `scratch.table`; whether
+    // there is a cut.
+    let count_cut = |scratch: &mut Scratch| {
+        let Some(split) = scratch.plan.map(even.shift) else {
+            return false;
+        };
         let n = nchunks * scratch.plan.shards();
         grow(&mut scratch.table, n);
-        let split = scratch.plan.map(even.shift).expect("a cut plan");
         histogram(slots, capacity, chunk, split, &mut scratch.table[..n]);
-        kept = scratch.plan.still_fits(&scratch.table[..n]);
-    }
+        true
+    };
+    let kept = scratch.plan.cuts_for(capacity, even.shift, target)
+        && count_cut(scratch)
+        && scratch
+            .plan
+            .still_fits(&scratch.table[..nchunks * scratch.plan.shards()]);
     if !kept {
         grow(&mut scratch.table, nchunks * nranges);
         histogram(
@@ -1096,11 +1104,7 @@ fn bucket_by_shard(
             target,
             &mut scratch.plan,
         );
-        if let Some(split) = scratch.plan.map(even.shift) {
-            let n = nchunks * scratch.plan.shards();
-            grow(&mut scratch.table, n);
-            histogram(slots, capacity, chunk, split, &mut scratch.table[..n]);
-        }
+        count_cut(scratch);
     }
     let table = &mut scratch.table[..nchunks * scratch.plan.shards()];
     let order = match scratch.plan.map(even.shift) {
@@ -1187,30 +1191,10 @@ fn scatter<M: ShardOf>(
                     }
                 }
             } else {
-                // A map that reads tables is worked out for a block of requests first: each
-                // request's write position depends on its shard's offset, which the request
-                // before may have just changed, and with the shard known only after the map's
-                // loads, every write waited on them (the Zipf bench's bucketing took 3.1 ms
-                // in the scatter alone against 1.6-2.0 with the shift).
-                const BLOCK: usize = 64;
-                let mut place = [(0u32, 0u32); BLOCK];
-                for (b, (sb, tb)) in cs.chunks(BLOCK).zip(ct.chunks(BLOCK)).enumerate() {
-                    for (p, &s) in place.iter_mut().zip(sb) {
-                        *p = if (s as usize) < capacity {
-                            let (shard, local) = map.of(s as usize);
-                            (shard as u32, local as u32)
-                        } else {
-                            (u32::MAX, 0)
-                        };
-                    }
-                    for (j, (&(shard, local), &n)) in place.iter().zip(tb).enumerate() {
-                        if shard == u32::MAX {
-                            unknown += 1;
-                        } else {
-                            put(b * BLOCK + j, shard as usize, local as usize, n);
-                        }
-                    }
-                }
+                for_each_blocked(cs, capacity, map, |i, place| match place {
+                    Some((shard, local)) => put(i, shard as usize, local as usize, ct[i]),
+                    None => unknown += 1,
+                });
             }
             unknown
         })
