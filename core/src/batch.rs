@@ -603,8 +603,8 @@ pub(crate) fn run(
         // shard order) to the places its requests carry. A request with no slot is in no shard:
         // its code stays `UNKNOWN`.
         // With cut ranges, each request's shard goes beside its code (the slot alone no longer
-        // names it, and working it out again per listed result cost the Zipf bench's gather 2
-        // ms).
+        // names it, and working it out again per listed result cost the crowded CLI bench's
+        // gather 2 ms).
         let buf = &mut *seg.codes;
         buf[..len].fill(UNKNOWN);
         let mut ids = if split {
