@@ -9,15 +9,18 @@
 //! Engine A runs each batch through the parallel algorithm, engine B one request at a time
 //! through the sequential loop (`parallel_min` above the batch). The tuning is process-global,
 //! so every test of this file holds [`LOCK`] and sets it before each call. `EDGE_CASES=n` runs
-//! the property test with `n` cases (96 by default).
+//! the property test with `n` cases (96 by default; from 32 on, it also asserts that some of its
+//! batches cut a range into pieces).
 
 mod common;
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::TempDir;
 use proptest::collection::vec;
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 use shadowbucket::batch::tuning;
 use shadowbucket::fixed::{MAX_BURST_TOKENS, MAX_RATE_MICROS};
 use shadowbucket::{
@@ -82,6 +85,8 @@ struct Pair {
     next: u64,
     now: u64,
     tune: Tune,
+    /// Batches through A that cut a range of shard slots into pieces.
+    cut_batches: usize,
     _dir: TempDir,
 }
 
@@ -103,6 +108,7 @@ impl Pair {
             next: 0,
             now,
             tune,
+            cut_batches: 0,
             _dir: dir,
         }
     }
@@ -146,6 +152,15 @@ impl Pair {
         }
     }
 
+    /// Counts A's last batch if it cut a range of shard slots into pieces (ran more shards than
+    /// the store has ranges).
+    fn note_cut(&mut self) {
+        let ranges = self.a.capacity().div_ceil(self.tune.shard as u64) as usize;
+        if self.a.last_batch_phases().shards > ranges {
+            self.cut_batches += 1;
+        }
+    }
+
     fn note_grants(&mut self, ids: &[u64], tokens: &[u64], out: &BatchOutcome) {
         for (i, o) in out.outcomes.iter().enumerate() {
             let path = match o {
@@ -175,6 +190,7 @@ impl Pair {
                     .a
                     .allocate_batch(Keys::Slots(&slots), &tokens, now)
                     .expect("batch A");
+                self.note_cut();
                 sequential();
                 if slots.is_empty() {
                     // an empty batch still brings the engine's clock to `now`
@@ -208,6 +224,7 @@ impl Pair {
                     .a
                     .allocate_batch(Keys::Ids(&ids), &tokens, now)
                     .expect("batch A");
+                self.note_cut();
                 sequential();
                 if ids.is_empty() {
                     self.b.allocate_batch(Keys::Ids(&[]), &[], now).unwrap();
@@ -375,31 +392,67 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: std::env::var("EDGE_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(96), failure_persistence: None, ..ProptestConfig::default() })]
-
-    /// Batches through the parallel algorithm give what the sequential loop gives, one request
-    /// at a time, over capacities, shard and chunk sizes, clocks and sizes at their edges.
-    #[test]
-    fn parallel_equals_sequential_at_the_edges(
-        cap in prop_oneof![Just(1u64), 1u64..=200, 60u64..=700],
-        shard in prop_oneof![Just(64usize), Just(128), Just(256), Just(16384)],
-        chunk in prop_oneof![Just(1usize), 1usize..=40, Just(32768)],
-        split in prop_oneof![Just(0usize), Just(usize::MAX), 1usize..=8],
-        t0 in prop_oneof![Just(0u64), Just(1_000_000_000_000), Just(u64::MAX - 10_000_000_000)],
-        cfg in config(),
-        custs in vec(contract(), 1..40),
-        ops in vec((op(), clock()), 1..40),
-    ) {
-        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let mut p = Pair::new(cap, cfg, t0, Tune { parallel_min: 1, shard, chunk, split });
-        for c in custs {
-            p.add(c);
-        }
-        for (op, clk) in &ops {
-            p.apply(op, *clk);
-        }
+/// Batches through the parallel algorithm give what the sequential loop gives, one request at a
+/// time, over capacities, shard and chunk sizes, split targets, clocks and sizes at their edges.
+/// Run by hand (not `proptest!`) so that it can also check its own reach: over its cases, some
+/// batches must have cut a range into pieces, or the split targets it draws test nothing.
+#[test]
+fn parallel_equals_sequential_at_the_edges() {
+    let cases: u32 = std::env::var("EDGE_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(96);
+    let strategy = (
+        prop_oneof![Just(1u64), 1u64..=200, 60u64..=700],
+        prop_oneof![Just(64usize), Just(128), Just(256), Just(16384)],
+        prop_oneof![Just(1usize), 1usize..=40, Just(32768)],
+        prop_oneof![Just(0usize), Just(usize::MAX), 1usize..=8],
+        prop_oneof![
+            Just(0u64),
+            Just(1_000_000_000_000),
+            Just(u64::MAX - 10_000_000_000)
+        ],
+        config(),
+        vec(contract(), 1..40),
+        vec((op(), clock()), 1..40),
+    );
+    // batches that cut a range, over all cases
+    let cut = AtomicUsize::new(0);
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(
+        &strategy,
+        |(cap, shard, chunk, split, t0, cfg, custs, ops)| {
+            let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            let tune = Tune {
+                parallel_min: 1,
+                shard,
+                chunk,
+                split,
+            };
+            let mut p = Pair::new(cap, cfg, t0, tune);
+            for c in custs {
+                p.add(c);
+            }
+            for (op, clk) in &ops {
+                p.apply(op, *clk);
+            }
+            cut.fetch_add(p.cut_batches, Ordering::Relaxed);
+            Ok(())
+        },
+    );
+    if let Err(e) = result {
+        panic!("{e}");
     }
+    let cut = cut.into_inner();
+    // (about a fifth of the batches with the default 96 cases)
+    if cases >= 32 {
+        assert!(cut > 0, "no batch of {cases} cases cut a range into pieces");
+    }
+    eprintln!("{cut} batches cut a range into pieces over {cases} cases");
 }
 
 /// With the default tuning, batches just under, at and over `parallel_min` (8192), on a store
