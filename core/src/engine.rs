@@ -722,7 +722,9 @@ impl Engine {
     pub fn allocate_slot(&mut self, slot: u32, n: u64, now: u64) -> Result<Decision> {
         let mut o = [Outcome::InvalidInput];
         let mut r = [0u64];
-        self.allocate_batch_into(Keys::Slots(&[slot]), &[n], now, &mut o, &mut r)?;
+        // a batch of one, without `allocate_batch_into`'s checks of the arrays
+        let txn = self.begin_batch(&[slot], &[n], now, &mut o, &mut r)?;
+        txn.commit(self.store.alloc_cols_mut()?.state);
         Ok(Decision {
             outcome: o[0],
             retry_after_ns: r[0],
@@ -806,7 +808,7 @@ impl Engine {
             Keys::Slots(s) => s,
         };
         let txn = self.begin_batch(slots, tokens, now, outcomes, retry_after_ns)?;
-        txn.commit(self.store.cols_mut()?.state);
+        txn.commit(self.store.alloc_cols_mut()?.state);
         self.resolved = resolved;
         Ok(())
     }
@@ -821,7 +823,7 @@ impl Engine {
         outcomes: &mut [Outcome],
         retry_after_ns: &mut [u64],
     ) -> Result<Txn> {
-        let c = self.store.cols_mut()?;
+        let c = self.store.alloc_cols_mut()?;
         let txn = Txn::begin(c.state, txn_kind::ALLOCATE);
         batch::run(
             c.buckets,

@@ -42,6 +42,15 @@ pub(crate) struct ColsMut<'a> {
     pub log_heads: &'a mut [LogHead],
 }
 
+/// Mutable views of the state page and the columns an allocation touches: [`ColsMut`] split
+/// out every column, which cost a single request about as much as its decision.
+pub(crate) struct AllocCols<'a> {
+    pub state: &'a mut StatePage,
+    pub buckets: &'a mut [Bucket],
+    pub journal: &'a mut [Bucket],
+    pub log_heads: &'a mut [LogHead],
+}
+
 /// Shared views of every column and the state page.
 pub(crate) struct Cols<'a> {
     pub state: &'a StatePage,
@@ -65,21 +74,11 @@ pub(crate) struct Store {
 }
 
 fn split_cols<'a>(bytes: &'a mut [u8], h: &FileHeader) -> ColsMut<'a> {
-    let (_, mut rest) = bytes.split_at_mut(HEADER_BYTES as usize);
-    let (state, after) = rest.split_at_mut(STATE_BYTES as usize);
-    rest = after;
-    let state: &mut StatePage =
-        bytemuck::from_bytes_mut(&mut state[..std::mem::size_of::<StatePage>()]);
+    let (state, mut rest) = split_state(bytes);
     let mut pos = HEADER_BYTES + STATE_BYTES;
     let mut parts: [&'a mut [u8]; NUM_COLUMNS] = Default::default();
     for (part, c) in parts.iter_mut().zip(&h.columns[..NUM_COLUMNS]) {
-        let skip = (c.offset - pos) as usize;
-        let r = std::mem::take(&mut rest);
-        let (_, r) = r.split_at_mut(skip);
-        let (col, r) = r.split_at_mut(c.len as usize);
-        *part = col;
-        rest = r;
-        pos = c.offset + c.len;
+        *part = take_col(&mut rest, &mut pos, c);
     }
     let [
         buckets,
@@ -110,6 +109,40 @@ fn split_cols<'a>(bytes: &'a mut [u8], h: &FileHeader) -> ColsMut<'a> {
         scenario: bytemuck::cast_slice_mut(scenario),
         scale: bytemuck::cast_slice_mut(scale),
         journal_aux: bytemuck::cast_slice_mut(journal_aux),
+        log_heads: bytemuck::cast_slice_mut(log_heads),
+    }
+}
+
+/// The state page, and the bytes after it.
+fn split_state(bytes: &mut [u8]) -> (&mut StatePage, &mut [u8]) {
+    let (_, rest) = bytes.split_at_mut(HEADER_BYTES as usize);
+    let (state, rest) = rest.split_at_mut(STATE_BYTES as usize);
+    let state = bytemuck::from_bytes_mut(&mut state[..std::mem::size_of::<StatePage>()]);
+    (state, rest)
+}
+
+/// Takes column `c`'s bytes off the front of `rest`, which starts at file offset `*pos` (the
+/// columns lie in the file in their order, each after the last).
+fn take_col<'a>(rest: &mut &'a mut [u8], pos: &mut u64, c: &ColumnDesc) -> &'a mut [u8] {
+    let (_, r) = std::mem::take(rest).split_at_mut((c.offset - *pos) as usize);
+    let (col, r) = r.split_at_mut(c.len as usize);
+    *rest = r;
+    *pos = c.offset + c.len;
+    col
+}
+
+/// [`AllocCols`] out of one mapping.
+fn split_alloc_cols<'a>(bytes: &'a mut [u8], h: &FileHeader) -> AllocCols<'a> {
+    let (state, mut rest) = split_state(bytes);
+    let mut pos = HEADER_BYTES + STATE_BYTES;
+    let mut take = |c: Col| take_col(&mut rest, &mut pos, &h.columns[c as usize]);
+    let buckets = take(Col::Buckets);
+    let journal = take(Col::Journal);
+    let log_heads = take(Col::LogHeads);
+    AllocCols {
+        state,
+        buckets: bytemuck::cast_slice_mut(buckets),
+        journal: bytemuck::cast_slice_mut(journal),
         log_heads: bytemuck::cast_slice_mut(log_heads),
     }
 }
@@ -455,6 +488,11 @@ impl Store {
     pub(crate) fn cols_mut(&mut self) -> Result<ColsMut<'_>> {
         let bytes = self.map.bytes_mut().ok_or(Error::ReadOnly)?;
         Ok(split_cols(bytes, &self.header))
+    }
+
+    pub(crate) fn alloc_cols_mut(&mut self) -> Result<AllocCols<'_>> {
+        let bytes = self.map.bytes_mut().ok_or(Error::ReadOnly)?;
+        Ok(split_alloc_cols(bytes, &self.header))
     }
 
     pub(crate) fn cols(&self) -> Cols<'_> {
