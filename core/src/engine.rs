@@ -427,10 +427,14 @@ impl Engine {
         if !valid_id(id) {
             return None;
         }
-        let c = self.store.cols();
-        let s = index::find(c.index, id)? as usize;
+        // (one column at a time: splitting out every column cost a single call more than the
+        // search)
+        let st = &self.store;
+        let s = index::find(st.col(Col::Index), id)? as usize;
+        let buckets: &[Bucket] = st.col(Col::Buckets);
+        let ids: &[u64] = st.col(Col::Ids);
         // A damaged index never sends a caller to another customer's record (`check` reports it).
-        (s < c.buckets.len() && c.buckets[s].active() && c.ids[s] == id).then_some(s as u32)
+        (s < buckets.len() && buckets[s].active() && ids[s] == id).then_some(s as u32)
     }
 
     /// Resolves ids to slots in parallel; unknown ids give [`crate::NO_SLOT`].
@@ -554,7 +558,7 @@ impl Engine {
         let mut slots = Vec::with_capacity(customers.len());
         for &(id, contract) in customers {
             let slot = c.free[c.state.globals.free_top as usize - 1] as usize;
-            journal_slot(&mut c, slot, txn.seq);
+            journal_slot(&mut c.slot_cols(), slot, txn.seq);
             let g = &mut c.state.globals;
             let b = &mut c.buckets[slot];
             c.ids[slot] = id;
@@ -608,7 +612,7 @@ impl Engine {
     pub fn update_contract(&mut self, id: u64, contract: Contract, now: u64) -> Result<()> {
         contract.validate()?;
         let slot = self.slot_of(id).ok_or(Error::UnknownCustomer(id))? as usize;
-        let c = self.store.cols_mut()?;
+        let c = self.store.alloc_cols_mut()?;
         let txn = Txn::begin(c.state, txn_kind::ALLOCATE);
         let g = &mut c.state.globals;
         let now = advance(g, now);
@@ -635,7 +639,7 @@ impl Engine {
         let mut c = self.store.cols_mut()?;
         let txn = Txn::begin(c.state, txn_kind::ADMIN);
         let now = advance(&mut c.state.globals, now);
-        touch_full(&mut c, slot, txn.seq, now);
+        touch_full(&mut c.slot_cols(), slot, txn.seq, now);
         let g = &mut c.state.globals;
         let b = &mut c.buckets[slot];
         g.pool.rho_sum -= b.rho;
@@ -870,7 +874,7 @@ impl Engine {
         if used > MAX_BURST_TOKENS {
             return Err(Error::invalid(format!("settle: used {used} is absurd")));
         }
-        let mut c = self.store.cols_mut()?;
+        let mut c = self.store.slot_cols_mut()?;
         if granted > c.buckets[slot].outstanding {
             return Err(Error::invalid(format!(
                 "settle: {granted} tokens is more than customer {id} has outstanding ({})",
@@ -1364,7 +1368,7 @@ impl Engine {
 }
 
 /// Saves slot `slot`'s full pre-image for transaction `seq` (once per transaction).
-fn journal_slot(c: &mut store::ColsMut<'_>, slot: usize, seq: u64) {
+fn journal_slot(c: &mut store::SlotCols<'_>, slot: usize, seq: u64) {
     journal_full(
         &mut c.buckets[slot],
         &mut c.journal[slot],
@@ -1377,7 +1381,7 @@ fn journal_slot(c: &mut store::ColsMut<'_>, slot: usize, seq: u64) {
 
 /// Journals slot `slot` in full for transaction `seq`, brings it to `now` and credits its shadow
 /// overflow to the pool (already brought to `now`).
-fn touch_full(c: &mut store::ColsMut<'_>, slot: usize, seq: u64, now: u64) {
+fn touch_full(c: &mut store::SlotCols<'_>, slot: usize, seq: u64, now: u64) {
     journal_slot(c, slot, seq);
     let b = &mut c.buckets[slot];
     let over = refill_bucket(b, now, c.state.globals.pool.full_at_ns);

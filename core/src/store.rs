@@ -51,6 +51,31 @@ pub(crate) struct AllocCols<'a> {
     pub log_heads: &'a mut [LogHead],
 }
 
+/// Mutable views of the state page and the columns a single customer's change touches: its
+/// record and its full pre-image (`journal_full`).
+pub(crate) struct SlotCols<'a> {
+    pub state: &'a mut StatePage,
+    pub buckets: &'a mut [Bucket],
+    pub journal: &'a mut [Bucket],
+    pub settled: &'a mut [Settled],
+    pub closed: &'a mut [Closed],
+    pub journal_aux: &'a mut [JournalAux],
+}
+
+impl ColsMut<'_> {
+    /// The [`SlotCols`] part of these views.
+    pub(crate) fn slot_cols(&mut self) -> SlotCols<'_> {
+        SlotCols {
+            state: self.state,
+            buckets: self.buckets,
+            journal: self.journal,
+            settled: self.settled,
+            closed: self.closed,
+            journal_aux: self.journal_aux,
+        }
+    }
+}
+
 /// Shared views of every column and the state page.
 pub(crate) struct Cols<'a> {
     pub state: &'a StatePage,
@@ -144,6 +169,26 @@ fn split_alloc_cols<'a>(bytes: &'a mut [u8], h: &FileHeader) -> AllocCols<'a> {
         buckets: bytemuck::cast_slice_mut(buckets),
         journal: bytemuck::cast_slice_mut(journal),
         log_heads: bytemuck::cast_slice_mut(log_heads),
+    }
+}
+
+/// [`SlotCols`] out of one mapping.
+fn split_slot_cols<'a>(bytes: &'a mut [u8], h: &FileHeader) -> SlotCols<'a> {
+    let (state, mut rest) = split_state(bytes);
+    let mut pos = HEADER_BYTES + STATE_BYTES;
+    let mut take = |c: Col| take_col(&mut rest, &mut pos, &h.columns[c as usize]);
+    let buckets = take(Col::Buckets);
+    let journal = take(Col::Journal);
+    let settled = take(Col::Settled);
+    let closed = take(Col::Closed);
+    let journal_aux = take(Col::JournalAux);
+    SlotCols {
+        state,
+        buckets: bytemuck::cast_slice_mut(buckets),
+        journal: bytemuck::cast_slice_mut(journal),
+        settled: bytemuck::cast_slice_mut(settled),
+        closed: bytemuck::cast_slice_mut(closed),
+        journal_aux: bytemuck::cast_slice_mut(journal_aux),
     }
 }
 
@@ -485,14 +530,34 @@ impl Store {
         matches!(self.map, Mapping::Read { .. })
     }
 
+    /// The writable mapping's bytes and the header; [`Error::ReadOnly`] for a read-only store.
+    fn writable(&mut self) -> Result<(&mut [u8], &FileHeader)> {
+        // (`ok_or(Error::ReadOnly)` built the error, and dropped it with a call, on every success)
+        match self.map.bytes_mut() {
+            Some(bytes) => Ok((bytes, &self.header)),
+            None => Err(Error::ReadOnly),
+        }
+    }
+
     pub(crate) fn cols_mut(&mut self) -> Result<ColsMut<'_>> {
-        let bytes = self.map.bytes_mut().ok_or(Error::ReadOnly)?;
-        Ok(split_cols(bytes, &self.header))
+        let (bytes, h) = self.writable()?;
+        Ok(split_cols(bytes, h))
     }
 
     pub(crate) fn alloc_cols_mut(&mut self) -> Result<AllocCols<'_>> {
-        let bytes = self.map.bytes_mut().ok_or(Error::ReadOnly)?;
-        Ok(split_alloc_cols(bytes, &self.header))
+        let (bytes, h) = self.writable()?;
+        Ok(split_alloc_cols(bytes, h))
+    }
+
+    pub(crate) fn slot_cols_mut(&mut self) -> Result<SlotCols<'_>> {
+        let (bytes, h) = self.writable()?;
+        Ok(split_slot_cols(bytes, h))
+    }
+
+    /// One column's shared view (what [`Store::cols`] gives for it, without splitting out the
+    /// others).
+    pub(crate) fn col<T: bytemuck::Pod>(&self, c: Col) -> &[T] {
+        col(self.map.bytes(), &self.header, c)
     }
 
     pub(crate) fn cols(&self) -> Cols<'_> {
