@@ -727,8 +727,7 @@ impl Engine {
         let mut o = [Outcome::InvalidInput];
         let mut r = [0u64];
         // a batch of one, without `allocate_batch_into`'s checks of the arrays
-        let txn = self.begin_batch(&[slot], &[n], now, &mut o, &mut r)?;
-        txn.commit(self.store.alloc_cols_mut()?.state);
+        self.run_batch(&[slot], &[n], now, &mut o, &mut r)?;
         Ok(Decision {
             outcome: o[0],
             retry_after_ns: r[0],
@@ -811,39 +810,33 @@ impl Engine {
             }
             Keys::Slots(s) => s,
         };
-        let txn = self.begin_batch(slots, tokens, now, outcomes, retry_after_ns)?;
-        txn.commit(self.store.alloc_cols_mut()?.state);
+        self.run_batch(slots, tokens, now, outcomes, retry_after_ns)?;
         self.resolved = resolved;
         Ok(())
     }
 
-    /// Begins a batch's transaction and applies the batch (`slots` resolved, the arrays checked);
-    /// the caller commits it. A transaction never committed is what a killed process leaves.
-    fn begin_batch(
+    /// Applies a batch (`slots` resolved, the arrays checked) in a transaction of its own and
+    /// commits it, taking the column views once.
+    fn run_batch(
         &mut self,
         slots: &[u32],
         tokens: &[u64],
         now: u64,
         outcomes: &mut [Outcome],
         retry_after_ns: &mut [u64],
-    ) -> Result<Txn> {
-        let c = self.store.alloc_cols_mut()?;
-        let txn = Txn::begin(c.state, txn_kind::ALLOCATE);
-        batch::run(
-            c.buckets,
-            c.journal,
-            c.log_heads,
-            &mut c.state.globals,
-            txn.seq,
+    ) -> Result<()> {
+        let mut c = self.store.alloc_cols_mut()?;
+        let txn = apply_batch(
+            &mut c,
+            &mut self.scratch,
             slots,
             tokens,
             now,
             outcomes,
             retry_after_ns,
-            &mut self.scratch,
         );
-        c.state.globals.stats.batches += 1;
-        Ok(txn)
+        txn.commit(c.state);
+        Ok(())
     }
 
     /// Wall time of each phase of the last batch call (all zero when it was short enough to run
@@ -1365,6 +1358,35 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Begins a batch's transaction and applies the batch (`slots` resolved, the arrays checked);
+/// the caller commits it. A transaction never committed is what a killed process leaves.
+fn apply_batch(
+    c: &mut store::AllocCols<'_>,
+    scratch: &mut batch::Scratch,
+    slots: &[u32],
+    tokens: &[u64],
+    now: u64,
+    outcomes: &mut [Outcome],
+    retry_after_ns: &mut [u64],
+) -> Txn {
+    let txn = Txn::begin(c.state, txn_kind::ALLOCATE);
+    batch::run(
+        c.buckets,
+        c.journal,
+        c.log_heads,
+        &mut c.state.globals,
+        txn.seq,
+        slots,
+        tokens,
+        now,
+        outcomes,
+        retry_after_ns,
+        scratch,
+    );
+    c.state.globals.stats.batches += 1;
+    txn
 }
 
 /// Saves slot `slot`'s full pre-image for transaction `seq` (once per transaction).

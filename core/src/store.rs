@@ -99,97 +99,77 @@ pub(crate) struct Store {
     map: Mapping,
 }
 
-fn split_cols<'a>(bytes: &'a mut [u8], h: &FileHeader) -> ColsMut<'a> {
-    let (state, mut rest) = split_state(bytes);
-    let mut pos = HEADER_BYTES + STATE_BYTES;
-    let mut parts: [&'a mut [u8]; NUM_COLUMNS] = Default::default();
-    for (part, c) in parts.iter_mut().zip(&h.columns[..NUM_COLUMNS]) {
-        *part = take_col(&mut rest, &mut pos, c);
-    }
-    let [
-        buckets,
-        journal,
-        ids,
-        settled,
-        closed,
-        free,
-        index,
-        model_state,
-        forecast,
-        scenario,
-        scale,
-        journal_aux,
-        log_heads,
-    ] = parts;
+fn split_cols<'a>(bytes: &'a mut [u8], h: &'a FileHeader) -> ColsMut<'a> {
+    let (state, mut s) = Splitter::new(bytes, h);
+    // (taken in the file's order)
     ColsMut {
         state,
-        buckets: bytemuck::cast_slice_mut(buckets),
-        journal: bytemuck::cast_slice_mut(journal),
-        ids: bytemuck::cast_slice_mut(ids),
-        settled: bytemuck::cast_slice_mut(settled),
-        closed: bytemuck::cast_slice_mut(closed),
-        free: bytemuck::cast_slice_mut(free),
-        index: bytemuck::cast_slice_mut(index),
-        model_state: bytemuck::cast_slice_mut(model_state),
-        forecast: bytemuck::cast_slice_mut(forecast),
-        scenario: bytemuck::cast_slice_mut(scenario),
-        scale: bytemuck::cast_slice_mut(scale),
-        journal_aux: bytemuck::cast_slice_mut(journal_aux),
-        log_heads: bytemuck::cast_slice_mut(log_heads),
+        buckets: s.take(Col::Buckets),
+        journal: s.take(Col::Journal),
+        ids: s.take(Col::Ids),
+        settled: s.take(Col::Settled),
+        closed: s.take(Col::Closed),
+        free: s.take(Col::FreeStack),
+        index: s.take(Col::Index),
+        model_state: s.take(Col::ModelState),
+        forecast: s.take(Col::Forecast),
+        scenario: s.take(Col::Scenario),
+        scale: s.take(Col::Scale),
+        journal_aux: s.take(Col::JournalAux),
+        log_heads: s.take(Col::LogHeads),
     }
-}
-
-/// The state page, and the bytes after it.
-fn split_state(bytes: &mut [u8]) -> (&mut StatePage, &mut [u8]) {
-    let (_, rest) = bytes.split_at_mut(HEADER_BYTES as usize);
-    let (state, rest) = rest.split_at_mut(STATE_BYTES as usize);
-    let state = bytemuck::from_bytes_mut(&mut state[..std::mem::size_of::<StatePage>()]);
-    (state, rest)
-}
-
-/// Takes column `c`'s bytes off the front of `rest`, which starts at file offset `*pos` (the
-/// columns lie in the file in their order, each after the last).
-fn take_col<'a>(rest: &mut &'a mut [u8], pos: &mut u64, c: &ColumnDesc) -> &'a mut [u8] {
-    let (_, r) = std::mem::take(rest).split_at_mut((c.offset - *pos) as usize);
-    let (col, r) = r.split_at_mut(c.len as usize);
-    *rest = r;
-    *pos = c.offset + c.len;
-    col
 }
 
 /// [`AllocCols`] out of one mapping.
-fn split_alloc_cols<'a>(bytes: &'a mut [u8], h: &FileHeader) -> AllocCols<'a> {
-    let (state, mut rest) = split_state(bytes);
-    let mut pos = HEADER_BYTES + STATE_BYTES;
-    let mut take = |c: Col| take_col(&mut rest, &mut pos, &h.columns[c as usize]);
-    let buckets = take(Col::Buckets);
-    let journal = take(Col::Journal);
-    let log_heads = take(Col::LogHeads);
+fn split_alloc_cols<'a>(bytes: &'a mut [u8], h: &'a FileHeader) -> AllocCols<'a> {
+    let (state, mut s) = Splitter::new(bytes, h);
     AllocCols {
         state,
-        buckets: bytemuck::cast_slice_mut(buckets),
-        journal: bytemuck::cast_slice_mut(journal),
-        log_heads: bytemuck::cast_slice_mut(log_heads),
+        buckets: s.take(Col::Buckets),
+        journal: s.take(Col::Journal),
+        log_heads: s.take(Col::LogHeads),
     }
 }
 
 /// [`SlotCols`] out of one mapping.
-fn split_slot_cols<'a>(bytes: &'a mut [u8], h: &FileHeader) -> SlotCols<'a> {
-    let (state, mut rest) = split_state(bytes);
-    let mut pos = HEADER_BYTES + STATE_BYTES;
-    let mut take = |c: Col| take_col(&mut rest, &mut pos, &h.columns[c as usize]);
-    let buckets = take(Col::Buckets);
-    let journal = take(Col::Journal);
-    let settled = take(Col::Settled);
-    let closed = take(Col::Closed);
-    let journal_aux = take(Col::JournalAux);
+fn split_slot_cols<'a>(bytes: &'a mut [u8], h: &'a FileHeader) -> SlotCols<'a> {
+    let (state, mut s) = Splitter::new(bytes, h);
     SlotCols {
         state,
-        buckets: bytemuck::cast_slice_mut(buckets),
-        journal: bytemuck::cast_slice_mut(journal),
-        settled: bytemuck::cast_slice_mut(settled),
-        closed: bytemuck::cast_slice_mut(closed),
-        journal_aux: bytemuck::cast_slice_mut(journal_aux),
+        buckets: s.take(Col::Buckets),
+        journal: s.take(Col::Journal),
+        settled: s.take(Col::Settled),
+        closed: s.take(Col::Closed),
+        journal_aux: s.take(Col::JournalAux),
+    }
+}
+
+/// Mutable column views split off a writable mapping, one after another in the file's order.
+struct Splitter<'a> {
+    header: &'a FileHeader,
+    /// The mapping's bytes from file offset `pos` on.
+    rest: &'a mut [u8],
+    pos: u64,
+}
+
+impl<'a> Splitter<'a> {
+    /// The state page, and a splitter for the columns after it.
+    fn new(bytes: &'a mut [u8], header: &'a FileHeader) -> (&'a mut StatePage, Splitter<'a>) {
+        let (_, rest) = bytes.split_at_mut(HEADER_BYTES as usize);
+        let (state, rest) = rest.split_at_mut(STATE_BYTES as usize);
+        let state = bytemuck::from_bytes_mut(&mut state[..std::mem::size_of::<StatePage>()]);
+        let pos = HEADER_BYTES + STATE_BYTES;
+        (state, Splitter { header, rest, pos })
+    }
+
+    /// Column `c`'s view (a column after every one taken before).
+    fn take<T: bytemuck::Pod>(&mut self, c: Col) -> &'a mut [T] {
+        let d = self.header.columns[c as usize];
+        let (_, r) = std::mem::take(&mut self.rest).split_at_mut((d.offset - self.pos) as usize);
+        let (col, r) = r.split_at_mut(d.len as usize);
+        self.rest = r;
+        self.pos = d.offset + d.len;
+        bytemuck::cast_slice_mut(col)
     }
 }
 

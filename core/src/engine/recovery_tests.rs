@@ -96,10 +96,19 @@ fn crashed_batch_is_rolled_back(tag: &str, shard: usize, split: usize, skewed: b
     let (s2, t2) = batch_of(5_000);
     let mut o = vec![Outcome::InvalidInput; s2.len()];
     let mut r = vec![0u64; s2.len()];
-    let seq = eng
-        .begin_batch(&s2, &t2, 5_000_000_000, &mut o, &mut r)
-        .unwrap()
-        .seq;
+    let seq = {
+        let mut c = eng.store.alloc_cols_mut().unwrap();
+        let txn = super::apply_batch(
+            &mut c,
+            &mut eng.scratch,
+            &s2,
+            &t2,
+            5_000_000_000,
+            &mut o,
+            &mut r,
+        );
+        txn.seq
+    };
     assert!(
         eng.last_batch_phases().local > std::time::Duration::ZERO,
         "the batch did not take the parallel path"
