@@ -1096,12 +1096,7 @@ impl<'a> JournalLog<'a> {
             origin <= first_slot
                 && first_slot + entries.len() - origin <= crate::batch::SHARD_SLOTS
         );
-        *head = LogHead {
-            seq,
-            first_slot: first_slot as u32,
-            slots: entries.len() as u32,
-            ..LogHead::default()
-        };
+        begin_log(head, seq, first_slot as u32, entries.len() as u32);
         JournalLog {
             lines: bytemuck::cast_slice_mut(entries),
             head,
@@ -1142,9 +1137,31 @@ impl<'a> JournalLog<'a> {
         let k = self.entries[L];
         let at = at::<L>(self.lines.len(), k);
         stream_line(&mut self.lines[at], &tag::<L>(line, self.origin + local));
+        // The entry before the count that makes recovery read it, and the count before the
+        // caller changes the record (`&mut` borrows of different memory would let the compiler
+        // reorder these stores; a process killed between them would then restore a line that was
+        // never written, or change a record whose pre-image is not counted).
+        compiler_fence(Ordering::SeqCst);
         self.entries[L] = k + 1;
         self.head.entries[L] = (k + 1) as u32;
+        compiler_fence(Ordering::SeqCst);
     }
+}
+
+/// Makes `head` the empty log of transaction `seq` over `slots` slots from `first_slot`. The
+/// transaction's number goes in last: until then the head still names the transaction that
+/// wrote it before (never the one in flight, which recovery looks for), so a process killed
+/// in between never leaves a head naming this transaction with that one's entry counts, whose
+/// stale lines recovery would put back.
+#[inline]
+fn begin_log(head: &mut LogHead, seq: u64, first_slot: u32, slots: u32) {
+    head.first_slot = first_slot;
+    head.slots = slots;
+    head.entries = [0; 2];
+    head._pad = [0; 10];
+    compiler_fence(Ordering::SeqCst);
+    head.seq = seq;
+    compiler_fence(Ordering::SeqCst);
 }
 
 /// Sets bit `i` of `bits`; whether it was clear.
