@@ -678,12 +678,18 @@ impl Txn {
 }
 
 /// Saves a bucket's pre-image once per transaction.
+///
+/// The pre-image is stored before the stamp that tells recovery to put it back, and the stamp
+/// before the caller's first change to the record (both orders held against the compiler too: a
+/// change moved above the stamp would, if the process were killed between the two, survive the
+/// transaction's rollback).
 #[inline(always)]
 pub(crate) fn journal_bucket(b: &mut Bucket, j: &mut Bucket, seq: u64) {
     if b.epoch != seq {
         *j = *b;
         compiler_fence(Ordering::SeqCst);
         b.epoch = seq;
+        compiler_fence(Ordering::SeqCst);
     }
 }
 
@@ -1207,7 +1213,8 @@ pub(crate) fn stream_fence() {
     };
 }
 
-/// Saves a slot's full pre-image (bucket, settle counters, closed interval) once per transaction.
+/// Saves a slot's full pre-image (bucket, settle counters, closed interval) once per transaction,
+/// in the order [`journal_bucket`] keeps.
 #[inline]
 pub(crate) fn journal_full(
     b: &mut Bucket,
@@ -1223,6 +1230,7 @@ pub(crate) fn journal_full(
         aux.closed = *closed;
         compiler_fence(Ordering::SeqCst);
         b.epoch = seq;
+        compiler_fence(Ordering::SeqCst);
     }
 }
 
