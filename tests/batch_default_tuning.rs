@@ -242,7 +242,7 @@ fn crowded_ranges_are_cut_and_still_equal_one_request_at_a_time() {
     let dir = TempDir::new("crowded");
     let (mut batch, mut single, slots) = engines(&dir);
     // 40,000 customers in slots 0..40,000: ranges of 16384 slots 0, 1 and 2
-    let ranges = (CUSTOMERS as usize + 100).div_ceil(shadowbucket::batch::SHARD_SLOTS);
+    let ranges = (batch.capacity() as usize).div_ceil(shadowbucket::batch::SHARD_SLOTS);
     assert_eq!(ranges, 3);
     let cuts = rayon::current_num_threads() >= 2;
     // where the crowd is, per batch: a range's first 2,000 customers, skewed to the first few

@@ -14,8 +14,8 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::TempDir;
 use proptest::collection::vec;
@@ -417,7 +417,7 @@ fn parallel_equals_sequential_at_the_edges() {
         vec((op(), clock()), 1..40),
     );
     // batches that cut a range, over all cases
-    let cut = AtomicUsize::new(0);
+    let cut = Cell::new(0usize);
     let mut runner = TestRunner::new(ProptestConfig {
         cases,
         failure_persistence: None,
@@ -440,7 +440,7 @@ fn parallel_equals_sequential_at_the_edges() {
             for (op, clk) in &ops {
                 p.apply(op, *clk);
             }
-            cut.fetch_add(p.cut_batches, Ordering::Relaxed);
+            cut.set(cut.get() + p.cut_batches);
             Ok(())
         },
     );

@@ -245,14 +245,10 @@ pub struct Engine {
 
 /// Ids per parallel task of [`Engine::resolve`].
 const RESOLVE_CHUNK: usize = 4096;
-/// How many ids ahead [`Engine::resolve`] prefetches the index line where a search begins. 48 on
-/// the AMD EPYC development machine (2026-11-30, the `engine_resolve` bench at 1M customers, six
-/// runs of each build alternated, criterion means): 5.05-6.55 ms per 1M ids (median 5.2) against
-/// 4.62-6.73 (5.9) with 24, better in five pairs of six, and 3.27-3.66 (3.54) against 3.93-4.51
-/// (4.1) with Zipf ids, better in all six. 32 and 64 (three runs each: uniform 5.43-6.02 and
-/// 5.95-6.29, Zipf 3.35-4.12 and 3.66-3.85) were no better than 48 overall: 32 slower with uniform
-/// ids in all three rounds, 64 in two. (On the machine before, 24
-/// against 16 and 32: 5.6-5.7 against 6.1-6.2 and 5.7-5.8 ns per id, `resolve` timed alone.)
+/// How many ids ahead [`Engine::resolve`] prefetches the index line where a search begins: 48
+/// beat 24, 32 and 64 in alternated runs of the `engine_resolve` bench on the current development
+/// machine (the README's "Resolving ids" under Speed, "The current development machine", has the
+/// runs; 24 had beaten 16 and 32 on the machine before).
 const RESOLVE_AHEAD: usize = 48;
 
 /// The most requests one batch call takes (the batch path numbers requests with 32 bits).
